@@ -1,0 +1,174 @@
+"""Settings of the example host project, read from environment variables.
+
+Every variable has an embedded default, so the project runs with none set. The full list,
+with defaults, is in docs/settings.md ("Example project environment"):
+DATABASE_URL, REDIS_URL, KOHAKKU_S3_ENDPOINT_URL, KOHAKKU_S3_BUCKET, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, KOHAKKU_GITHUB_WEBHOOK_SECRET, KOHAKKU_SLACK_SIGNING_SECRET,
+KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for rotation), DJANGO_SECRET_KEY,
+DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, KOHAKKU_VAR_DIR and PORT.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from kohakku_controller.auth import SCOPES
+
+
+def env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("KOHAKKU_VAR_DIR", BASE_DIR.parent / "var")).resolve()
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-for-production")
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or ["localhost", "127.0.0.1", "[::1]"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "oauth2_provider",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "kohakku_controller",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "0")),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Fail fast instead of hanging when the server is unreachable.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 3
+
+REDIS_URL = os.environ.get("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+S3_ENDPOINT_URL = os.environ.get("KOHAKKU_S3_ENDPOINT_URL")
+if S3_ENDPOINT_URL:
+    kohakku_storage = {
+        "BACKEND": "kohakku_controller.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": S3_ENDPOINT_URL,
+            "bucket_name": os.environ.get("KOHAKKU_S3_BUCKET", "kohakku"),
+            "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "region_name": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "custom_domain": None,
+        },
+    }
+else:
+    kohakku_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(VAR_DIR / "storage")},
+    }
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "kohakku": kohakku_storage,
+}
+
+KOHAKKU_CONTROLLER = {
+    "WEBHOOK_SECRETS": {
+        "github": env_list("KOHAKKU_GITHUB_WEBHOOK_SECRET"),
+        "slack": env_list("KOHAKKU_SLACK_SIGNING_SECRET"),
+        "custom": env_list("KOHAKKU_CUSTOM_WEBHOOK_SECRET"),
+    },
+}
+
+# Named explicitly so that makemigrations can resolve the swappable model.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+
+OAUTH2_PROVIDER = {
+    "SCOPES": dict(SCOPES),
+    "SCOPES_BACKEND_CLASS": "kohakku_controller.oauth.ClientScopesBackend",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "kohakku_controller.schema.ControllerAutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Kohakku controller API",
+    "DESCRIPTION": "Control plane for skills run by remote dispatchers.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}

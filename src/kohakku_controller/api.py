@@ -1,0 +1,83 @@
+"""Base classes for the controller's views.
+
+They pin the controller's own authentication, permissions, parsers, pagination, error
+handling and schema, so the API behaves the same whatever a host project puts in its
+global ``REST_FRAMEWORK`` setting. Extend a concrete viewset and override one hook
+(``get_queryset``, ``get_serializer_class``, ``perform_create``) rather than a whole view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import mixins, parsers, renderers, viewsets
+from rest_framework.views import APIView
+
+from .auth import ScopedPermission
+from .conf import kohakku_settings
+from .exceptions import exception_handler
+from .parsers import BoundedJSONParser
+from .schema import ControllerAutoSchema
+
+
+class ControllerViewMixin:
+    """Authentication, permission, parsing, pagination and errors for every controller view."""
+
+    permission_classes = [ScopedPermission]
+    parser_classes = [BoundedJSONParser]
+    renderer_classes = [renderers.JSONRenderer, renderers.BrowsableAPIRenderer]
+    schema = ControllerAutoSchema()
+    read_scope: str | None = None
+    write_scope: str | None = None
+    action_scopes: dict[str, str | None] = {}
+
+    # Properties, so that settings changes apply at once; a subclass that assigns a class
+    # attribute of the same name replaces them.
+    @property
+    def authentication_classes(self) -> list[Any]:
+        return kohakku_settings.AUTHENTICATION_CLASSES
+
+    @property
+    def pagination_class(self) -> Any:
+        return kohakku_settings.PAGINATION_CLASS
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
+
+
+class ControllerAPIView(ControllerViewMixin, APIView):
+    pass
+
+
+class ControllerGenericViewSet(ControllerViewMixin, viewsets.GenericViewSet):
+    pass
+
+
+class ControllerReadOnlyViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerGenericViewSet
+):
+    pass
+
+
+class ControllerModelViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    ControllerGenericViewSet,
+):
+    pass
+
+
+#: Parsers for upload endpoints.
+UPLOAD_PARSERS = [parsers.MultiPartParser, parsers.FormParser]
+
+__all__ = [
+    "UPLOAD_PARSERS",
+    "ControllerAPIView",
+    "ControllerGenericViewSet",
+    "ControllerModelViewSet",
+    "ControllerReadOnlyViewSet",
+    "ControllerViewMixin",
+]

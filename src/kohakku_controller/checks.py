@@ -1,0 +1,189 @@
+"""System checks for a host project's configuration of the controller."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from .auth import SCOPES
+from .conf import DEFAULTS, IMPORT_STRINGS, REMOVED_SETTINGS, SETTINGS_NAME, perform_import
+
+REQUIRED_APPS = (
+    "rest_framework",
+    "rest_framework.authtoken",
+    "oauth2_provider",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+)
+WEBHOOK_SOURCES = ("github", "slack", "custom")
+
+
+def _user_settings() -> Any:
+    return getattr(settings, SETTINGS_NAME, {})
+
+
+@register(Tags.compatibility)
+def check_settings_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    user = _user_settings()
+    if not isinstance(user, dict):
+        return [
+            Error(
+                f"{SETTINGS_NAME} must be a dict.",
+                hint=f"Set {SETTINGS_NAME} = {{...}} in your settings, or remove it.",
+                id="kohakku_controller.E001",
+            )
+        ]
+    errors = []
+    for key in sorted(user):
+        if key in REMOVED_SETTINGS:
+            hint = REMOVED_SETTINGS[key]
+        elif key not in DEFAULTS:
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            hint = f"Did you mean {close[0]!r}?" if close else "Remove it; see the settings docs."
+        else:
+            continue
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME} has an unknown key {key!r}.",
+                hint=hint,
+                obj=SETTINGS_NAME,
+                id="kohakku_controller.E001",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    user = _user_settings()
+    if not isinstance(user, dict):
+        return []
+    errors = []
+    for key in IMPORT_STRINGS:
+        if key not in user:
+            continue
+        try:
+            perform_import(user[key], key)
+        except ImportError as exc:
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}[{key!r}] does not import: {exc}",
+                    hint="Give a dotted path to a class that exists and is installed.",
+                    obj=SETTINGS_NAME,
+                    id="kohakku_controller.E002",
+                )
+            )
+    return errors
+
+
+def _setting(key: str) -> Any:
+    user = _user_settings()
+    return user.get(key, DEFAULTS[key]) if isinstance(user, dict) else DEFAULTS[key]
+
+
+@register(Tags.compatibility)
+def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    errors = []
+    storage_alias = _setting("STORAGE_ALIAS")
+    if storage_alias not in getattr(settings, "STORAGES", {}):
+        errors.append(
+            Error(
+                f"Storage alias {storage_alias!r} is not in settings.STORAGES.",
+                hint=(
+                    f'Add STORAGES[{storage_alias!r}] (for example {{"BACKEND": '
+                    '"django.core.files.storage.FileSystemStorage"}) or set '
+                    f"{SETTINGS_NAME}['STORAGE_ALIAS'] to an alias you have."
+                ),
+                id="kohakku_controller.E003",
+            )
+        )
+    cache_alias = _setting("CACHE_ALIAS")
+    if cache_alias not in settings.CACHES:
+        errors.append(
+            Error(
+                f"Cache alias {cache_alias!r} is not in settings.CACHES.",
+                hint=f"Add CACHES[{cache_alias!r}] or set {SETTINGS_NAME}['CACHE_ALIAS'].",
+                id="kohakku_controller.E004",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    missing = [app for app in REQUIRED_APPS if app not in settings.INSTALLED_APPS]
+    if not missing:
+        return []
+    return [
+        Error(
+            f"The controller needs these apps in INSTALLED_APPS: {', '.join(missing)}.",
+            hint="Add them before 'kohakku_controller'; see 'Install into a host project'.",
+            id="kohakku_controller.E005",
+        )
+    ]
+
+
+@register(Tags.security)
+def check_oauth2_scopes(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    declared = (getattr(settings, "OAUTH2_PROVIDER", {}) or {}).get("SCOPES", {})
+    missing = [scope for scope in SCOPES if scope not in declared]
+    if not missing:
+        return []
+    return [
+        Warning(
+            f"OAUTH2_PROVIDER['SCOPES'] lacks the controller's scopes: {', '.join(missing)}.",
+            hint=(
+                "OAuth2 clients cannot be granted these scopes. Merge "
+                "kohakku_controller.auth.SCOPES into OAUTH2_PROVIDER['SCOPES']."
+            ),
+            id="kohakku_controller.W001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_filesystem_storage(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    backend = getattr(settings, "STORAGES", {}).get(_setting("STORAGE_ALIAS"), {}).get("BACKEND")
+    if backend != "django.core.files.storage.FileSystemStorage":
+        return []
+    return [
+        Warning(
+            "Skill packages and results are kept on the local filesystem.",
+            hint=(
+                "With more than one web replica each sees different files. Use S3 or MinIO: "
+                "BACKEND 'kohakku_controller.s3.S3Storage'."
+            ),
+            id="kohakku_controller.W002",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    secrets = _setting("WEBHOOK_SECRETS") or {}
+    warnings = []
+    if _setting("ALLOW_UNSIGNED_WEBHOOKS"):
+        warnings.append(
+            Warning(
+                "ALLOW_UNSIGNED_WEBHOOKS is on: anyone can create tasks through webhooks.",
+                hint=f"Set {SETTINGS_NAME}['ALLOW_UNSIGNED_WEBHOOKS'] = False in production.",
+                id="kohakku_controller.W003",
+            )
+        )
+    unconfigured = [source for source in WEBHOOK_SOURCES if not secrets.get(source)]
+    if unconfigured:
+        warnings.append(
+            Warning(
+                f"No webhook secret for: {', '.join(unconfigured)}.",
+                hint=(
+                    "Deliveries from these sources are refused. Set "
+                    f"{SETTINGS_NAME}['WEBHOOK_SECRETS'][source] = [secret, ...]."
+                ),
+                id="kohakku_controller.W004",
+            )
+        )
+    return warnings

@@ -1,0 +1,107 @@
+"""Per-client scope grants for django-oauth-toolkit.
+
+django-oauth-toolkit lets any client ask for any declared scope. The controller narrows
+that: an OAuth2 application may only obtain the controller scopes granted to it in
+:class:`ClientScopes`. Enable it with::
+
+    OAUTH2_PROVIDER = {
+        "SCOPES": {**kohakku_controller.auth.SCOPES, ...},
+        "SCOPES_BACKEND_CLASS": "kohakku_controller.oauth.ClientScopesBackend",
+    }
+
+A token request without ``scope`` gets every scope granted to the client.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models, transaction
+from django.utils.translation import gettext_lazy as _
+from oauth2_provider.models import get_application_model
+from oauth2_provider.scopes import SettingsScopes
+from oauth2_provider.settings import oauth2_settings
+
+from .auth import SCOPES
+
+
+class ClientScopes(models.Model):
+    """The controller scopes one OAuth2 application may obtain."""
+
+    application = models.OneToOneField(
+        oauth2_settings.APPLICATION_MODEL,
+        on_delete=models.CASCADE,
+        related_name="kohakku_scopes",
+    )
+    scopes = models.JSONField(_("granted scopes"), default=list, blank=True)
+
+    class Meta:
+        verbose_name = _("OAuth2 client scopes")
+        verbose_name_plural = _("OAuth2 client scopes")
+
+    def __str__(self) -> str:
+        return f"{self.application_id}: {' '.join(self.scopes)}"
+
+
+class ClientScopesBackend(SettingsScopes):
+    """Declared scopes, minus controller scopes not granted to the application."""
+
+    def get_available_scopes(
+        self, application: Any = None, request: Any = None, *args: Any, **kwargs: Any
+    ) -> list[str]:
+        declared = list(super().get_available_scopes(application, request))
+        if application is None:
+            return declared
+        granted = set(
+            ClientScopes.objects.filter(application=application)
+            .values_list("scopes", flat=True)
+            .first()
+            or []
+        )
+        return [scope for scope in declared if scope not in SCOPES or scope in granted]
+
+    def get_default_scopes(
+        self, application: Any = None, request: Any = None, *args: Any, **kwargs: Any
+    ) -> list[str]:
+        return self.get_available_scopes(application, request)
+
+
+@dataclass
+class CreatedClient:
+    application: Any
+    client_id: str
+    client_secret: str
+
+
+def validate_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    return sorted(set(scopes))
+
+
+@transaction.atomic
+def create_or_reset_client(
+    name: str, scopes: list[str], *, client_id: str | None = None, client_secret: str | None = None
+) -> CreatedClient:
+    """Create (or update) a confidential client-credentials application with ``scopes``.
+
+    The secret is returned in clear only here; django-oauth-toolkit stores it hashed. If
+    the application exists already its secret is replaced.
+    """
+    scopes = validate_scopes(scopes)
+    application_model = get_application_model()
+    secret = client_secret or secrets.token_urlsafe(32)
+    lookup = {"client_id": client_id} if client_id else {"name": name}
+    application = application_model.objects.filter(**lookup).first()
+    if application is None:
+        application = application_model(client_id=client_id) if client_id else application_model()
+    application.name = name
+    application.client_type = application_model.CLIENT_CONFIDENTIAL
+    application.authorization_grant_type = application_model.GRANT_CLIENT_CREDENTIALS
+    application.client_secret = secret
+    application.save()
+    ClientScopes.objects.update_or_create(application=application, defaults={"scopes": scopes})
+    return CreatedClient(application, application.client_id, secret)

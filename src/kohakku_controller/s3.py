@@ -1,0 +1,74 @@
+"""An S3 storage for MinIO, SeaweedFS and AWS that creates its bucket on first use.
+
+Use it as the backend of the controller's storage alias::
+
+    STORAGES = {
+        "kohakku": {
+            "BACKEND": "kohakku_controller.s3.S3Storage",
+            "OPTIONS": {"bucket_name": "kohakku", "endpoint_url": "http://minio:9000"},
+        },
+    }
+
+It is django-storages' ``S3Storage`` with defaults that suit S3-compatible servers:
+path-style addressing, request checksums only when required, short connect timeouts and
+bounded retries. Every ``OPTIONS`` key still overrides them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from storages.backends.s3 import S3Storage as BaseS3Storage
+
+DEFAULT_CLIENT_CONFIG = Config(
+    s3={"addressing_style": "path"},
+    signature_version="s3v4",
+    connect_timeout=3,
+    read_timeout=30,
+    retries={"max_attempts": 3, "mode": "standard"},
+    request_checksum_calculation="when_required",
+    response_checksum_validation="when_required",
+)
+
+
+class S3Storage(BaseS3Storage):
+    """django-storages' S3 storage that makes its bucket if it does not exist yet."""
+
+    _bucket_lock = threading.Lock()
+
+    def get_default_settings(self) -> dict[str, Any]:
+        defaults = super().get_default_settings()
+        defaults["client_config"] = DEFAULT_CLIENT_CONFIG
+        defaults["file_overwrite"] = False
+        defaults["default_acl"] = None
+        defaults["querystring_auth"] = True
+        return defaults
+
+    @property
+    def bucket(self) -> Any:
+        if self._bucket is None:
+            with self._bucket_lock:
+                if self._bucket is None:
+                    bucket = self.connection.Bucket(self.bucket_name)
+                    self.ensure_bucket(bucket)
+                    self._bucket = bucket
+        return self._bucket
+
+    def ensure_bucket(self, bucket: Any) -> None:
+        """Create the bucket when a HEAD says it is missing; tolerate a racing creator."""
+        client = self.connection.meta.client
+        try:
+            client.head_bucket(Bucket=bucket.name)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise
+        try:
+            client.create_bucket(Bucket=bucket.name)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise

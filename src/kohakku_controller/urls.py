@@ -1,0 +1,41 @@
+"""URL patterns of the controller's API.
+
+Mount the API with ``path("api/v1/", include("kohakku_controller.urls"))`` and the probes
+with ``path("", include("kohakku_controller.health.urls"))``. Hosts that want only part of
+the API can include one of the pattern lists below instead, e.g.
+``include((schema_urlpatterns, "kohakku_controller"))``.
+"""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, URLResolver, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+app_name = "kohakku_controller"
+
+
+class SwaggerUIView(SpectacularSwaggerView):
+    """Swagger UI served from bundled static files, so it renders without internet access."""
+
+    @staticmethod
+    def _swagger_ui_resource(filename: str) -> str:
+        from django.templatetags.static import static
+
+        return static(f"drf_spectacular_sidecar/swagger-ui-dist/{filename}")
+
+    @staticmethod
+    def _swagger_ui_favicon() -> str:
+        from django.templatetags.static import static
+
+        return static("drf_spectacular_sidecar/swagger-ui-dist/favicon-32x32.png")
+
+
+router = SimpleRouter()
+
+schema_urlpatterns: list[URLPattern | URLResolver] = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SwaggerUIView.as_view(url_name="kohakku_controller:schema"), name="docs"),
+]
+
+urlpatterns: list[URLPattern | URLResolver] = [*schema_urlpatterns, *router.urls]

@@ -1,0 +1,150 @@
+"""Fixtures shared by every test: API clients for each kind of caller, and real S3."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from kohakku_controller.oauth import create_or_reset_client
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A SeaweedFS S3 server for the whole session (only started when a test asks)."""
+    from tests.s3server import run_seaweedfs
+
+    with run_seaweedfs() as server:
+        yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _real_s3_storage(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With KOHAKKU_TEST_S3=1 every test runs with the controller's storage on real S3."""
+    if os.environ.get("KOHAKKU_TEST_S3") != "1":
+        yield
+        return
+    server = request.getfixturevalue("s3_server")
+    from django.conf import settings
+
+    storages = {
+        **settings.STORAGES,
+        "kohakku": {
+            "BACKEND": "kohakku_controller.s3.S3Storage",
+            "OPTIONS": {
+                "endpoint_url": server.endpoint_url,
+                "bucket_name": "kohakku-test",
+                "access_key": server.access_key,
+                "secret_key": server.secret_key,
+                "region_name": "us-east-1",
+            },
+        },
+    }
+    with override_settings(STORAGES=storages):
+        yield
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def make_user(db: Any) -> Callable[..., Any]:
+    def make(username: str = "operator", *, staff: bool = False, perms: tuple[str, ...] = ()):
+        from django.contrib.auth.models import Permission
+
+        user = get_user_model().objects.create_user(username=username, is_staff=staff)
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        return user
+
+    return make
+
+
+@pytest.fixture
+def token_client(make_user: Callable[..., Any]) -> Callable[..., APIClient]:
+    """An APIClient authenticated with a DRF token for a new user."""
+
+    def make(username: str = "operator", *, staff: bool = False, perms: tuple[str, ...] = ()):
+        user = make_user(username, staff=staff, perms=perms)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        client.user = user
+        return client
+
+    return make
+
+
+@pytest.fixture
+def staff_client(token_client: Callable[..., APIClient]) -> APIClient:
+    return token_client("staff", staff=True)
+
+
+@pytest.fixture
+def oauth_client(db: Any) -> Callable[..., APIClient]:
+    """An APIClient with an OAuth2 client-credentials access token carrying ``scopes``."""
+
+    def make(*scopes: str, name: str | None = None, expired: bool = False) -> APIClient:
+        import secrets
+
+        created = create_or_reset_client(name or f"client-{secrets.token_hex(4)}", list(scopes))
+        expires = timezone.now() + (timedelta(hours=-1) if expired else timedelta(hours=1))
+        access_token = get_access_token_model().objects.create(
+            application=created.application,
+            token=secrets.token_urlsafe(24),
+            expires=expires,
+            scope=" ".join(scopes),
+        )
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token.token}")
+        client.application = created.application
+        return client
+
+    return make
+
+
+def _database_vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PostgreSQL-only tests (locking, SKIP LOCKED races) run in the real-services run.
+
+    Elsewhere they are deselected, not skipped, and the count is reported.
+    """
+    if _database_vendor() == "postgresql":
+        return
+    selected, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("postgres") else selected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+        config._kohakku_postgres_deselected = len(deselected)  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from django.conf import settings
+
+    storage = settings.STORAGES["kohakku"]["BACKEND"]
+    if os.environ.get("KOHAKKU_TEST_S3") == "1":
+        storage = "kohakku_controller.s3.S3Storage (SeaweedFS)"
+    return [
+        f"kohakku: database={settings.DATABASES['default']['ENGINE']} "
+        f"cache={settings.CACHES['default']['BACKEND']} storage={storage}"
+    ]

@@ -1,0 +1,96 @@
+"""Who may call what: DRF tokens for operators, OAuth2 client credentials with scopes."""
+
+import base64
+
+import pytest
+from django.test import Client
+
+from kohakku_controller.oauth import create_or_reset_client
+
+pytestmark = pytest.mark.django_db
+URL = "/test-api/echo/"
+
+
+def test_unauthenticated_gets_401_with_challenge_and_json(api_client):
+    response = api_client.get(URL)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert response.json() == {"detail": "Authentication credentials were not provided."}
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Token", "Token a b", "Token unknown-token", "Bearer", "Bearer not-a-token", "Basic ???"],
+)
+def test_malformed_or_unknown_credentials_get_401(api_client, header):
+    response = api_client.get(URL, HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+    assert "detail" in response.json()
+
+
+def test_expired_oauth2_token_gets_401(oauth_client):
+    response = oauth_client("tasks:read", expired=True).get(URL)
+    assert response.status_code == 401
+    assert "invalid_token" in response["WWW-Authenticate"]
+
+
+def test_oauth2_scope_decides_read_and_write(oauth_client):
+    reader = oauth_client("tasks:read")
+    assert reader.get(URL).status_code == 200
+    denied = reader.post(URL, {"scopes": []}, format="json")
+    assert denied.status_code == 403
+    assert denied.json()["detail"]
+    writer = oauth_client("tasks:write")
+    assert writer.get(URL).status_code == 403
+    assert writer.post(URL, {"scopes": []}, format="json").status_code == 201
+
+
+def test_action_closed_to_oauth2_clients(oauth_client):
+    client = oauth_client("tasks:read", "tasks:write")
+    assert client.delete(f"{URL}1/").status_code == 403
+
+
+def test_staff_token_may_do_everything(staff_client):
+    assert staff_client.get(URL).status_code == 200
+    assert staff_client.post(URL, {"scopes": []}, format="json").status_code == 201
+
+
+def test_operator_needs_model_permission(token_client):
+    plain = token_client("plain")
+    assert plain.get(URL).status_code == 403
+    viewer = token_client("viewer", perms=("kohakku_controller.view_clientscopes",))
+    assert viewer.get(URL).status_code == 200
+    assert viewer.post(URL, {"scopes": []}, format="json").status_code == 403
+    adder = token_client("adder", perms=("kohakku_controller.add_clientscopes",))
+    assert adder.post(URL, {"scopes": []}, format="json").status_code == 201
+
+
+def _token_request(client_id, secret, scope=None):
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    data = {"grant_type": "client_credentials"}
+    if scope:
+        data["scope"] = scope
+    return Client().post("/o/token/", data, HTTP_AUTHORIZATION=f"Basic {basic}")
+
+
+def test_client_credentials_grant_end_to_end():
+    created = create_or_reset_client("orchestrator", ["tasks:read"])
+    response = _token_request(created.client_id, created.client_secret)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["scope"] == "tasks:read"
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {body['access_token']}")
+    assert api.get(URL).status_code == 200
+    assert api.post(URL, {"scopes": []}, content_type="application/json").status_code == 403
+
+
+def test_client_cannot_obtain_scope_it_was_not_granted():
+    created = create_or_reset_client("dispatcher", ["dispatchers"])
+    response = _token_request(created.client_id, created.client_secret, scope="tasks:write")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_scope"
+
+
+def test_wrong_client_secret_is_refused():
+    created = create_or_reset_client("dispatcher", ["dispatchers"])
+    assert _token_request(created.client_id, "wrong").status_code == 401

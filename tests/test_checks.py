@@ -1,0 +1,63 @@
+"""System checks catch configuration mistakes with an id and a hint."""
+
+from django.core import checks
+from django.test import override_settings
+
+
+def _ids(**kwargs):
+    return {message.id: message for message in checks.run_checks(**kwargs)}
+
+
+def test_clean_configuration_has_no_controller_errors():
+    assert not [i for i in _ids() if i.startswith("kohakku_controller.E")]
+
+
+def test_unknown_key_suggests_the_right_one():
+    with override_settings(KOHAKKU_CONTROLLER={"PAGE_SIZ": 10}):
+        found = _ids()["kohakku_controller.E001"]
+    assert "'PAGE_SIZ'" in found.msg
+    assert found.hint == "Did you mean 'PAGE_SIZE'?"
+
+
+def test_settings_must_be_a_dict():
+    with override_settings(KOHAKKU_CONTROLLER=["oops"]):
+        assert "kohakku_controller.E001" in _ids()
+
+
+def test_import_string_that_does_not_import():
+    with override_settings(KOHAKKU_CONTROLLER={"PAGINATION_CLASS": "nowhere.Pager"}):
+        found = _ids()["kohakku_controller.E002"]
+    assert "nowhere.Pager" in found.msg
+
+
+def test_missing_storage_and_cache_alias():
+    with override_settings(KOHAKKU_CONTROLLER={"STORAGE_ALIAS": "blobs", "CACHE_ALIAS": "fast"}):
+        found = _ids()
+    assert "'blobs'" in found["kohakku_controller.E003"].msg
+    assert "'fast'" in found["kohakku_controller.E004"].msg
+
+
+def test_missing_required_app(settings):
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_filters"]
+    assert "django_filters" in _ids()["kohakku_controller.E005"].msg
+
+
+def test_oauth2_scopes_not_declared():
+    with override_settings(OAUTH2_PROVIDER={"SCOPES": {"read": "Read"}}):
+        assert "tasks:read" in _ids()["kohakku_controller.W001"].msg
+
+
+def test_deploy_checks_warn_about_filesystem_storage_and_missing_secrets(settings):
+    filesystem = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    with override_settings(
+        STORAGES={**settings.STORAGES, "kohakku": filesystem},
+        KOHAKKU_CONTROLLER={"WEBHOOK_SECRETS": {"github": ["s"]}, "ALLOW_UNSIGNED_WEBHOOKS": True},
+    ):
+        found = _ids(include_deployment_checks=True)
+    assert "kohakku_controller.W002" in found
+    assert "kohakku_controller.W003" in found
+    assert "slack, custom" in found["kohakku_controller.W004"].msg
+
+
+def test_deploy_checks_do_not_run_without_deploy_flag():
+    assert "kohakku_controller.W002" not in _ids()

@@ -1,0 +1,53 @@
+"""Bad request bodies get a JSON 4xx, never a 500."""
+
+import pytest
+from django.test import override_settings
+
+pytestmark = pytest.mark.django_db
+URL = "/test-api/echo/"
+
+
+@pytest.mark.parametrize("body", [b"{", b"{'a': 1}", b"[1,]", b"NaN", b'{"a": Infinity}'])
+def test_malformed_json_is_400(staff_client, body):
+    response = staff_client.post(URL, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("JSON parse error")
+
+
+def test_deeply_nested_json_is_400(staff_client):
+    body = b"[" * 100_000 + b"]" * 100_000
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_BODY_BYTES": 1_000_000}):
+        response = staff_client.post(URL, body, content_type="application/json")
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["detail"]
+
+
+def test_unsupported_content_type_is_415(staff_client):
+    response = staff_client.post(URL, b"scopes=1", content_type="text/plain")
+    assert response.status_code == 415
+    assert "Unsupported media type" in response.json()["detail"]
+
+
+def test_body_over_cap_is_413(staff_client):
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_BODY_BYTES": 100}):
+        response = staff_client.post(URL, {"scopes": ["x" * 200]}, format="json")
+    assert response.status_code == 413
+    assert "larger than 100 bytes" in response.json()["detail"]
+
+
+def test_wrong_type_names_the_field(staff_client):
+    response = staff_client.post(URL, {"scopes": {"not": "a list"}}, format="json")
+    assert response.status_code == 400
+    assert "scopes" in response.json()
+
+
+def test_unknown_object_is_json_404(staff_client):
+    response = staff_client.get(f"{URL}999999/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No ClientScopes matches the given query."}
+
+
+def test_bad_page_number_is_json_404(staff_client):
+    response = staff_client.get(f"{URL}?page=abc")
+    assert response.status_code == 404
+    assert "detail" in response.json()
