@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     # --- health ----------------------------------------------------------------
     # Seconds each readiness check may take before it counts as failed.
     "HEALTH_CHECK_TIMEOUT": 2.0,
+    # --- dispatchers ---------------------------------------------------------
+    # A dispatcher is offline once this many heartbeat intervals pass without one.
+    "MISSED_HEARTBEATS": 3,
     # --- dispatcher contract -------------------------------------------------
     # Accepted clock skew for X-Kohakku-Timestamp, in seconds.
     "SIGNATURE_TOLERANCE_SECONDS": 300,

@@ -1,5 +1,7 @@
 """Model registry of the app: each domain keeps its models in its own package."""
 
+from .dispatchers.models import Dispatcher
 from .oauth import ClientScopes
+from .skills.models import Skill, SkillVersion
 
-__all__ = ["ClientScopes"]
+__all__ = ["ClientScopes", "Dispatcher", "Skill", "SkillVersion"]
