@@ -1,0 +1,61 @@
+"""Dispatcher signing secrets: generated, encrypted at rest, rotated with a grace period.
+
+The key that encrypts them comes from ``KOHAKKU_CONTROLLER["SECRET_ENCRYPTION_KEY"]`` or,
+when that is unset, is derived from ``settings.SECRET_KEY``. Changing that key makes the
+stored secrets unreadable, so dispatchers would have to check in again with ``rotate``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from datetime import datetime
+
+from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
+from django.utils import timezone
+
+from ..conf import kohakku_settings
+
+SECRET_BYTES = 32
+
+
+def _fernet() -> Fernet:
+    material = kohakku_settings.SECRET_ENCRYPTION_KEY or settings.SECRET_KEY
+    key = hashlib.sha256(b"kohakku-controller/dispatcher-secrets/" + material.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def generate_signing_secret() -> str:
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def encrypt_secret(secret: str) -> str:
+    return _fernet().encrypt(secret.encode()).decode()
+
+
+def decrypt_secret(ciphertext: str) -> str:
+    """Decrypt a stored secret; raises ``ValueError`` if the key changed or data is corrupt."""
+    try:
+        return _fernet().decrypt(ciphertext.encode()).decode()
+    except InvalidToken as exc:
+        raise ValueError("signing secret cannot be decrypted with the current key") from exc
+
+
+def valid_signing_secrets(dispatcher, now: datetime | None = None) -> list[str]:
+    """The secrets a dispatcher may sign with now: current, plus previous during its grace."""
+    now = now or timezone.now()
+    found = [decrypt_secret(dispatcher.signing_secret_encrypted)]
+    if (
+        dispatcher.previous_signing_secret_encrypted
+        and dispatcher.previous_secret_valid_until
+        and dispatcher.previous_secret_valid_until > now
+    ):
+        found.append(decrypt_secret(dispatcher.previous_signing_secret_encrypted))
+    return found
+
+
+def current_signing_secret(dispatcher) -> str:
+    """The secret the controller signs pushes to this dispatcher with."""
+    return decrypt_secret(dispatcher.signing_secret_encrypted)
