@@ -18,15 +18,7 @@ BIN = Path(sys.executable).parent
 PORT = os.environ.get("PORT", "8000")
 
 PROCESSES: dict[str, list[str]] = {
-    "web": [
-        str(BIN / "gunicorn"),
-        "example_project.wsgi:application",
-        f"--bind=127.0.0.1:{PORT}",
-        "--workers=2",
-        "--threads=4",
-        "--access-logfile=-",
-        "--graceful-timeout=5",
-    ],
+    "web": [str(BIN / "gunicorn"), "--config=gunicorn.conf.py"],
 }
 
 

@@ -31,19 +31,19 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         if not key.startswith(("DATABASE_URL", "REDIS_URL", "KOHAKKU_", "DJANGO_"))
     }
     env["KOHAKKU_VAR_DIR"] = str(var_dir)
+    env["PORT"] = str(_free_port())
     manage = [sys.executable, "manage.py"]
     for command in (["migrate", "--noinput"], ["collectstatic", "--noinput", "-v0"]):
         subprocess.run([*manage, *command], cwd=EXAMPLE, env=env, check=True)
-    port = _free_port()
     gunicorn = Path(sys.executable).parent / "gunicorn"
     server = subprocess.Popen(
-        [str(gunicorn), "example_project.wsgi:application", f"--bind=127.0.0.1:{port}"],
+        [str(gunicorn), "--config=gunicorn.conf.py"],
         cwd=EXAMPLE,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{env['PORT']}"
     deadline = time.monotonic() + 30
     while True:
         try:
