@@ -70,12 +70,10 @@ class S3Server:
         )
 
 
-@contextlib.contextmanager
-def run_seaweedfs(timeout: float = 60.0) -> Iterator[S3Server]:
+def _start_seaweedfs(workdir: Path, timeout: float) -> tuple[subprocess.Popen, S3Server]:
     taken: set[int] = set()
     master, volume, filer, s3 = (free_port_pair(taken) for _ in range(4))
-    workdir = Path(tempfile.mkdtemp(prefix="kohakku-weed-"))
-    log = open(workdir / "weed.log", "wb")  # noqa: SIM115
+    log = open(workdir / "weed.log", "ab")  # noqa: SIM115
     command = [
         weed_binary(),
         "server",
@@ -91,31 +89,50 @@ def run_seaweedfs(timeout: float = 60.0) -> Iterator[S3Server]:
         "-volume.max=50",
     ]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     server = S3Server(f"http://127.0.0.1:{s3}")
+    deadline = time.monotonic() + timeout
+    client = server.client()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                "SeaweedFS exited at start-up:\n"
+                + (workdir / "weed.log").read_text(errors="replace")[-4000:]
+            )
+        try:
+            client.create_bucket(Bucket="kohakku-probe")
+            client.put_object(Bucket="kohakku-probe", Key="probe", Body=b"ok")
+            return process, server
+        except Exception:
+            if time.monotonic() > deadline:
+                _stop(process)
+                raise
+            time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
     try:
-        deadline = time.monotonic() + timeout
-        client = server.client()
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    "SeaweedFS exited at start-up:\n"
-                    + (workdir / "weed.log").read_text(errors="replace")[-4000:]
-                )
-            try:
-                client.create_bucket(Bucket="kohakku-probe")
-                client.put_object(Bucket="kohakku-probe", Key="probe", Body=b"ok")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def run_seaweedfs(timeout: float = 60.0, attempts: int = 3) -> Iterator[S3Server]:
+    """A fresh SeaweedFS S3 server; retried on new ports if another process took one."""
+    for attempt in range(1, attempts + 1):
+        workdir = Path(tempfile.mkdtemp(prefix="kohakku-weed-"))
+        try:
+            process, server = _start_seaweedfs(workdir, timeout)
+            break
+        except RuntimeError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if attempt == attempts:
+                raise
+    try:
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        _stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
