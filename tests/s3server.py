@@ -127,7 +127,7 @@ def run_seaweedfs(timeout: float = 60.0, attempts: int = 3) -> Iterator[S3Server
         try:
             process, server = _start_seaweedfs(workdir, timeout)
             break
-        except RuntimeError:
+        except Exception:  # exited (a port was taken meanwhile) or never became ready
             shutil.rmtree(workdir, ignore_errors=True)
             if attempt == attempts:
                 raise
