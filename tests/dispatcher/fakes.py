@@ -66,7 +66,8 @@ class Request:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
+    # One request per connection, so a stopped service really stops answering.
+    protocol_version = "HTTP/1.0"
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -202,9 +203,7 @@ class FakeController(_Service):
     def _token(self, request: Request) -> tuple[int, Any, dict]:
         auth = request.headers.get("authorization", "")
         expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        form = dict(
-            part.split("=", 1) for part in request.body.decode().split("&") if "=" in part
-        )
+        form = dict(part.split("=", 1) for part in request.body.decode().split("&") if "=" in part)
         if auth != f"Basic {expected}" or form.get("grant_type") != "client_credentials":
             return 401, {"error": "invalid_client"}, {}
         if form.get("scope") != "dispatchers":
