@@ -67,7 +67,12 @@ class Dispatcher:
         self._check_in_until_answered()
         if self._stop.is_set():
             return self
-        serve = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        serve = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="http",
+            daemon=True,
+        )
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._threads = [serve, beat]
         for thread in self._threads:
@@ -88,8 +93,10 @@ class Dispatcher:
                 return
             except (ControllerError, httpx.HTTPError, ValueError) as exc:
                 status = getattr(exc, "status_code", None)
-                if status in (400, 403):
-                    # Wrong credentials or a refused body: retrying cannot help.
+                if status in (400, 401, 403):
+                    # Wrong credentials, a missing scope or a refused body: retrying cannot
+                    # help. A controller that is not up yet (connection errors, 5xx) is
+                    # waited for.
                     raise
                 logger.warning("check-in failed (%s); retrying in %.0f s", exc, delay)
             if self._stop.wait(delay):

@@ -115,7 +115,9 @@ class _Service:
 
     def start(self) -> None:
         self._server = _Server(self.port, self.route)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 
-from tests.dispatcher.conftest import skill_zip
+import pytest
+
+from dispatcher import Dispatcher
+from dispatcher.controller import ControllerError
+from tests.dispatcher.conftest import fast_config, skill_zip
 from tests.dispatcher.fakes import push, task_body, wait_for
 
 SLEEPER = """
@@ -151,3 +156,31 @@ def test_dispatcher_forgotten_by_the_controller_checks_in_again(controller, make
         lambda: any(b["guid"] == new_guid for b in controller.heartbeats),
         what="heartbeat under the new guid",
     )
+
+
+def test_wrong_client_credentials_stop_the_start(controller, tmp_path):
+    dispatcher = Dispatcher(
+        fast_config(controller, tmp_path / "state", client_secret="wrong-secret")
+    )
+    with pytest.raises(ControllerError) as exc:
+        dispatcher.start()
+    dispatcher.stop()
+
+    assert exc.value.status_code == 401
+    assert controller.checkins == []
+
+
+def test_start_waits_for_a_controller_that_is_not_up_yet(controller, tmp_path):
+    controller.stop()
+    dispatcher = Dispatcher(fast_config(controller, tmp_path / "state"))
+    starter = threading.Thread(target=dispatcher.start)
+    starter.start()
+    try:
+        wait_for(lambda: dispatcher.server is not None, what="the dispatcher to bind")
+        assert controller.checkins == []
+        controller.start()
+        starter.join(timeout=10)
+        assert not starter.is_alive()
+        assert len(controller.checkins) == 1
+    finally:
+        dispatcher.stop()
