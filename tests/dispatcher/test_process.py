@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.skill_packages import demo_skill_package
 from dispatcher.config import config_from_args
 from tests.dispatcher.conftest import SKILL_PATH
 from tests.dispatcher.fakes import CLIENT_ID, CLIENT_SECRET, free_port, push, task_body, wait_for
@@ -20,8 +21,6 @@ EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "example_project"
 
 
 def test_dispatcher_process_runs_the_demo_skill_and_stops_on_sigterm(controller, store, tmp_path):
-    from demo.skill_packages import demo_skill_package
-
     port = free_port()
     env = {
         "PATH": SKILL_PATH,

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.dispatcher.conftest import skill_zip
+from demo.skill_packages import demo_skill_package
+from kohakku_controller.signing import sign_request
+from tests.dispatcher.conftest import skill_md, skill_zip
 from tests.dispatcher.fakes import push, task_body, wait_for
 
 ECHO = """
@@ -84,8 +89,6 @@ def test_upload_carries_no_authorization_when_the_push_gives_none(controller, st
 
 
 def test_the_demo_skill_greets(controller, store, dispatcher):
-    from demo.skill_packages import demo_skill_package
-
     body = task_body(controller, store, demo_skill_package("hello"), {"name": "Ada"})
     push(dispatcher.endpoint_url, body, secret(controller))
 
@@ -117,8 +120,6 @@ def test_push_with_a_bad_signature_is_refused(
 
 
 def test_push_without_signature_headers_is_refused(controller, store, dispatcher):
-    import httpx
-
     body = task_body(controller, store, skill_zip("print('{}')"))
     response = httpx.post(dispatcher.endpoint_url + "/tasks/", json=body)
 
@@ -127,9 +128,6 @@ def test_push_without_signature_headers_is_refused(controller, store, dispatcher
 
 
 def test_body_changed_after_signing_is_refused(controller, store, dispatcher):
-    import httpx
-
-    from kohakku_controller.signing import sign_request
 
     body = task_body(controller, store, skill_zip("print('{}')"))
     raw = json.dumps(body).encode()
@@ -364,8 +362,6 @@ def test_cancel_stops_a_running_task(controller, store, dispatcher, tmp_path):
 
 
 def test_cancel_needs_a_signature_and_a_known_task(controller, dispatcher):
-    import httpx
-
     path = f"/tasks/{uuid.uuid4()}/cancel/"
     assert httpx.post(dispatcher.endpoint_url + path, content=b"").status_code == 401
     assert push(dispatcher.endpoint_url, b"", secret(controller), path=path).status_code == 404
@@ -427,11 +423,6 @@ def test_refused_running_callback_stops_the_task(controller, store, dispatcher):
 
 
 def _zip_with(entries: list[tuple[str, bytes, int]]) -> bytes:
-    import io
-    import zipfile
-
-    from tests.dispatcher.conftest import skill_md
-
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("SKILL.md", skill_md("python3 run.py"))
