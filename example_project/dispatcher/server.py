@@ -92,6 +92,14 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
         self._answer(404, {"detail": "not found"})
 
     def do_POST(self) -> None:
+        try:
+            self._post()
+        except Exception:
+            logger.exception("error while handling %s %s", self.command, self.path)
+            self.close_connection = True
+            self._answer(500, {"detail": "internal dispatcher error"})
+
+    def _post(self) -> None:
         path = self.path.split("?", 1)[0]
         body = self._read_body()
         if body is None:

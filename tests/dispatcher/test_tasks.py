@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import time
 import uuid
 import zipfile
@@ -475,3 +476,27 @@ def test_package_that_is_not_a_zip_fails(controller, store, dispatcher):
     final = controller.final_callback(body["task_guid"])
     assert final["status"] == "failed"
     assert final["error_message"].startswith("package is not a valid zip file")
+
+
+@pytest.mark.parametrize("length", ["abc", "-5"])
+def test_bad_content_length_is_a_400(dispatcher, length):
+    host, port = dispatcher.server.server_address[:2]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(
+            f"POST /tasks/ HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        answer = sock.recv(4096)
+
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    assert b"Content-Length" in answer
+
+
+def test_unknown_paths_are_404_and_health_shows_no_secret(controller, dispatcher):
+    assert (
+        push(dispatcher.endpoint_url, b"{}", secret(controller), path="/nope/").status_code == 404
+    )
+    health = httpx.get(dispatcher.endpoint_url + "/health/")
+
+    assert health.status_code == 200
+    assert health.json()["dispatcher_guid"] == controller.checkin_answers[0]["dispatcher_guid"]
+    assert secret(controller) not in health.text
