@@ -151,7 +151,9 @@ class LocalBackend:
             return run.wait(job, self.config, started)
         finally:
             with self._lock:
-                self._running.pop(job.task_guid, None)
+                # A newer attempt of the same task may have registered meanwhile.
+                if self._running.get(job.task_guid) is run:
+                    del self._running[job.task_guid]
 
     def cancel(self, task_guid: str) -> bool:
         with self._lock:

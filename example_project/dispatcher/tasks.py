@@ -158,6 +158,8 @@ class TaskRecord:
     executing: bool = True
     cancel_event: threading.Event = field(default_factory=threading.Event)
     sender: CallbackSender | None = None
+    # A newer attempt of the same task replaced this one: its end is not reported.
+    superseded: bool = False
 
 
 class TaskManager:
@@ -199,8 +201,13 @@ class TaskManager:
 
     def free_capacity(self) -> int:
         with self._lock:
-            busy = sum(1 for record in self._by_guid.values() if record.executing)
-        return max(0, self.config.capacity - busy)
+            return max(0, self.config.capacity - self._busy())
+
+    def _busy(self) -> int:
+        # Called with the lock held. A superseded run is on its way out: its slot is free.
+        return sum(
+            1 for record in self._by_key.values() if record.executing and not record.superseded
+        )
 
     # -- pushes and cancels -------------------------------------------------------------------
     def accept(self, push: TaskPush, idempotency_key: str | None) -> tuple[int, dict[str, Any]]:
@@ -219,15 +226,27 @@ class TaskManager:
                     "state": existing.state,
                 }
             other = self._by_guid.get(push.task_guid)
-            if other is not None and other.executing:
-                raise PushError(
-                    409,
-                    {
-                        "detail": f"attempt {other.push.attempt} of this task is still running",
-                        "task_guid": push.task_guid,
-                    },
+            if other is not None and other.executing and not other.superseded:
+                if other.push.attempt > push.attempt:
+                    raise PushError(
+                        409,
+                        {
+                            "detail": f"attempt {other.push.attempt} of this task is running",
+                            "task_guid": push.task_guid,
+                        },
+                    )
+                # The controller gave up on the older attempt (it thought this dispatcher
+                # lost) and its view wins: stop the old run, unreported, and run this one.
+                other.superseded = True
+                other.cancel_event.set()
+                self.backends[other.push.backend].cancel(push.task_guid)
+                logger.warning(
+                    "task %s: attempt %d supersedes attempt %d",
+                    push.task_guid,
+                    push.attempt,
+                    other.push.attempt,
                 )
-            busy = sum(1 for record in self._by_guid.values() if record.executing)
+            busy = self._busy()
             if busy >= self.config.capacity:
                 raise PushError(
                     429,
@@ -274,13 +293,16 @@ class TaskManager:
 
     def _forget_old_keys(self) -> None:
         # Called with the lock held: drop the oldest finished pushes beyond the bound.
-        while len(self._by_key) > self.config.remembered_pushes:
-            key, record = next(iter(self._by_key.items()))
-            if record.executing or record.push.task_guid in self._reported:
-                break
+        excess = len(self._by_key) - self.config.remembered_pushes
+        for key, record in list(self._by_key.items()):
+            if excess <= 0:
+                return
+            if record.executing or self._reported.get(record.push.task_guid) is record:
+                continue
             del self._by_key[key]
             if self._by_guid.get(record.push.task_guid) is record:
                 del self._by_guid[record.push.task_guid]
+            excess -= 1
 
     def _controller_refused(self, record: TaskRecord, status: str, code: int) -> None:
         # The controller no longer wants this task (ended, cancelled, or unknown): stop it.
@@ -318,6 +340,12 @@ class TaskManager:
         with self._lock:
             record.state = final["status"]
             record.executing = False
+        if record.superseded:
+            logger.warning(
+                "task %s: attempt %d stopped, not reported", push.task_guid, push.attempt
+            )
+            sender.abandon()
+            return
         if stopping:
             # Shutting down: report nothing, so the controller requeues the task once it
             # sees this dispatcher lost.

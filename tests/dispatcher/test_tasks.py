@@ -500,3 +500,44 @@ def test_unknown_paths_are_404_and_health_shows_no_secret(controller, dispatcher
     assert health.status_code == 200
     assert health.json()["dispatcher_guid"] == controller.checkin_answers[0]["dispatcher_guid"]
     assert secret(controller) not in health.text
+
+
+def test_newer_attempt_supersedes_the_running_one(controller, store, dispatcher, tmp_path):
+    pid_file = tmp_path / "attempt1.pid"
+    slow = f"""
+    import os, time
+    with open({str(pid_file)!r}, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(60)
+    """
+    first = task_body(controller, store, skill_zip(slow))
+    assert push(dispatcher.endpoint_url, first, secret(controller)).status_code == 202
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="attempt 1 to start")
+
+    second = task_body(
+        controller, store, skill_zip("print('2')"), task_guid=first["task_guid"], attempt=2
+    )
+    assert push(dispatcher.endpoint_url, second, secret(controller)).status_code == 202
+    stale = push(dispatcher.endpoint_url, first, secret(controller))
+
+    final = controller.final_callback(first["task_guid"])
+    assert final["status"] == "completed"
+    assert store.uploads[f"{first['task_guid']}/result.json"].body.strip() == b"2"
+    assert stale.status_code == 200
+    wait_for(lambda: pid_is_gone(int(pid_file.read_text())), 5, "attempt 1 to be killed")
+    time.sleep(0.3)
+    assert "cancelled" not in statuses(controller, first["task_guid"])
+
+
+def test_older_attempt_is_refused_while_a_newer_one_runs(controller, store, dispatcher):
+    guid = str(uuid.uuid4())
+    newer = task_body(
+        controller, store, skill_zip("import time; time.sleep(60)"), task_guid=guid, attempt=3
+    )
+    older = task_body(controller, store, skill_zip("print('{}')"), task_guid=guid, attempt=2)
+    assert push(dispatcher.endpoint_url, newer, secret(controller)).status_code == 202
+
+    response = push(dispatcher.endpoint_url, older, secret(controller))
+
+    assert response.status_code == 409
+    assert response.json()["task_guid"] == guid
