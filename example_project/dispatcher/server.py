@@ -61,6 +61,10 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
     server_version = "kohakku-reference-dispatcher"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # Buffer the answer so headers and body leave in one segment (no Nagle/delayed-ACK
+    # stall on kept-alive connections); the base class flushes after each request.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)

@@ -68,6 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     # One request per connection, so a stopped service really stops answering.
     protocol_version = "HTTP/1.0"
+    wbufsize = 64 * 1024
 
     def log_message(self, *args: Any) -> None:
         pass
