@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     # httpx logs every request at INFO; keep the dispatcher's own lines readable.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    dispatcher = Dispatcher(config)
+    try:
+        dispatcher = Dispatcher(config)
+    except ValueError as exc:
+        logging.getLogger("dispatcher").error("cannot start: %s", exc)
+        return 2
 
     def stop(signum: int, _frame: object) -> None:
         logging.getLogger("dispatcher").info("received %s; stopping", signal.Signals(signum).name)
