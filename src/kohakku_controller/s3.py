@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from storages.backends.s3 import S3Storage as BaseS3Storage
@@ -34,6 +35,21 @@ DEFAULT_CLIENT_CONFIG = Config(
 )
 
 
+def bounded_transfer_config() -> TransferConfig:
+    """Multipart transfers that hold at most a few 8 MiB parts in memory at once.
+
+    boto3's default buffers up to ten parts per upload, which would let one large skill
+    package cost the web process some 80 MiB.
+    """
+    config = TransferConfig(
+        multipart_threshold=8 * 1024 * 1024,
+        multipart_chunksize=8 * 1024 * 1024,
+        max_concurrency=2,
+    )
+    config.max_in_memory_upload_chunks = 2
+    return config
+
+
 class S3Storage(BaseS3Storage):
     """django-storages' S3 storage that makes its bucket if it does not exist yet."""
 
@@ -45,6 +61,7 @@ class S3Storage(BaseS3Storage):
         defaults["file_overwrite"] = False
         defaults["default_acl"] = None
         defaults["querystring_auth"] = True
+        defaults["transfer_config"] = bounded_transfer_config()
         return defaults
 
     @property
