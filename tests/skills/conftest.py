@@ -53,3 +53,18 @@ def upload(staff_client: Any) -> Callable[..., Any]:
         )
 
     return post
+
+
+@pytest.fixture
+def isolated_storage(settings: Any, tmp_path: Any) -> None:
+    """The controller's storage, emptied: a fresh folder, or a fresh bucket on S3."""
+    current = settings.STORAGES["kohakku"]
+    if "S3Storage" in current["BACKEND"]:
+        options = {**current["OPTIONS"], "bucket_name": f"kohakku-{secrets.token_hex(6)}"}
+        isolated = {**current, "OPTIONS": options}
+    else:
+        isolated = {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "storage")},
+        }
+    settings.STORAGES = {**settings.STORAGES, "kohakku": isolated}

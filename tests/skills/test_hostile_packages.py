@@ -45,7 +45,9 @@ def _corrupt_data(slug: str) -> bytes:
 
 
 def _deep_yaml(slug: str) -> bytes:
-    nested = "metadata:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, 12)) + "  " * 12 + "x: 1\n"
+    nested = (
+        "metadata:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, 12)) + "  " * 12 + "x: 1\n"
+    )
     return build_zip({"SKILL.md": manifest_text(slug, extra=nested)})
 
 
@@ -92,22 +94,34 @@ CASES: dict[str, tuple[Builder, str]] = {
         lambda slug: build_zip({"a/SKILL.md": manifest_text(slug), "b/x.txt": "x"}),
         "no SKILL.md",
     ),
-    "lowercase-skill-md": (lambda slug: build_zip({"skill.md": manifest_text(slug)}), "no SKILL.md"),
+    "lowercase-skill-md": (
+        lambda slug: build_zip({"skill.md": manifest_text(slug)}),
+        "no SKILL.md",
+    ),
     "no-front-matter": (_front_matter("# SLUG\n\nNo front matter.\n"), "must start with YAML"),
     "unclosed-front-matter": (_front_matter("---\nname: SLUG\ndescription: x\n"), "no closing"),
     "front-matter-not-mapping": (_front_matter("---\n- SLUG\n- x\n---\n"), "mapping"),
     "malformed-yaml": (_front_matter("---\nname: [SLUG\ndescription: x\n---\n"), "not valid YAML"),
     "missing-name": (_front_matter("---\ndescription: x\n---\n"), "needs a 'name'"),
     "name-not-string": (_front_matter("---\nname: 12\ndescription: x\n---\n"), "needs a 'name'"),
-    "name-bad-characters": (_front_matter("---\nname: Code_Review\ndescription: x\n---\n"), "lowercase"),
+    "name-bad-characters": (
+        _front_matter("---\nname: Code_Review\ndescription: x\n---\n"),
+        "lowercase",
+    ),
     "name-double-hyphen": (_front_matter("---\nname: a--b\ndescription: x\n---\n"), "single"),
-    "name-differs-from-slug": (_front_matter("---\nname: other-skill\ndescription: x\n---\n"), "does not match"),
+    "name-differs-from-slug": (
+        _front_matter("---\nname: other-skill\ndescription: x\n---\n"),
+        "does not match",
+    ),
     "missing-description": (_front_matter("---\nname: SLUG\n---\n"), "needs a 'description'"),
     "description-too-long": (
         _front_matter("---\nname: SLUG\ndescription: " + "x" * 1025 + "\n---\n"),
         "longer than 1024",
     ),
-    "metadata-not-mapping": (_front_matter("---\nname: SLUG\ndescription: x\nmetadata: 3\n---\n"), "'metadata' must"),
+    "metadata-not-mapping": (
+        _front_matter("---\nname: SLUG\ndescription: x\nmetadata: 3\n---\n"),
+        "'metadata' must",
+    ),
     "entrypoint-not-string": (
         _front_matter("---\nname: SLUG\ndescription: x\nmetadata:\n  entrypoint: [a, b]\n---\n"),
         "entrypoint",
@@ -153,7 +167,9 @@ def test_bomb_by_total_is_refused(skill, upload):
     chunk = os.urandom(64 * 1024) * 4
     files = {f"part{i}.bin": chunk for i in range(6)}
     data = _with_manifest(skill.slug, files)
-    with override_settings(KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_UNCOMPRESSED_BYTES": 1024 * 1024}):
+    with override_settings(
+        KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_UNCOMPRESSED_BYTES": 1024 * 1024}
+    ):
         response = upload(skill.slug, data)
     assert response.status_code == 400
     assert "at most 1048576" in response.json()["file"][0]

@@ -8,8 +8,12 @@ import warnings
 import zipfile
 
 
-def manifest_text(name: str, description: str = "Reviews code for quality.", extra: str = "") -> str:
-    return f"---\nname: {name}\ndescription: {description}\n{extra}---\n\n# {name}\n\nHow to use it.\n"
+def manifest_text(
+    name: str, description: str = "Reviews code for quality.", extra: str = ""
+) -> str:
+    return (
+        f"---\nname: {name}\ndescription: {description}\n{extra}---\n\n# {name}\n\nHow to use it.\n"
+    )
 
 
 def build_zip(

@@ -15,7 +15,9 @@ class SkillFilter(django_filters.FilterSet):
 
     category = django_filters.CharFilter(field_name="category")
     search = django_filters.CharFilter(method="filter_search", max_length=200)
-    archived = django_filters.BooleanFilter(field_name="archived")
+    archived = django_filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")], method="filter_archived"
+    )
 
     class Meta:
         model = Skill
@@ -25,6 +27,9 @@ class SkillFilter(django_filters.FilterSet):
         return queryset.filter(
             Q(name__icontains=value) | Q(slug__icontains=value) | Q(description__icontains=value)
         )
+
+    def filter_archived(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        return queryset.filter(archived=value == "true")
 
     def filter_queryset(self, queryset: QuerySet) -> Any:
         if "archived" not in self.data:

@@ -7,7 +7,14 @@ from typing import Any
 from rest_framework import serializers
 
 from .models import Skill, SkillVersion
-from .services import check_category
+from .services import category_problem
+
+
+def _validate_category(value: str) -> str:
+    problem = category_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+    return value
 
 
 class SkillSerializer(serializers.ModelSerializer):
@@ -43,11 +50,13 @@ class SkillCreateSerializer(serializers.Serializer):
     """``POST /skills/``: a name, a category from ``SKILL_CATEGORIES``, a description."""
 
     name = serializers.CharField(max_length=100)
-    category = serializers.CharField(max_length=32, default="tool")
+    category = serializers.CharField(
+        max_length=32, required=False, help_text="Default: the first of SKILL_CATEGORIES."
+    )
     description = serializers.CharField(max_length=4096, allow_blank=True, default="")
 
     def validate_category(self, value: str) -> str:
-        return check_category(value)
+        return _validate_category(value)
 
 
 class SkillUpdateSerializer(serializers.Serializer):
@@ -57,7 +66,7 @@ class SkillUpdateSerializer(serializers.Serializer):
     category = serializers.CharField(max_length=32, required=False)
 
     def validate_category(self, value: str) -> str:
-        return check_category(value)
+        return _validate_category(value)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(getattr(self, "initial_data", {}) or {}) - set(self.fields)

@@ -65,16 +65,26 @@ def slug_for_name(name: str) -> str:
     return slug[:NAME_MAX_LENGTH].rstrip("-")
 
 
+def category_problem(category: str) -> str | None:
+    """Why ``category`` is not allowed (not in ``SKILL_CATEGORIES``), or ``None``."""
+    allowed = list(kohakku_settings.SKILL_CATEGORIES)
+    if category in allowed:
+        return None
+    return f"Must be one of: {', '.join(allowed)}."
+
+
 def check_category(category: str) -> str:
     """Return ``category`` if it is one of ``SKILL_CATEGORIES``, else raise a 400."""
-    allowed = list(kohakku_settings.SKILL_CATEGORIES)
-    if category not in allowed:
-        raise ValidationError({"category": [f"Must be one of: {', '.join(allowed)}."]})
+    problem = category_problem(category)
+    if problem:
+        raise ValidationError({"category": [problem]})
     return category
 
 
-def create_skill(*, name: str, category: str = "tool", description: str = "") -> Skill:
+def create_skill(*, name: str, category: str | None = None, description: str = "") -> Skill:
     """Create a skill; its slug is derived from ``name`` and never changes.
+
+    ``category`` defaults to the first of ``SKILL_CATEGORIES``.
 
     Raises ``ValidationError`` (400) for a bad name or category and ``Conflict`` (409) when
     the name or its slug is taken.
@@ -83,6 +93,8 @@ def create_skill(*, name: str, category: str = "tool", description: str = "") ->
     slug = slug_for_name(name)
     if not slug or not NAME_PATTERN.match(slug):
         raise ValidationError({"name": ["Must contain letters or digits to form a slug."]})
+    if category is None:
+        category = next(iter(kohakku_settings.SKILL_CATEGORIES), "tool")
     check_category(category)
     if Skill.objects.filter(name=name).exists() or Skill.objects.filter(slug=slug).exists():
         raise Conflict({"name": [f"A skill with this name or slug ({slug!r}) already exists."]})
