@@ -87,7 +87,7 @@ CASES: dict[str, tuple[Builder, str]] = {
     "file-and-folder": (lambda slug: _with_manifest(slug, {"a": "1", "a/b": "2"}), "also a folder"),
     "missing-skill-md": (lambda slug: build_zip({"README.md": "hello"}), "no SKILL.md"),
     "skill-md-two-levels-deep": (
-        lambda slug: build_zip({f"a/b/SKILL.md": manifest_text(slug)}),
+        lambda slug: build_zip({"a/b/SKILL.md": manifest_text(slug)}),
         "no SKILL.md",
     ),
     "skill-md-under-one-of-two-folders": (

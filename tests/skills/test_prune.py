@@ -39,14 +39,14 @@ def test_prune_deletes_only_unreferenced_blobs_past_the_grace(referenced_and_orp
 
 
 def test_prune_keeps_young_blobs(referenced_and_orphan):
-    skill, _, orphan = referenced_and_orphan
+    _skill, _, orphan = referenced_and_orphan
     output = _run()  # default grace: a day
     assert output.strip() == ("deleted 0 blob(s); kept 1 referenced and 1 within the grace period.")
     assert get_storage().exists(orphan)
 
 
 def test_prune_dry_run_deletes_nothing(referenced_and_orphan):
-    skill, referenced, orphan = referenced_and_orphan
+    _skill, referenced, orphan = referenced_and_orphan
     output = _run("--grace-seconds", "0", "--dry-run")
     assert f"would delete {orphan}" in output
     assert get_storage().exists(orphan)

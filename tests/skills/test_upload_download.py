@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.db import DatabaseError
-from django.test import override_settings
 
 from kohakku_controller.skills import services
 from kohakku_controller.skills.models import SkillVersion, SkillVersionQuerySet

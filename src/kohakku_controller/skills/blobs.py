@@ -29,6 +29,11 @@ def iter_blob_names() -> list[str]:
         slugs, _ = storage.listdir(BLOB_PREFIX)
     except FileNotFoundError:
         return []
+    except Exception as exc:
+        # An S3 bucket nothing was ever written to holds no blobs either.
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
+            return []
+        raise
     names = []
     for slug in slugs:
         _, files = storage.listdir(f"{BLOB_PREFIX}/{slug}")

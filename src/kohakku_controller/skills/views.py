@@ -16,7 +16,12 @@ from django.shortcuts import get_object_or_404
 from django.utils.cache import parse_etags
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -264,6 +269,19 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         return StreamingHttpResponse(chunks, content_type=services.PACKAGE_CONTENT_TYPE)
 
 
+_SKILL_SLUG_PARAMETER = extend_schema(
+    parameters=[
+        OpenApiParameter("skill_slug", str, OpenApiParameter.PATH, description="Skill slug.")
+    ]
+)
+
+
+@extend_schema_view(
+    list=_SKILL_SLUG_PARAMETER,
+    retrieve=_SKILL_SLUG_PARAMETER,
+    yank=_SKILL_SLUG_PARAMETER,
+    unyank=_SKILL_SLUG_PARAMETER,
+)
 class SkillVersionViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerGenericViewSet
 ):
