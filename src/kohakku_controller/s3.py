@@ -16,6 +16,7 @@ bounded retries. Every ``OPTIONS`` key still overrides them.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from storages.backends.s3 import S3Storage as BaseS3Storage
+from storages.utils import clean_name
 
 DEFAULT_CLIENT_CONFIG = Config(
     s3={"addressing_style": "path"},
@@ -50,6 +52,22 @@ def bounded_transfer_config() -> TransferConfig:
     return config
 
 
+def local_file_path(content: Any) -> str | None:
+    """The path of the file on local disk behind ``content``, if there is one."""
+    if hasattr(content, "temporary_file_path"):
+        return content.temporary_file_path()
+    fileobj = getattr(content, "file", content)
+    name = getattr(fileobj, "name", None)
+    if (
+        isinstance(name, str)
+        and os.path.isabs(name)
+        and hasattr(fileobj, "fileno")
+        and os.path.isfile(name)
+    ):
+        return name
+    return None
+
+
 class S3Storage(BaseS3Storage):
     """django-storages' S3 storage that makes its bucket if it does not exist yet."""
 
@@ -73,6 +91,18 @@ class S3Storage(BaseS3Storage):
                     self.ensure_bucket(bucket)
                     self._bucket = bucket
         return self._bucket
+
+    def _save(self, name: str, content: Any) -> str:
+        # A file already on disk (a spooled upload) is uploaded from its path: s3transfer
+        # then reads each part from disk as it sends it instead of buffering parts in memory.
+        path = local_file_path(content)
+        if path is None or self.gzip:
+            return super()._save(name, content)
+        cleaned_name = clean_name(name)
+        key = self._normalize_name(cleaned_name)
+        params = self._get_write_parameters(key, content)
+        self.bucket.Object(key).upload_file(path, ExtraArgs=params, Config=self.transfer_config)
+        return cleaned_name
 
     def ensure_bucket(self, bucket: Any) -> None:
         """Create the bucket when a HEAD says it is missing; tolerate a racing creator."""

@@ -185,8 +185,6 @@ def upload_package(skill: Skill, uploaded_file: IO[bytes], *, user: Any = None) 
         # The row now references the blob; if a prune removed an old copy in the moment
         # between our existence check and the commit, write it again.
         transaction.on_commit(lambda: _ensure_blob(ref, uploaded_file))
-    elif wrote_blob and result.version.storage_ref != ref:
-        _delete_blob_if_unreferenced(ref)
     return result
 
 
@@ -201,8 +199,12 @@ def _record_version(
     """Take the next version number under the skill's row lock and insert the version."""
     with transaction.atomic():
         locked = (
-            Skill.objects.select_for_update().only("pk", "last_version_number").get(pk=skill.pk)
+            Skill.objects.select_for_update()
+            .only("pk", "last_version_number", "archived")
+            .get(pk=skill.pk)
         )
+        if locked.archived:
+            raise Conflict({"skill": ["The skill is archived; restore it before uploading."]})
         # Re-check under the lock: a racing upload of the same bytes may have won.
         existing = SkillVersion.objects.filter(
             skill=skill, content_hash=digest.content_hash
