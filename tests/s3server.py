@@ -85,6 +85,9 @@ def _start_seaweedfs(workdir: Path, timeout: float) -> tuple[subprocess.Popen, S
         f"-filer.port={filer}",
         "-s3",
         f"-s3.port={s3}",
+        # Fixed default ports (8181, 9101) would clash between servers running side by side.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=64",
         "-volume.max=50",
     ]

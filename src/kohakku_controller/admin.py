@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from .oauth import ClientScopes
+from .skills import admin as skills_admin  # noqa: F401  (registers the skills admin)
 
 
 @admin.register(ClientScopes)

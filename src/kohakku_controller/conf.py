@@ -49,6 +49,29 @@ DEFAULTS: dict[str, Any] = {
     # Key material used to encrypt dispatcher signing secrets at rest.
     # None derives a key from settings.SECRET_KEY.
     "SECRET_ENCRYPTION_KEY": None,
+    # --- skills ----------------------------------------------------------------
+    # Categories a skill may have.
+    "SKILL_CATEGORIES": ["tool", "agent", "workflow", "integration", "data"],
+    # Largest package (the zip as uploaded), in bytes; larger uploads answer 413.
+    "SKILL_PACKAGE_MAX_BYTES": 50 * 1024 * 1024,
+    # Largest total size of a package's files once decompressed, counted while decompressing.
+    "SKILL_PACKAGE_MAX_UNCOMPRESSED_BYTES": 200 * 1024 * 1024,
+    # Most entries (files and folders) a package may hold.
+    "SKILL_PACKAGE_MAX_FILES": 1000,
+    # Largest decompressed/compressed ratio of one entry once it passes 1 MiB (zip bombs).
+    "SKILL_PACKAGE_MAX_COMPRESSION_RATIO": 100,
+    # Largest YAML front matter of SKILL.md, in bytes, and its deepest nesting.
+    "SKILL_MANIFEST_MAX_BYTES": 64 * 1024,
+    "SKILL_MANIFEST_MAX_DEPTH": 8,
+    # On S3 storage, answer downloads with 302 to a presigned URL instead of streaming.
+    "SKILL_DOWNLOAD_REDIRECT": False,
+    # Lifetime of presigned and signed download URLs, in seconds.
+    "SKILL_DOWNLOAD_URL_EXPIRES_SECONDS": 900,
+    # Stored blobs no version references are pruned only once older than this, in seconds.
+    "SKILL_BLOB_GRACE_SECONDS": 24 * 3600,
+    # Endpoint that presigned S3 URLs are signed for, when clients reach S3 under another
+    # address than the controller does (e.g. "https://s3.example.com"). None: the storage's.
+    "STORAGE_PUBLIC_ENDPOINT_URL": None,
     # --- webhooks ----------------------------------------------------------------
     # Secrets per source; several per source are allowed so they can be rotated.
     "WEBHOOK_SECRETS": {"github": [], "slack": [], "custom": []},

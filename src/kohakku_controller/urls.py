@@ -12,6 +12,8 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from .skills import views as skill_views
+
 app_name = "kohakku_controller"
 
 
@@ -32,6 +34,12 @@ class SwaggerUIView(SpectacularSwaggerView):
 
 
 router = SimpleRouter()
+router.register(
+    r"skills/(?P<skill_slug>[^/.]+)/versions",
+    skill_views.SkillVersionViewSet,
+    basename="skill-version",
+)
+router.register("skills", skill_views.SkillViewSet, basename="skill")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

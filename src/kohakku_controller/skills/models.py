@@ -11,10 +11,13 @@ from django.utils.translation import gettext_lazy as _
 
 class SkillQuerySet(models.QuerySet):
     def active(self):
+        """Skills that are not archived."""
         return self.filter(archived=False)
 
 
 class Skill(models.Model):
+    """A named skill. Its slug comes from the name and never changes."""
+
     guid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=64, unique=True, editable=False)
@@ -41,10 +44,13 @@ class SkillVersionQuerySet(models.QuerySet):
         return self.filter(yanked=False)
 
     def latest_for(self, skill):
+        """The highest-numbered version of ``skill`` that is not yanked, or ``None``."""
         return self.filter(skill=skill).installable().order_by("-version_number").first()
 
 
 class SkillVersion(models.Model):
+    """One immutable package of a skill, identified by its sha256."""
+
     skill = models.ForeignKey(Skill, on_delete=models.PROTECT, related_name="versions")
     version_number = models.PositiveIntegerField(editable=False)
     content_hash = models.CharField(max_length=64, editable=False, help_text=_("sha256, hex"))
@@ -60,6 +66,8 @@ class SkillVersion(models.Model):
     yanked = models.BooleanField(default=False)
     yank_reason = models.CharField(max_length=500, blank=True, default="")
     yanked_at = models.DateTimeField(null=True, blank=True)
+    unyank_reason = models.CharField(max_length=500, blank=True, default="")
+    unyanked_at = models.DateTimeField(null=True, blank=True)
 
     objects = SkillVersionQuerySet.as_manager()
 

@@ -1,0 +1,246 @@
+"""Every hostile or malformed package is refused with a 400 naming why, and nothing is kept."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from collections.abc import Callable
+
+import pytest
+from django.test import override_settings
+
+from kohakku_controller.skills.models import SkillVersion
+
+from .conftest import stored_names
+from .zips import build_zip, manifest_text, package, point_entry_at, set_encrypted_flag
+
+Builder = Callable[[str], bytes]
+
+
+def _with_manifest(slug: str, files: dict[str, bytes | str], **kwargs) -> bytes:
+    return build_zip({"SKILL.md": manifest_text(slug), **files}, **kwargs)
+
+
+def _front_matter(text: str) -> Builder:
+    return lambda slug: build_zip({"SKILL.md": text.replace("SLUG", slug)})
+
+
+def _overlapping(slug: str) -> bytes:
+    # Two entries share one compressed stream: the classic overlapping-entry bomb layout.
+    data = _with_manifest(slug, {"a.bin": b"A" * 4096, "b.bin": b"B" * 4096})
+    return point_entry_at(data, "b.bin", "a.bin")
+
+
+def _truncated(slug: str) -> bytes:
+    data = package(slug)
+    return data[: len(data) // 2]
+
+
+def _corrupt_data(slug: str) -> bytes:
+    data = bytearray(build_zip({"SKILL.md": manifest_text(slug)}, compression=zipfile.ZIP_STORED))
+    position = data.find(b"description")
+    data[position] ^= 0xFF  # the CRC no longer matches
+    return bytes(data)
+
+
+def _deep_yaml(slug: str) -> bytes:
+    nested = (
+        "metadata:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, 12)) + "  " * 12 + "x: 1\n"
+    )
+    return build_zip({"SKILL.md": manifest_text(slug, extra=nested)})
+
+
+CASES: dict[str, tuple[Builder, str]] = {
+    "empty-file": (lambda slug: b"", "empty"),
+    "not-a-zip": (lambda slug: b"this is plain text, not an archive" * 10, "not a zip"),
+    "truncated-zip": (_truncated, "not a zip"),
+    "corrupt-entry-data": (_corrupt_data, "corrupt"),
+    "empty-zip": (lambda slug: build_zip({}), "no files"),
+    "bomb-by-ratio": (
+        lambda slug: _with_manifest(slug, {"zeros.bin": b"\0" * (4 * 1024 * 1024)}),
+        "zip bomb",
+    ),
+    "overlapping-entries": (_overlapping, "overlap"),
+    "symlink": (
+        lambda slug: _with_manifest(slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}),
+        "symbolic link",
+    ),
+    "fifo": (
+        lambda slug: _with_manifest(slug, {"pipe": ""}, mode_bits={"pipe": 0o010644}),
+        "not a regular file",
+    ),
+    "encrypted-flag": (lambda slug: set_encrypted_flag(package(slug)), "encrypted"),
+    "dot-dot": (lambda slug: _with_manifest(slug, {"../evil.sh": "x"}), "'..'"),
+    "dot-dot-inside": (lambda slug: _with_manifest(slug, {"a/../../evil.sh": "x"}), "'..'"),
+    "absolute-path": (lambda slug: _with_manifest(slug, {"/etc/cron.d/evil": "x"}), "absolute"),
+    "drive-letter": (lambda slug: _with_manifest(slug, {"C:/evil.bat": "x"}), "absolute"),
+    "backslash": (lambda slug: _with_manifest(slug, {"scripts\\evil.bat": "x"}), "backslash"),
+    "duplicate-name": (
+        lambda slug: build_zip([("SKILL.md", manifest_text(slug)), ("a.txt", "1"), ("a.txt", "2")]),
+        "more than once",
+    ),
+    "case-collision": (
+        lambda slug: _with_manifest(slug, {"docs/Readme.md": "1", "docs/README.md": "2"}),
+        "collide",
+    ),
+    "file-and-folder": (lambda slug: _with_manifest(slug, {"a": "1", "a/b": "2"}), "also a folder"),
+    "missing-skill-md": (lambda slug: build_zip({"README.md": "hello"}), "no SKILL.md"),
+    "skill-md-two-levels-deep": (
+        lambda slug: build_zip({"a/b/SKILL.md": manifest_text(slug)}),
+        "no SKILL.md",
+    ),
+    "skill-md-under-one-of-two-folders": (
+        lambda slug: build_zip({"a/SKILL.md": manifest_text(slug), "b/x.txt": "x"}),
+        "no SKILL.md",
+    ),
+    "lowercase-skill-md": (
+        lambda slug: build_zip({"skill.md": manifest_text(slug)}),
+        "no SKILL.md",
+    ),
+    "no-front-matter": (_front_matter("# SLUG\n\nNo front matter.\n"), "must start with YAML"),
+    "unclosed-front-matter": (_front_matter("---\nname: SLUG\ndescription: x\n"), "no closing"),
+    "front-matter-not-mapping": (_front_matter("---\n- SLUG\n- x\n---\n"), "mapping"),
+    "malformed-yaml": (_front_matter("---\nname: [SLUG\ndescription: x\n---\n"), "not valid YAML"),
+    "missing-name": (_front_matter("---\ndescription: x\n---\n"), "needs a 'name'"),
+    "name-not-string": (_front_matter("---\nname: 12\ndescription: x\n---\n"), "needs a 'name'"),
+    "name-bad-characters": (
+        _front_matter("---\nname: Code_Review\ndescription: x\n---\n"),
+        "lowercase",
+    ),
+    "name-double-hyphen": (_front_matter("---\nname: a--b\ndescription: x\n---\n"), "single"),
+    "name-differs-from-slug": (
+        _front_matter("---\nname: other-skill\ndescription: x\n---\n"),
+        "does not match",
+    ),
+    "missing-description": (_front_matter("---\nname: SLUG\n---\n"), "needs a 'description'"),
+    "description-too-long": (
+        _front_matter("---\nname: SLUG\ndescription: " + "x" * 1025 + "\n---\n"),
+        "longer than 1024",
+    ),
+    "metadata-not-mapping": (
+        _front_matter("---\nname: SLUG\ndescription: x\nmetadata: 3\n---\n"),
+        "'metadata' must",
+    ),
+    "entrypoint-not-string": (
+        _front_matter("---\nname: SLUG\ndescription: x\nmetadata:\n  entrypoint: [a, b]\n---\n"),
+        "entrypoint",
+    ),
+    "yaml-python-tag": (
+        _front_matter("---\nname: SLUG\ndescription: !!python/object/apply:os.system [id]\n---\n"),
+        "tags",
+    ),
+    "yaml-custom-tag": (_front_matter("---\nname: SLUG\ndescription: !secret x\n---\n"), "tags"),
+    "yaml-anchors-aliases": (
+        _front_matter("---\nname: SLUG\ndescription: x\na: &a [1, 2]\nb: [*a, *a, *a]\n---\n"),
+        "anchors or aliases",
+    ),
+    "yaml-too-deep": (_deep_yaml, "nested deeper"),
+    "yaml-too-large": (
+        _front_matter("---\nname: SLUG\ndescription: x\nnotes: " + "y" * (70 * 1024) + "\n---\n"),
+        "larger than",
+    ),
+    "yaml-too-large-unclosed": (
+        _front_matter("---\nname: SLUG\ndescription: x\n" + "k: v\n" * 20000),
+        "larger than",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_upload_is_refused_and_nothing_is_kept(case, skill, upload):
+    builder, reason = CASES[case]
+
+    response = upload(skill.slug, builder(skill.slug))
+
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["file"]
+    assert reason in response.json()["file"][0]
+    assert not SkillVersion.objects.filter(skill=skill).exists()
+    assert stored_names(skill.slug) == []
+    skill.refresh_from_db()
+    assert skill.last_version_number == 0
+
+
+def test_bomb_by_total_is_refused(skill, upload):
+    # Each entry compresses modestly (ratio below the cap) but together they exceed the total.
+    chunk = os.urandom(64 * 1024) * 4
+    files = {f"part{i}.bin": chunk for i in range(6)}
+    data = _with_manifest(skill.slug, files)
+    with override_settings(
+        KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_UNCOMPRESSED_BYTES": 1024 * 1024}
+    ):
+        response = upload(skill.slug, data)
+    assert response.status_code == 400
+    assert "at most 1048576" in response.json()["file"][0]
+    assert stored_names(skill.slug) == []
+
+
+def test_headers_that_understate_sizes_are_refused(skill, upload):
+    """Declared sizes are only used to refuse early, never to accept a package."""
+    data = bytearray(_with_manifest(skill.slug, {"big.bin": b"\0" * (512 * 1024)}))
+    record = data.rfind(b"PK\x01\x02", 0, data.rfind(b"big.bin"))  # central record
+    struct.pack_into("<L", data, record + 24, 10)  # uncompressed size: "10 bytes"
+    response = upload(skill.slug, bytes(data))
+    assert response.status_code == 400
+    assert "corrupt" in response.json()["file"][0]
+    assert stored_names(skill.slug) == []
+
+
+def test_too_many_files(skill, upload):
+    data = _with_manifest(skill.slug, {f"f{i}.txt": "x" for i in range(5)})
+    with override_settings(KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_FILES": 4}):
+        response = upload(skill.slug, data)
+    assert response.status_code == 400
+    assert "at most 4" in response.json()["file"][0]
+
+
+def test_ratio_cap_is_a_setting(skill, upload):
+    data = _with_manifest(skill.slug, {"zeros.bin": b"\0" * (2 * 1024 * 1024)})
+    with override_settings(KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_COMPRESSION_RATIO": 10_000}):
+        response = upload(skill.slug, data)
+    assert response.status_code == 201, response.content
+
+
+def test_body_over_the_limit_is_413_while_streaming(skill, upload):
+    data = package(skill.slug, extra={"blob.bin": os.urandom(8 * 1024)})
+    with override_settings(KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_BYTES": 4 * 1024}):
+        response = upload(skill.slug, data)
+    assert response.status_code == 413
+    assert "larger than 4096 bytes" in response.json()["detail"]
+    assert stored_names(skill.slug) == []
+
+
+def test_body_over_the_limit_is_413_from_content_length(skill, upload):
+    data = package(skill.slug, extra={"blob.bin": os.urandom(200 * 1024)})
+    with override_settings(KOHAKKU_CONTROLLER={"SKILL_PACKAGE_MAX_BYTES": 4 * 1024}):
+        response = upload(skill.slug, data)
+    assert response.status_code == 413
+    assert not SkillVersion.objects.filter(skill=skill).exists()
+
+
+def test_no_file_field(skill, staff_client):
+    response = staff_client.post(f"/api/v1/skills/{skill.slug}/upload/", {}, format="multipart")
+    assert response.status_code == 400
+    assert "file" in response.json()
+
+
+def test_file_field_is_not_a_file(skill, staff_client):
+    response = staff_client.post(
+        f"/api/v1/skills/{skill.slug}/upload/", {"file": "just text"}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert "file" in response.json()
+
+
+def test_json_body_is_415(skill, staff_client):
+    response = staff_client.post(
+        f"/api/v1/skills/{skill.slug}/upload/", {"file": "x"}, format="json"
+    )
+    assert response.status_code == 415
+
+
+def test_unknown_slug_is_404(db, upload):
+    response = upload("no-such-skill")
+    assert response.status_code == 404
+    assert stored_names("no-such-skill") == []

@@ -1,0 +1,85 @@
+"""Builders for skill packages, well-formed and hostile, made in memory for each test."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zipfile
+
+
+def manifest_text(
+    name: str, description: str = "Reviews code for quality.", extra: str = ""
+) -> str:
+    return (
+        f"---\nname: {name}\ndescription: {description}\n{extra}---\n\n# {name}\n\nHow to use it.\n"
+    )
+
+
+def build_zip(
+    files: dict[str, bytes | str] | list[tuple[str, bytes | str]],
+    *,
+    compression: int = zipfile.ZIP_DEFLATED,
+    mode_bits: dict[str, int] | None = None,
+) -> bytes:
+    """A zip of ``files`` (name -> content); ``mode_bits`` sets Unix st_mode per name."""
+    buffer = io.BytesIO()
+    items = files.items() if isinstance(files, dict) else files
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are wanted in some tests
+        with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+            for name, content in items:
+                info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+                info.compress_type = compression
+                info.create_system = 3
+                mode = (mode_bits or {}).get(name, 0o100644)
+                info.external_attr = mode << 16
+                data = content.encode() if isinstance(content, str) else content
+                archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def package(slug: str, *, root: str = "", extra: dict[str, bytes | str] | None = None) -> bytes:
+    """A valid package for the skill ``slug``."""
+    files: dict[str, bytes | str] = {
+        f"{root}SKILL.md": manifest_text(slug, extra="metadata:\n  entrypoint: python run.py\n"),
+        f"{root}run.py": "import json, sys\nprint(json.dumps(json.load(sys.stdin)))\n",
+    }
+    files.update(extra or {})
+    return build_zip(files)
+
+
+def _central_records(data: bytes) -> list[int]:
+    """Offsets of the central directory records in ``data``."""
+    offsets, position = [], 0
+    while (position := data.find(b"PK\x01\x02", position)) != -1:
+        offsets.append(position)
+        position += 4
+    return offsets
+
+
+def set_encrypted_flag(data: bytes) -> bytes:
+    """Mark every entry as encrypted (bit 0 of the general purpose flags)."""
+    out = bytearray(data)
+    for offset in _central_records(data):
+        (flags,) = struct.unpack_from("<H", out, offset + 8)
+        struct.pack_into("<H", out, offset + 8, flags | 0x1)
+    position = 0
+    while (position := data.find(b"PK\x03\x04", position)) != -1:
+        (flags,) = struct.unpack_from("<H", out, position + 6)
+        struct.pack_into("<H", out, position + 6, flags | 0x1)
+        position += 4
+    return bytes(out)
+
+
+def point_entry_at(data: bytes, name: str, target: str) -> bytes:
+    """Make the central record of ``name`` point at the local header of ``target``."""
+    out = bytearray(data)
+    offsets = {}
+    for record in _central_records(data):
+        name_length = struct.unpack_from("<H", data, record + 28)[0]
+        entry_name = data[record + 46 : record + 46 + name_length].decode()
+        offsets[entry_name] = record
+    (target_offset,) = struct.unpack_from("<L", data, offsets[target] + 42)
+    struct.pack_into("<L", out, offsets[name] + 42, target_offset)
+    return bytes(out)
