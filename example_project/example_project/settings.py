@@ -151,6 +151,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "kohakku_controller.tasks.models.TaskStatus",
+        "ProbeStatusEnum": ["ok", "error"],
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -12,6 +12,8 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from .tasks.views import TaskCallbackView, TaskResultUploadView, TaskViewSet
+
 app_name = "kohakku_controller"
 
 
@@ -32,10 +34,24 @@ class SwaggerUIView(SpectacularSwaggerView):
 
 
 router = SimpleRouter()
+router.register("tasks", TaskViewSet, basename="task")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SwaggerUIView.as_view(url_name="kohakku_controller:schema"), name="docs"),
 ]
 
-urlpatterns: list[URLPattern | URLResolver] = [*schema_urlpatterns, *router.urls]
+task_urlpatterns: list[URLPattern | URLResolver] = [
+    path("tasks/<uuid:guid>/callback/", TaskCallbackView.as_view(), name="task-callback"),
+    path(
+        "tasks/<uuid:guid>/result/upload/",
+        TaskResultUploadView.as_view(),
+        name="task-result-upload",
+    ),
+]
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    *schema_urlpatterns,
+    *task_urlpatterns,
+    *router.urls,
+]
