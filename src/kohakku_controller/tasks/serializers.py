@@ -66,7 +66,7 @@ class TaskCreateSerializer(serializers.Serializer):
     version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     input = serializers.DictField(required=False, allow_empty=True)
     backend = serializers.CharField(required=False, default="local", max_length=64)
-    labels = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+    labels = serializers.DictField(required=False, help_text="Label name -> string value.")
     priority = serializers.IntegerField(required=False, default=0)
     timeout_seconds = serializers.IntegerField(required=False, allow_null=True)
     max_attempts = serializers.IntegerField(required=False, allow_null=True)
