@@ -413,9 +413,15 @@ class Scheduler:
                 chosen = self._choose(task, candidates, active)
                 if chosen is None:
                     unmatched += 1
-                    reason = explain_no_match(task, candidates, active)
+                    reason = explain_no_match(task, candidates, active)[:500]
+                    at_capacity = reason.endswith("are at capacity")
+                    if at_capacity and reason == task.status_reason:
+                        continue  # it keeps its place; capacity frees up as tasks end
+                    # With no dispatcher that could ever take it, look again later instead
+                    # of re-reading it on every pass.
                     Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
-                        status_reason=reason[:500], not_before=now + recheck
+                        status_reason=reason,
+                        not_before=now if at_capacity else now + recheck,
                     )
                     continue
                 token = secrets.token_urlsafe(32)

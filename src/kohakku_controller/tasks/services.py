@@ -651,6 +651,7 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
                 now=now, dispatcher_guid=task.dispatcher.guid,
             )  # fmt: skip
             _send_finished_after_commit(task.pk)
+            notify_scheduler()  # capacity freed: queued tasks may now fit
     current = _refetch(task)
     if updated or current.status == status:
         return CallbackOutcome(current, bool(updated))
