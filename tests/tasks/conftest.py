@@ -62,7 +62,8 @@ def make_dispatcher(db: Any) -> Callable[..., Dispatcher]:
 class StubDispatcher:
     """A threaded HTTP server on 127.0.0.1 that records pushes and cancel requests."""
 
-    def __init__(self, fail_times: int = 0, status: int = 200) -> None:
+    def __init__(self, fail_times: int = 0, status: int = 200, inbox: Any = None) -> None:
+        self.inbox = inbox  # a queue.Queue that also receives each accepted push
         self.pushes: list[dict[str, Any]] = []
         self.cancels: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -91,6 +92,8 @@ class StubDispatcher:
                             code = 503
                         else:
                             code = stub.status
+                        if stub.inbox is not None and 200 <= code < 300:
+                            stub.inbox.put((stub, record))
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
