@@ -59,6 +59,11 @@ def make_dispatcher(db: Any) -> Callable[..., Dispatcher]:
     return make
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 resets bursts of pushes
+    daemon_threads = True
+
+
 class StubDispatcher:
     """A threaded HTTP server on 127.0.0.1 that records pushes and cancel requests."""
 
@@ -72,6 +77,8 @@ class StubDispatcher:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real dispatcher
+
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -103,7 +110,7 @@ class StubDispatcher:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
