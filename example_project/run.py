@@ -27,6 +27,7 @@ PROCESSES: dict[str, list[str]] = {
         "--access-logfile=-",
         "--graceful-timeout=5",
     ],
+    "scheduler": [str(BIN / "python"), "manage.py", "kohakku_scheduler"],
 }
 
 

@@ -23,9 +23,12 @@ from kohakku_controller.tasks.scheduler import Scheduler
 def skill_version(db: Any) -> SkillVersion:
     skill = Skill.objects.create(name="Code review", slug="code-review")
     return SkillVersion.objects.create(
-        skill=skill, version_number=1, content_hash="a" * 64, size=10,
+        skill=skill,
+        version_number=1,
+        content_hash="a" * 64,
+        size=10,
         storage_ref="skills/code-review/" + "a" * 64 + ".zip",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ class StubDispatcher:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like a real dispatcher
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 record = {
@@ -174,12 +177,24 @@ def signed_headers(
     }
 
 
-def callback(client: Any, task: Task, token: str, payload: Any, *, secret: str | None = None,
-             timestamp: int | None = None, raw: bytes | None = None, **extra: Any) -> Any:  # fmt: skip
+def callback(
+    client: Any,
+    task: Task,
+    token: str,
+    payload: Any,
+    *,
+    secret: str | None = None,
+    timestamp: int | None = None,
+    raw: bytes | None = None,
+    **extra: Any,
+) -> Any:
     body = raw if raw is not None else json.dumps(payload).encode()
     headers = signed_headers(token, secret or task.signing_secret, body, timestamp)
     headers.update(extra)
     return client.generic(
-        "POST", f"/api/v1/tasks/{task.guid}/callback/", body,
-        content_type="application/json", **headers,
-    )  # fmt: skip
+        "POST",
+        f"/api/v1/tasks/{task.guid}/callback/",
+        body,
+        content_type="application/json",
+        **headers,
+    )

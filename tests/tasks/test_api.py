@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kohakku_controller.skills.models import SkillVersion
 from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.services import create_task
@@ -13,14 +14,20 @@ pytestmark = pytest.mark.django_db
 
 
 def post(client, body, **headers):
-    return client.post("/api/v1/tasks/", json.dumps(body), content_type="application/json", **headers)
+    return client.post(
+        "/api/v1/tasks/", json.dumps(body), content_type="application/json", **headers
+    )
 
 
 def test_create_with_only_skill_uses_latest_non_yanked(staff_client, skill_version):
     SkillVersion.objects.create(
-        skill=skill_version.skill, version_number=2, content_hash="b" * 64, size=1,
-        storage_ref="x", yanked=True,
-    )  # fmt: skip
+        skill=skill_version.skill,
+        version_number=2,
+        content_hash="b" * 64,
+        size=1,
+        storage_ref="x",
+        yanked=True,
+    )
     response = post(staff_client, {"skill": "code-review"})
     assert response.status_code == 201, response.content
     body = response.json()
@@ -38,9 +45,17 @@ def test_create_full_pinned_body(oauth_client, skill_version):
     client = oauth_client("tasks:write")
     response = post(
         client,
-        {"skill": "code-review", "version": 1, "input": {"pr": 7}, "backend": "k8s",
-         "labels": {"gpu": "a100"}, "priority": 5, "timeout_seconds": 600, "max_attempts": 2},
-    )  # fmt: skip
+        {
+            "skill": "code-review",
+            "version": 1,
+            "input": {"pr": 7},
+            "backend": "k8s",
+            "labels": {"gpu": "a100"},
+            "priority": 5,
+            "timeout_seconds": 600,
+            "max_attempts": 2,
+        },
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["input"] == {"pr": 7}
@@ -110,7 +125,9 @@ def test_idempotency_key_same_body_returns_same_task(staff_client, skill_version
 
 def test_idempotency_key_other_body_conflicts(staff_client, skill_version):
     post(staff_client, {"skill": "code-review"}, HTTP_IDEMPOTENCY_KEY="k-2")
-    response = post(staff_client, {"skill": "code-review", "priority": 3}, HTTP_IDEMPOTENCY_KEY="k-2")
+    response = post(
+        staff_client, {"skill": "code-review", "priority": 3}, HTTP_IDEMPOTENCY_KEY="k-2"
+    )
     assert response.status_code == 409
     assert "idempotency_key" in response.json()
     assert Task.objects.count() == 1
@@ -169,7 +186,9 @@ def test_retrieve_and_events(staff_client, skill_version, dispatch):
     events = staff_client.get(f"/api/v1/tasks/{task.guid}/events/").json()
     assert [e["kind"] for e in events] == ["created", "dispatched"]
     assert events[1]["from_status"] == "queued" and events[1]["attempt"] == 1
-    assert staff_client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/").status_code == 404
+    assert (
+        staff_client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/").status_code == 404
+    )
     assert staff_client.get("/api/v1/tasks/not-a-uuid/").status_code == 404
 
 

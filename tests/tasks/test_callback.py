@@ -45,8 +45,11 @@ def test_seed_body_completes_the_task(api_client, running):
     response = callback(api_client, task, token, body)
     assert response.status_code == 200, response.content
     assert response.json() == {
-        "status": "ok", "task_guid": str(task.guid), "task_status": "completed", "changed": True,
-    }  # fmt: skip
+        "status": "ok",
+        "task_guid": str(task.guid),
+        "task_status": "completed",
+        "changed": True,
+    }
     task.refresh_from_db()
     assert task.status == "completed"
     assert task.exit_code == 0
@@ -61,8 +64,9 @@ def test_running_then_failed(api_client, running):
     assert callback(api_client, task, token, {"status": "running"}).json()["changed"] is True
     again = callback(api_client, task, token, {"status": "running"})
     assert again.status_code == 200 and again.json()["changed"] is False
-    failed = callback(api_client, task, token, {"status": "failed", "exit_code": 2,
-                                                 "error_message": "boom"})  # fmt: skip
+    failed = callback(
+        api_client, task, token, {"status": "failed", "exit_code": 2, "error_message": "boom"}
+    )
     assert failed.status_code == 200
     task.refresh_from_db()
     assert (task.status, task.exit_code, task.error_message) == ("failed", 2, "boom")
@@ -125,8 +129,13 @@ def test_missing_token_is_401(api_client, running):
     body = json.dumps(DONE).encode()
     headers = signed_headers("x", task.dispatcher.secret, body)
     del headers["HTTP_AUTHORIZATION"]
-    response = api_client.generic("POST", f"/api/v1/tasks/{task.guid}/callback/", body,
-                                  content_type="application/json", **headers)  # fmt: skip
+    response = api_client.generic(
+        "POST",
+        f"/api/v1/tasks/{task.guid}/callback/",
+        body,
+        content_type="application/json",
+        **headers,
+    )
     assert response.status_code == 401
     assert "WWW-Authenticate" in response
     assert Task.objects.get(pk=task.pk).status == "dispatched"
@@ -147,7 +156,7 @@ def test_token_of_another_task_is_401(api_client, skill_version, dispatch, make_
     dispatch(first, dispatcher)
     first = Task.objects.select_related("dispatcher").get(pk=first.pk)
     # Both were claimed by the same pass; fetch the second's token by claiming afresh.
-    task_b, token_b = _claim_single(second, dispatcher)
+    _, token_b = _claim_single(second, dispatcher)
     first.signing_secret = dispatcher.secret
     response = callback(api_client, first, token_b, DONE)
     assert response.status_code == 401
@@ -159,9 +168,11 @@ def _claim_single(task, dispatcher):
 
     token = "token-for-" + str(task.guid)
     Task.objects.filter(pk=task.pk).update(
-        status="dispatched", dispatcher=dispatcher, attempt=1,
+        status="dispatched",
+        dispatcher=dispatcher,
+        attempt=1,
         callback_token_hash=hash_callback_token(token),
-    )  # fmt: skip
+    )
     task = Task.objects.select_related("dispatcher").get(pk=task.pk)
     task.dispatcher.secret = dispatcher.secret
     task.signing_secret = dispatcher.secret
@@ -184,8 +195,13 @@ def test_bad_or_missing_signature_is_401(api_client, running, mutate):
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
     mutate(headers)
-    response = api_client.generic("POST", f"/api/v1/tasks/{task.guid}/callback/", body,
-                                  content_type="application/json", **headers)  # fmt: skip
+    response = api_client.generic(
+        "POST",
+        f"/api/v1/tasks/{task.guid}/callback/",
+        body,
+        content_type="application/json",
+        **headers,
+    )
     assert response.status_code == 401
     assert Task.objects.get(pk=task.pk).status == "dispatched"
 
@@ -201,8 +217,13 @@ def test_body_changed_after_signing_is_401(api_client, running):
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
     tampered = json.dumps({**DONE, "exit_code": 1}).encode()
-    response = api_client.generic("POST", f"/api/v1/tasks/{task.guid}/callback/", tampered,
-                                  content_type="application/json", **headers)  # fmt: skip
+    response = api_client.generic(
+        "POST",
+        f"/api/v1/tasks/{task.guid}/callback/",
+        tampered,
+        content_type="application/json",
+        **headers,
+    )
     assert response.status_code == 401
 
 
@@ -243,8 +264,13 @@ def test_replay_after_window_is_401(api_client, running):
     task, token = running
     body = json.dumps({"status": "running"}).encode()
     headers = signed_headers(token, task.dispatcher.secret, body, timestamp=int(time.time()) - 400)
-    response = api_client.generic("POST", f"/api/v1/tasks/{task.guid}/callback/", body,
-                                  content_type="application/json", **headers)  # fmt: skip
+    response = api_client.generic(
+        "POST",
+        f"/api/v1/tasks/{task.guid}/callback/",
+        body,
+        content_type="application/json",
+        **headers,
+    )
     assert response.status_code == 401
     assert Task.objects.get(pk=task.pk).status == "dispatched"
 
@@ -324,8 +350,10 @@ def test_oversize_body_is_413(api_client, running, settings):
 
 def test_metadata_and_error_caps_are_400(api_client, running, settings):
     settings.KOHAKKU_CONTROLLER = {
-        **settings.KOHAKKU_CONTROLLER, "RESULT_METADATA_MAX_BYTES": 50, "ERROR_MESSAGE_MAX_CHARS": 10,
-    }  # fmt: skip
+        **settings.KOHAKKU_CONTROLLER,
+        "RESULT_METADATA_MAX_BYTES": 50,
+        "ERROR_MESSAGE_MAX_CHARS": 10,
+    }
     task, token = running
     big_meta = callback(api_client, task, token, {**DONE, "result_metadata": {"a": "x" * 60}})
     assert big_meta.status_code == 400 and "result_metadata" in big_meta.json()

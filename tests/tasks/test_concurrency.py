@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class Completer(threading.Thread):
     """Plays the dispatchers' side: answers each accepted push with a signed callback."""
 
-    def __init__(self, inbox: queue.Queue, secrets: dict[str, str], *, skip: set[str] | None = None):
+    def __init__(
+        self, inbox: queue.Queue, secrets: dict[str, str], *, skip: set[str] | None = None
+    ):
         super().__init__(daemon=True)
         self.inbox, self.secrets, self.skip = inbox, secrets, skip or set()
         self.stop = threading.Event()
@@ -54,9 +56,12 @@ class Completer(threading.Thread):
                 task = push["body"]
                 headers = signed_headers(task["callback_token"], self.secrets[stub.url], body)
                 response = client.generic(
-                    "POST", f"/api/v1/tasks/{task['task_guid']}/callback/", body,
-                    content_type="application/json", **headers,
-                )  # fmt: skip
+                    "POST",
+                    f"/api/v1/tasks/{task['task_guid']}/callback/",
+                    body,
+                    content_type="application/json",
+                    **headers,
+                )
                 self.codes[response.status_code] += 1
         finally:
             connection.close()
@@ -82,14 +87,26 @@ def scheduler_process(name: str) -> subprocess.Popen:
     }
     env.pop("REDIS_URL", None)  # wake-ups go through PostgreSQL LISTEN/NOTIFY here
     return subprocess.Popen(
-        [sys.executable, "-m", "django", "kohakku_scheduler", "--settings=tests.settings",
-         "--poll-seconds=0.5", f"--name={name}", "--batch-size=50"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "kohakku_scheduler",
+            "--settings=tests.settings",
+            "--poll-seconds=0.5",
+            f"--name={name}",
+            "--batch-size=50",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
-def test_three_scheduler_processes_push_each_attempt_once(skill_version, make_dispatcher,
-                                                          stub_dispatcher):  # fmt: skip
+def test_three_scheduler_processes_push_each_attempt_once(
+    skill_version, make_dispatcher, stub_dispatcher
+):
     inbox: queue.Queue = queue.Queue()
     stubs = [stub_dispatcher(inbox=inbox) for _ in range(3)]
     secrets = {}
@@ -118,7 +135,9 @@ def test_three_scheduler_processes_push_each_attempt_once(skill_version, make_di
     assert set(Task.objects.values_list("attempt", flat=True)) == {1}
     finished = Counter(TaskEvent.objects.filter(kind="completed").values_list("task_id", flat=True))
     assert len(finished) == total and set(finished.values()) == {1}
-    dispatched = Counter(TaskEvent.objects.filter(kind="dispatched").values_list("task_id", flat=True))
+    dispatched = Counter(
+        TaskEvent.objects.filter(kind="dispatched").values_list("task_id", flat=True)
+    )
     assert set(dispatched.values()) == {1}
     assert completer.codes == Counter({200: total})
     # Every scheduler took part (work was spread, not serialised through one).
@@ -180,8 +199,9 @@ def _passes(scheduler: Scheduler, count: int) -> None:
         connection.close()
 
 
-def test_concurrent_in_process_schedulers_never_exceed_capacity(skill_version, make_dispatcher,
-                                                                stub_dispatcher):  # fmt: skip
+def test_concurrent_in_process_schedulers_never_exceed_capacity(
+    skill_version, make_dispatcher, stub_dispatcher
+):
     stub = stub_dispatcher()
     dispatcher = make_dispatcher(endpoint_url=stub.url, capacity=7)
     for n in range(40):

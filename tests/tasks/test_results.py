@@ -26,9 +26,17 @@ def running(skill_version, dispatch):
 
 
 def upload(client, task, token, data: bytes, name: str | None = None, **headers):
-    url = f"/api/v1/tasks/{task.guid}/result/upload/" + (f"?name={name}" if name is not None else "")
-    return client.generic("PUT", url, data, content_type="application/octet-stream",
-                          HTTP_AUTHORIZATION=f"Bearer {token}", **headers)  # fmt: skip
+    url = f"/api/v1/tasks/{task.guid}/result/upload/" + (
+        f"?name={name}" if name is not None else ""
+    )
+    return client.generic(
+        "PUT",
+        url,
+        data,
+        content_type="application/octet-stream",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        **headers,
+    )
 
 
 def test_push_result_target_matches_storage(running, settings):
@@ -53,8 +61,12 @@ def test_upload_then_complete_then_download(api_client, staff_client, running):
     assert response.status_code == 201, response.content
     assert response.json()["result_key"] == f"results/{task.guid}/output.json"
     assert response.json()["size"] == 12
-    done = callback(api_client, task, token,
-                    {"status": "completed", "result_key": response.json()["result_key"]})  # fmt: skip
+    done = callback(
+        api_client,
+        task,
+        token,
+        {"status": "completed", "result_key": response.json()["result_key"]},
+    )
     assert done.status_code == 200
     download = staff_client.get(f"/api/v1/tasks/{task.guid}/result/")
     assert download.status_code == 200

@@ -11,6 +11,7 @@ from django.utils import timezone
 from kohakku_controller import signals
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.signing import verify_signature
+from kohakku_controller.storage import storage_is_remote
 from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.scheduler import Scheduler
 from kohakku_controller.tasks.services import cancel_task, create_task
@@ -36,7 +37,9 @@ def kinds(task):
     return list(TaskEvent.objects.filter(task=task).values_list("kind", flat=True))
 
 
-def test_push_body_headers_and_signature(skill_version, make_dispatcher, stub_dispatcher, scheduler):
+def test_push_body_headers_and_signature(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
     stub = stub_dispatcher()
     dispatcher = make_dispatcher(endpoint_url=stub.url + "/")
     task = create_task(skill="code-review", input={"pr": 1}, labels={}, timeout_seconds=120)
@@ -47,16 +50,21 @@ def test_push_body_headers_and_signature(skill_version, make_dispatcher, stub_di
     assert push["headers"]["Idempotency-Key"] == f"{task.guid}:1"
     assert push["headers"]["Content-Type"] == "application/json"
     verify_signature(
-        [dispatcher.secret], push["raw"],
-        push["headers"]["X-Kohakku-Timestamp"], push["headers"]["X-Kohakku-Signature"],
-    )  # fmt: skip
+        [dispatcher.secret],
+        push["raw"],
+        push["headers"]["X-Kohakku-Timestamp"],
+        push["headers"]["X-Kohakku-Signature"],
+    )
     body = push["body"]
     assert body["task_guid"] == str(task.guid)
     assert body["attempt"] == 1
     assert body["skill"]["slug"] == "code-review"
     assert body["skill"]["version"] == 1
     assert body["skill"]["content_hash"] == "a" * 64
-    assert body["skill"]["download_url"].startswith("https://controller.example/")
+    if storage_is_remote():
+        assert "X-Amz-Signature=" in body["skill"]["download_url"]
+    else:
+        assert body["skill"]["download_url"].startswith("https://controller.example/")
     assert body["input"] == {"pr": 1}
     assert body["backend"] == "local"
     assert body["labels"] == {}
@@ -83,8 +91,9 @@ def test_matching_backend_labels_capacity_least_loaded(skill_version, make_dispa
     make_dispatcher("draining", backends=("k8s",), labels={"gpu": "a100"}, draining=True)
     make_dispatcher("disabled", backends=("k8s",), labels={"gpu": "a100"}, enabled=False)
     make_dispatcher("offline", backends=("k8s",), labels={"gpu": "a100"}, online=False)
-    wants_gpu = [create_task(skill="code-review", backend="k8s", labels={"gpu": "a100"})
-                 for _ in range(3)]  # fmt: skip
+    wants_gpu = [
+        create_task(skill="code-review", backend="k8s", labels={"gpu": "a100"}) for _ in range(3)
+    ]
     plain = create_task(skill="code-review", backend="k8s")
     claims, unmatched = scheduler.claim_and_assign(timezone.now())
     assigned = {c.task.pk: c.dispatcher.name for c in claims}
@@ -118,13 +127,18 @@ def test_least_loaded_wins(skill_version, make_dispatcher, scheduler):
     ("dispatchers", "task_kwargs", "reason"),
     [
         ([], {}, "waiting: no online dispatcher (needs backend 'local')"),
-        ([{"backends": ("local",)}], {"backend": "k8s"},
-         "waiting: no online dispatcher with backend 'k8s'"),
-        ([{"backends": ("k8s",), "labels": {"gpu": "t4"}}],
-         {"backend": "k8s", "labels": {"gpu": "a100"}},
-         "waiting: no online dispatcher with backend 'k8s' and labels {gpu: a100}"),
+        (
+            [{"backends": ("local",)}],
+            {"backend": "k8s"},
+            "waiting: no online dispatcher with backend 'k8s'",
+        ),
+        (
+            [{"backends": ("k8s",), "labels": {"gpu": "t4"}}],
+            {"backend": "k8s", "labels": {"gpu": "a100"}},
+            "waiting: no online dispatcher with backend 'k8s' and labels {gpu: a100}",
+        ),
     ],
-)  # fmt: skip
+)
 def test_status_reason_when_nothing_matches(
     skill_version, make_dispatcher, scheduler, dispatchers, task_kwargs, reason
 ):
@@ -163,21 +177,30 @@ def test_push_fails_twice_then_succeeds(skill_version, make_dispatcher, stub_dis
     assert task.attempt == 3
     assert task.pushed_at is not None
     assert [p["headers"]["Idempotency-Key"] for p in stub.pushes] == [
-        f"{task.guid}:1", f"{task.guid}:2", f"{task.guid}:3",
-    ]  # fmt: skip
+        f"{task.guid}:1",
+        f"{task.guid}:2",
+        f"{task.guid}:3",
+    ]
     failures = TaskEvent.objects.filter(task=task, kind="push_failed").order_by("id")
     assert [e.attempt for e in failures] == [1, 2]
     assert all(e.data["backoff_seconds"] > 0 and e.data["not_before"] for e in failures)
     assert all("HTTP 503" in e.reason for e in failures)
     assert kinds(task) == [
-        "created", "dispatched", "push_failed", "dispatched", "push_failed", "dispatched",
-    ]  # fmt: skip
+        "created",
+        "dispatched",
+        "push_failed",
+        "dispatched",
+        "push_failed",
+        "dispatched",
+    ]
 
 
 def test_backoff_grows_and_is_honoured(skill_version, make_dispatcher, stub_dispatcher, settings):
     settings.KOHAKKU_CONTROLLER = {
-        **settings.KOHAKKU_CONTROLLER, "PUSH_BACKOFF_BASE_SECONDS": 10, "PUSH_BACKOFF_MAX_SECONDS": 100,
-    }  # fmt: skip
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_BACKOFF_BASE_SECONDS": 10,
+        "PUSH_BACKOFF_MAX_SECONDS": 100,
+    }
     stub = stub_dispatcher(fail_times=5)
     make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review", max_attempts=5)
@@ -205,7 +228,9 @@ def test_push_failure_after_max_attempts_fails_the_task(skill_version, make_disp
     assert task.finished_at is not None
 
 
-def test_push_rejected_with_4xx_is_retried(skill_version, make_dispatcher, stub_dispatcher, scheduler):
+def test_push_rejected_with_4xx_is_retried(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
     stub = stub_dispatcher(status=400)
     make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review", max_attempts=3)
@@ -222,7 +247,9 @@ def test_expired_lease_is_taken_back(skill_version, make_dispatcher, scheduler):
     assert claims
     with Scheduler(name="restarted") as fresh:
         assert fresh.reconcile_on_startup() == 0  # lease still valid
-        Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        Task.objects.filter(pk=task.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
         assert fresh.reconcile_on_startup() == 1
     task.refresh_from_db()
     assert task.status == "queued"
@@ -231,9 +258,13 @@ def test_expired_lease_is_taken_back(skill_version, make_dispatcher, scheduler):
     assert kinds(task)[-1] == "lease_expired"
 
 
-def test_lost_dispatcher_tasks_requeued_after_grace(skill_version, make_dispatcher, stub_dispatcher,
-                                                    scheduler, settings):  # fmt: skip
-    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "LOST_DISPATCHER_GRACE_SECONDS": 60}
+def test_lost_dispatcher_tasks_requeued_after_grace(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "LOST_DISPATCHER_GRACE_SECONDS": 60,
+    }
     stub_a, stub_b = stub_dispatcher(), stub_dispatcher()
     a = make_dispatcher("a", endpoint_url=stub_a.url)
     task = create_task(skill="code-review")
@@ -241,11 +272,15 @@ def test_lost_dispatcher_tasks_requeued_after_grace(skill_version, make_dispatch
     assert Task.objects.get(pk=task.pk).dispatcher_id == a.pk
     b = make_dispatcher("b", endpoint_url=stub_b.url)
     # a stops heartbeating: offline after 3 x 60 s, tasks taken back 60 s after that.
-    Dispatcher.objects.filter(pk=a.pk).update(last_heartbeat_at=timezone.now() - timedelta(seconds=200))
+    Dispatcher.objects.filter(pk=a.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=200)
+    )
     report = scheduler.run_pass()
     assert report.lost_dispatchers == 1
     assert Task.objects.get(pk=task.pk).dispatcher_id == a.pk  # inside the grace period
-    Dispatcher.objects.filter(pk=a.pk).update(last_heartbeat_at=timezone.now() - timedelta(seconds=250))
+    Dispatcher.objects.filter(pk=a.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=250)
+    )
     scheduler.run_pass()
     task.refresh_from_db()
     assert task.dispatcher_id == b.pk
@@ -254,8 +289,9 @@ def test_lost_dispatcher_tasks_requeued_after_grace(skill_version, make_dispatch
     assert "stopped sending heartbeats" in TaskEvent.objects.get(task=task, kind="requeued").reason
 
 
-def test_timeout_marks_timed_out_and_asks_dispatcher_to_cancel(skill_version, make_dispatcher,
-                                                               stub_dispatcher, scheduler, api_client):  # fmt: skip
+def test_timeout_marks_timed_out_and_asks_dispatcher_to_cancel(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
+):
     stub = stub_dispatcher()
     dispatcher = make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review", timeout_seconds=5)
@@ -267,15 +303,20 @@ def test_timeout_marks_timed_out_and_asks_dispatcher_to_cancel(skill_version, ma
     assert task.status == "timed_out"
     assert "timeout of 5 s" in task.status_reason
     assert [c["path"] for c in stub.cancels] == [f"/tasks/{task.guid}/cancel/"]
-    verify_signature([dispatcher.secret], stub.cancels[0]["raw"],
-                     stub.cancels[0]["headers"]["X-Kohakku-Timestamp"],
-                     stub.cancels[0]["headers"]["X-Kohakku-Signature"])  # fmt: skip
+    verify_signature(
+        [dispatcher.secret],
+        stub.cancels[0]["raw"],
+        stub.cancels[0]["headers"]["X-Kohakku-Timestamp"],
+        stub.cancels[0]["headers"]["X-Kohakku-Signature"],
+    )
     task.signing_secret = dispatcher.secret
     late = callback(api_client, task, token, {"status": "completed", "exit_code": 0})
     assert late.status_code == 409
 
 
-def test_cancel_of_running_task(skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client):
+def test_cancel_of_running_task(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
+):
     stub = stub_dispatcher()
     dispatcher = make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review")
@@ -307,7 +348,9 @@ def test_unconfirmed_cancel_ends_after_grace(skill_version, make_dispatcher, sch
     assert "did not confirm" in task.status_reason
 
 
-def test_tasks_a_dispatcher_no_longer_reports_are_requeued(skill_version, make_dispatcher, scheduler):
+def test_tasks_a_dispatcher_no_longer_reports_are_requeued(
+    skill_version, make_dispatcher, scheduler
+):
     dispatcher = make_dispatcher()
     kept = create_task(skill="code-review")
     dropped = create_task(skill="code-review")
@@ -334,11 +377,15 @@ def test_recently_started_tasks_are_not_reconciled(skill_version, make_dispatche
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
 
 
-def test_dispatcher_deleting_receiver_counts_and_requeues(skill_version, make_dispatcher, scheduler):
+def test_dispatcher_deleting_receiver_counts_and_requeues(
+    skill_version, make_dispatcher, scheduler
+):
     dispatcher = make_dispatcher()
     tasks = [create_task(skill="code-review") for _ in range(2)]
     scheduler.claim_and_assign(timezone.now())
-    answers = signals.dispatcher_deleting.send(sender=Dispatcher, dispatcher=dispatcher, force=False)
+    answers = signals.dispatcher_deleting.send(
+        sender=Dispatcher, dispatcher=dispatcher, force=False
+    )
     assert [count for _, count in answers] == [2]
     assert Task.objects.filter(status="dispatched").count() == 2
     answers = signals.dispatcher_deleting.send(sender=Dispatcher, dispatcher=dispatcher, force=True)
@@ -346,7 +393,9 @@ def test_dispatcher_deleting_receiver_counts_and_requeues(skill_version, make_di
     assert Task.objects.filter(pk__in=[t.pk for t in tasks], status="queued").count() == 2
 
 
-def test_deleted_dispatcher_tasks_are_requeued_by_the_pass(skill_version, make_dispatcher, scheduler):
+def test_deleted_dispatcher_tasks_are_requeued_by_the_pass(
+    skill_version, make_dispatcher, scheduler
+):
     dispatcher = make_dispatcher()
     task = create_task(skill="code-review")
     scheduler.claim_and_assign(timezone.now())
@@ -365,7 +414,9 @@ def test_management_command_once(skill_version, make_dispatcher, stub_dispatcher
     assert len(stub.pushes) == 1
 
 
-def test_claim_query_budget(skill_version, make_dispatcher, scheduler, django_assert_max_num_queries):
+def test_claim_query_budget(
+    skill_version, make_dispatcher, scheduler, django_assert_max_num_queries
+):
     make_dispatcher("a", capacity=50)
     make_dispatcher("b", capacity=50)
     for _ in range(20):

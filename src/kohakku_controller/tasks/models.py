@@ -113,7 +113,10 @@ class Task(models.Model):
     callback_token_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
     origin = models.CharField(max_length=16, choices=TaskOrigin.choices, default=TaskOrigin.API)
     origin_ref = models.CharField(max_length=255, blank=True, default="")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    # NULL (not "") when absent, so the unique constraint ignores tasks without a key.
+    idempotency_key = models.CharField(  # noqa: DJ001
+        max_length=255, null=True, blank=True, editable=False
+    )
     # sha256 of the normalised creation request, to tell a retry from a different request.
     request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
     created_by = models.ForeignKey(
@@ -181,7 +184,7 @@ class Task(models.Model):
 
 
 class TaskEventQuerySet(models.QuerySet):
-    def update(self, **kwargs):  # noqa: ARG002
+    def update(self, **kwargs):
         raise TypeError("Task events are append-only.")
 
     def delete(self):

@@ -170,9 +170,7 @@ def explain_no_match(task: Task, dispatchers: list[Dispatcher], active: dict[int
     matching = [d for d in with_backend if _carries_labels(d, task.labels)]
     if not matching:
         return f"waiting: no online dispatcher with {wanted}"
-    return (
-        f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
-    )
+    return f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
 
 
 class Scheduler:
@@ -331,10 +329,14 @@ class Scheduler:
                 )
                 if updated:
                     record_event(
-                        task, "timed_out", from_status=task.status, to_status="timed_out",
-                        reason=reason, now=now,
+                        task,
+                        "timed_out",
+                        from_status=task.status,
+                        to_status="timed_out",
+                        reason=reason,
+                        now=now,
                         dispatcher_guid=task.dispatcher.guid if task.dispatcher else None,
-                    )  # fmt: skip
+                    )
                     from .services import _send_finished_after_commit
 
                     _send_finished_after_commit(task.pk)
@@ -357,14 +359,20 @@ class Scheduler:
                 updated = Task.objects.filter(
                     pk=task.pk, status=task.status, attempt=task.attempt
                 ).update(
-                    status=TaskStatus.CANCELLED, finished_at=now, updated_at=now,
+                    status=TaskStatus.CANCELLED,
+                    finished_at=now,
+                    updated_at=now,
                     status_reason=reason,
-                )  # fmt: skip
+                )
                 if updated:
                     record_event(
-                        task, "cancelled", from_status=task.status, to_status="cancelled",
-                        reason=reason, now=now,
-                    )  # fmt: skip
+                        task,
+                        "cancelled",
+                        from_status=task.status,
+                        to_status="cancelled",
+                        reason=reason,
+                        now=now,
+                    )
                     from .services import _send_finished_after_commit
 
                     _send_finished_after_commit(task.pk)
@@ -452,11 +460,16 @@ class Scheduler:
                 task.deadline_at = deadline
                 events.append(
                     record_event(
-                        task, "dispatched", from_status="queued", to_status="dispatched",
-                        reason=f"assigned to {chosen.name}", now=now,
-                        dispatcher_guid=chosen.guid, save=False,
+                        task,
+                        "dispatched",
+                        from_status="queued",
+                        to_status="dispatched",
+                        reason=f"assigned to {chosen.name}",
+                        now=now,
+                        dispatcher_guid=chosen.guid,
+                        save=False,
                         data={"scheduler": self.name},
-                    )  # fmt: skip
+                    )
                 )
                 claims.append(Claim(task, chosen, token, now))
             if events:
@@ -538,10 +551,9 @@ class Scheduler:
         condition = Q(pk__in=[])
         for claim in claims:
             condition |= Q(pk=claim.task.pk, attempt=claim.task.attempt)
-        return (
-            Task.objects.filter(condition, status__in=list(ACTIVE_STATUSES), pushed_at__isnull=True)
-            .update(pushed_at=now, lease_expires_at=None)
-        )
+        return Task.objects.filter(
+            condition, status__in=list(ACTIVE_STATUSES), pushed_at__isnull=True
+        ).update(pushed_at=now, lease_expires_at=None)
 
     def record_push_failure(self, claim: Claim, error: str) -> str | None:
         task = claim.task
@@ -577,7 +589,9 @@ class Scheduler:
                 {"task_guid": str(task.guid), "attempt": task.attempt, "reason": reason}
             ).encode()
             path = f"/tasks/{task.guid}/cancel/"
-            jobs.append((task, record, self.pool.submit(self._post_signed, dispatcher, path, body, {})))
+            jobs.append(
+                (task, record, self.pool.submit(self._post_signed, dispatcher, path, body, {}))
+            )
         sent = 0
         for task, record, future in jobs:
             error = future.result()

@@ -176,7 +176,10 @@ def _validate_creation(
         errors["priority"] = [f"Must be an integer from {_PRIORITY_RANGE[0]} to 1000."]
     if timeout_seconds is None:
         timeout_seconds = settings.TASK_DEFAULT_TIMEOUT_SECONDS
-    if not _is_int(timeout_seconds) or not 1 <= timeout_seconds <= settings.TASK_MAX_TIMEOUT_SECONDS:
+    if (
+        not _is_int(timeout_seconds)
+        or not 1 <= timeout_seconds <= settings.TASK_MAX_TIMEOUT_SECONDS
+    ):
         errors["timeout_seconds"] = [
             f"Must be an integer from 1 to {settings.TASK_MAX_TIMEOUT_SECONDS}."
         ]
@@ -215,9 +218,7 @@ def _fingerprint(request: dict[str, Any]) -> str:
 
 def _replay(existing: Task, fingerprint: str) -> Task:
     if existing.request_fingerprint != fingerprint:
-        raise Conflict(
-            {"idempotency_key": ["This key was already used for a different request."]}
-        )
+        raise Conflict({"idempotency_key": ["This key was already used for a different request."]})
     existing.idempotent_replay = True
     return existing
 
@@ -226,7 +227,7 @@ def create_task(
     *,
     skill: str,
     version: int | None = None,
-    input: dict | None = None,  # noqa: A002  (pinned field name)
+    input: dict | None = None,
     backend: str = "local",
     labels: dict | None = None,
     priority: int = 0,
@@ -433,9 +434,13 @@ def cancel_task(task: Task, *, reason: str = "cancelled on request", now=None) -
                 )
                 if updated:
                     record_event(
-                        task, "cancelled", from_status=task.status, to_status="cancelled",
-                        reason=reason, now=now,
-                    )  # fmt: skip
+                        task,
+                        "cancelled",
+                        from_status=task.status,
+                        to_status="cancelled",
+                        reason=reason,
+                        now=now,
+                    )
                     _send_finished_after_commit(task.pk)
             else:
                 if task.cancel_requested_at is not None:
@@ -480,7 +485,9 @@ def _bearer_token(authorization: str | None) -> str:
 def authenticate_task_token(guid: Any, authorization: str | None) -> Task:
     """The task whose current callback token is presented, or 401 (404 for an unknown task)."""
     token = _bearer_token(authorization)
-    task = Task.objects.select_related("dispatcher", "skill_version__skill").filter(guid=guid).first()
+    task = (
+        Task.objects.select_related("dispatcher", "skill_version__skill").filter(guid=guid).first()
+    )
     if task is None:
         raise NotFound("No such task.")
     if not task.callback_token_matches(token):
@@ -542,8 +549,10 @@ def _result_key_is_valid(task: Task, key: str) -> bool:
         return False
     rest = key[len(prefix) :]
     parts = rest.split("/")
-    return "\\" not in rest and all(part not in ("", ".", "..") for part in parts) and not any(
-        ord(ch) < 32 for ch in rest
+    return (
+        "\\" not in rest
+        and all(part not in ("", ".", "..") for part in parts)
+        and not any(ord(ch) < 32 for ch in rest)
     )
 
 
@@ -609,9 +618,13 @@ def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
         )
         if updated:
             record_event(
-                task, "started", from_status=TaskStatus.DISPATCHED, to_status="running",
-                now=now, dispatcher_guid=task.dispatcher.guid,
-            )  # fmt: skip
+                task,
+                "started",
+                from_status=TaskStatus.DISPATCHED,
+                to_status="running",
+                now=now,
+                dispatcher_guid=task.dispatcher.guid,
+            )
             _send_started_after_commit(task.pk)
     current = _refetch(task)
     if updated or (current.status == TaskStatus.RUNNING and current.attempt == task.attempt):
@@ -622,7 +635,9 @@ def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
 def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOutcome:
     status = data["status"]
     if status == TaskStatus.COMPLETED:
-        reason = "completed" + (f" with exit code {data['exit_code']}" if data["exit_code"] is not None else "")
+        reason = "completed" + (
+            f" with exit code {data['exit_code']}" if data["exit_code"] is not None else ""
+        )
     elif status == TaskStatus.FAILED:
         reason = "failed: " + (data["error_message"] or "the dispatcher reported a failure")
     else:
@@ -646,10 +661,15 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
         )
         if updated:
             record_event(
-                task, status, from_status=task.status, to_status=status, reason=reason,
+                task,
+                status,
+                from_status=task.status,
+                to_status=status,
+                reason=reason,
                 data={"exit_code": data["exit_code"], "result_key": data["result_key"]},
-                now=now, dispatcher_guid=task.dispatcher.guid,
-            )  # fmt: skip
+                now=now,
+                dispatcher_guid=task.dispatcher.guid,
+            )
             _send_finished_after_commit(task.pk)
             notify_scheduler()  # capacity freed: queued tasks may now fit
     current = _refetch(task)
@@ -672,7 +692,5 @@ def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = Fal
     )
     if force:
         for task in tasks:
-            release_task(
-                task, kind="requeued", reason=f"dispatcher {dispatcher.name} was deleted"
-            )
+            release_task(task, kind="requeued", reason=f"dispatcher {dispatcher.name} was deleted")
     return len(tasks)
