@@ -21,6 +21,7 @@ Any number of schedulers may run at once against PostgreSQL; each task is claime
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,8 +35,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -89,6 +91,20 @@ def public_url(path: str) -> str:
     return kohakku_settings.PUBLIC_BASE_URL.rstrip("/") + path
 
 
+_URL_PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
+
+
+@functools.lru_cache(maxsize=32)
+def _task_path_template(url_name: str, urlconf: str) -> str:
+    return reverse(url_name, kwargs={"guid": _URL_PLACEHOLDER}, urlconf=urlconf)
+
+
+def task_url(url_name: str, guid: Any) -> str:
+    """Absolute URL of a per-task controller endpoint (reversed once, then filled in)."""
+    template = _task_path_template(url_name, settings.ROOT_URLCONF)
+    return public_url(template.replace(_URL_PLACEHOLDER, str(guid)))
+
+
 def result_target(task: Task, callback_token: str) -> dict[str, Any]:
     """Where the dispatcher puts the task's result (the ``result`` object of a push)."""
     key = f"{task.result_prefix}output.json"
@@ -103,9 +119,7 @@ def result_target(task: Task, callback_token: str) -> dict[str, Any]:
         )
         headers: dict[str, str] = {}
     else:
-        url = public_url(
-            reverse("kohakku_controller:task-result-upload", kwargs={"guid": task.guid})
-        )
+        url = task_url("kohakku_controller:task-result-upload", task.guid)
         headers = {"Authorization": f"Bearer {callback_token}"}
     return {
         "key_prefix": task.result_prefix,
@@ -140,9 +154,7 @@ def build_push_body(task: Task, callback_token: str) -> dict[str, Any]:
         "priority": task.priority,
         "timeout_seconds": task.timeout_seconds,
         "deadline_at": task.deadline_at.isoformat() if task.deadline_at else None,
-        "callback_url": public_url(
-            reverse("kohakku_controller:task-callback", kwargs={"guid": task.guid})
-        ),
+        "callback_url": task_url("kohakku_controller:task-callback", task.guid),
         "callback_token": callback_token,
         "result": result_target(task, callback_token),
     }
@@ -171,6 +183,56 @@ def explain_no_match(task: Task, dispatchers: list[Dispatcher], active: dict[int
     if not matching:
         return f"waiting: no online dispatcher with {wanted}"
     return f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
+
+
+def _set_assignment_columns(
+    assignments: list[tuple[Task, Dispatcher, str]], claimed_by: str, claimed_at: datetime
+) -> None:
+    """Write each claimed row's own dispatcher, deadline, token hash and reason.
+
+    Only rows this claim moved (same ``claimed_by`` and ``dispatched_at``) are touched. On
+    PostgreSQL it is one ``UPDATE … FROM (VALUES …)``; Django's ``bulk_update`` builds a
+    CASE per row and per field, which costs more than the claim itself at batch sizes.
+    """
+    if not assignments:
+        return
+    guard = {"claimed_by": claimed_by, "dispatched_at": claimed_at}
+    if connection.vendor != "postgresql":
+        for task, chosen, _ in assignments:
+            Task.objects.filter(pk=task.pk, **guard).update(
+                dispatcher=chosen,
+                deadline_at=task.deadline_at,
+                callback_token_hash=task.callback_token_hash,
+                status_reason=task.status_reason,
+            )
+        return
+    quote = connection.ops.quote_name
+    column = {name: quote(Task._meta.get_field(name).column) for name in (
+        "id", "dispatcher", "deadline_at", "callback_token_hash", "status_reason",
+        "claimed_by", "dispatched_at",
+    )}  # fmt: skip
+    row = "(%s::bigint, %s::bigint, %s::timestamptz, %s::text, %s::text)"
+    params: list[Any] = []
+    for task, chosen, _ in assignments:
+        params += [
+            task.pk,
+            chosen.pk,
+            task.deadline_at,
+            task.callback_token_hash,
+            task.status_reason,
+        ]
+    # Identifiers come from the model's metadata; every value is a bound parameter.
+    sql = (
+        f"UPDATE {quote(Task._meta.db_table)} AS t SET "  # noqa: S608
+        f"{column['dispatcher']} = v.dispatcher_id, {column['deadline_at']} = v.deadline_at, "
+        f"{column['callback_token_hash']} = v.token_hash, {column['status_reason']} = v.reason "
+        f"FROM (VALUES {', '.join([row] * len(assignments))}) "
+        "AS v(id, dispatcher_id, deadline_at, token_hash, reason) "
+        f"WHERE t.{column['id']} = v.id AND t.{column['claimed_by']} = %s "
+        f"AND t.{column['dispatched_at']} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, claimed_by, claimed_at])
 
 
 class Scheduler:
@@ -417,6 +479,7 @@ class Scheduler:
                 .values_list("dispatcher_id", "n")
             )
             events: list[TaskEvent] = []
+            assignments: list[tuple[Task, Dispatcher, str]] = []
             for task in tasks:
                 chosen = self._choose(task, candidates, active)
                 if chosen is None:
@@ -432,32 +495,10 @@ class Scheduler:
                         not_before=now if at_capacity else now + recheck,
                     )
                     continue
-                token = secrets.token_urlsafe(32)
-                attempt = task.attempt + 1
-                deadline = now + timedelta(seconds=task.timeout_seconds)
-                updated = Task.objects.filter(
-                    pk=task.pk, status=TaskStatus.QUEUED, attempt=task.attempt
-                ).update(
-                    status=TaskStatus.DISPATCHED,
-                    dispatcher=chosen,
-                    attempt=attempt,
-                    dispatched_at=now,
-                    lease_expires_at=now + lease,
-                    claimed_by=self.name[:200],
-                    deadline_at=deadline,
-                    callback_token_hash=hash_callback_token(token),
-                    pushed_at=None,
-                    updated_at=now,
-                    status_reason=f"dispatched to {chosen.name}; pushing",
-                )
-                if not updated:
-                    continue
                 active[chosen.pk] = active.get(chosen.pk, 0) + 1
-                task.status = TaskStatus.DISPATCHED
-                task.attempt = attempt
-                task.dispatcher = chosen
-                task.dispatched_at = now
-                task.deadline_at = deadline
+                assignments.append((task, chosen, secrets.token_urlsafe(32)))
+            assignments = self._mark_dispatched(assignments, now, now + lease)
+            for task, chosen, token in assignments:
                 events.append(
                     record_event(
                         task,
@@ -475,6 +516,49 @@ class Scheduler:
             if events:
                 TaskEvent.objects.bulk_create(events)
         return claims, unmatched
+
+    def _mark_dispatched(
+        self, assignments: list[tuple[Task, Dispatcher, str]], now: datetime, lease_until: datetime
+    ) -> list[tuple[Task, Dispatcher, str]]:
+        """Move the chosen tasks queued -> dispatched in two statements; return the winners.
+
+        The conditional UPDATE does the transition (and bumps ``attempt``) for every row
+        still queued; the per-row values (dispatcher, token hash, deadline) follow in one
+        bulk statement on rows this transaction now owns.
+        """
+        if not assignments:
+            return []
+        name = self.name[:200]
+        ids = [task.pk for task, _, _ in assignments]
+        updated = Task.objects.filter(pk__in=ids, status=TaskStatus.QUEUED).update(
+            status=TaskStatus.DISPATCHED,
+            attempt=F("attempt") + 1,
+            dispatched_at=now,
+            lease_expires_at=lease_until,
+            claimed_by=name,
+            pushed_at=None,
+            updated_at=now,
+        )
+        if updated != len(ids):
+            # A row changed between the read and the update (possible only where rows are
+            # not locked, i.e. SQLite): keep the ones this update moved.
+            won = set(
+                Task.objects.filter(
+                    pk__in=ids, status=TaskStatus.DISPATCHED, claimed_by=name, dispatched_at=now
+                ).values_list("pk", flat=True)
+            )
+            assignments = [a for a in assignments if a[0].pk in won]
+        for task, chosen, token in assignments:
+            task.status = TaskStatus.DISPATCHED
+            task.attempt += 1
+            task.dispatcher = chosen
+            task.dispatched_at = now
+            task.claimed_by = name
+            task.deadline_at = now + timedelta(seconds=task.timeout_seconds)
+            task.callback_token_hash = hash_callback_token(token)
+            task.status_reason = f"dispatched to {chosen.name}; pushing"
+        _set_assignment_columns(assignments, name, now)
+        return assignments
 
     @staticmethod
     def _choose(
@@ -545,15 +629,23 @@ class Scheduler:
         return len(ok), len(failed)
 
     def record_pushed(self, claims: list[Claim]) -> int:
+        """Record accepted pushes; a claim is identified by (task, scheduler, claim time)."""
         if not claims:
             return 0
         now = timezone.now()
-        condition = Q(pk__in=[])
+        recorded = 0
+        by_claim_time: dict[datetime, list[int]] = {}
         for claim in claims:
-            condition |= Q(pk=claim.task.pk, attempt=claim.task.attempt)
-        return Task.objects.filter(
-            condition, status__in=list(ACTIVE_STATUSES), pushed_at__isnull=True
-        ).update(pushed_at=now, lease_expires_at=None)
+            by_claim_time.setdefault(claim.claimed_at, []).append(claim.task.pk)
+        for claimed_at, ids in by_claim_time.items():
+            recorded += Task.objects.filter(
+                pk__in=ids,
+                claimed_by=self.name[:200],
+                dispatched_at=claimed_at,
+                status__in=list(ACTIVE_STATUSES),
+                pushed_at__isnull=True,
+            ).update(pushed_at=now, lease_expires_at=None)
+        return recorded
 
     def record_push_failure(self, claim: Claim, error: str) -> str | None:
         task = claim.task
