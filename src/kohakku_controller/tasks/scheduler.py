@@ -190,49 +190,43 @@ def _set_assignment_columns(
 ) -> None:
     """Write each claimed row's own dispatcher, deadline, token hash and reason.
 
-    Only rows this claim moved (same ``claimed_by`` and ``dispatched_at``) are touched. On
-    PostgreSQL it is one ``UPDATE … FROM (VALUES …)``; Django's ``bulk_update`` builds a
-    CASE per row and per field, which costs more than the claim itself at batch sizes.
+    Only rows this claim moved (same ``claimed_by`` and ``dispatched_at``) are touched. It
+    is one ``UPDATE … FROM (VALUES …)``; Django's ``bulk_update`` builds a CASE per row and
+    per field, which costs more than the claim itself at batch sizes.
     """
     if not assignments:
-        return
-    guard = {"claimed_by": claimed_by, "dispatched_at": claimed_at}
-    if connection.vendor != "postgresql":
-        for task, chosen, _ in assignments:
-            Task.objects.filter(pk=task.pk, **guard).update(
-                dispatcher=chosen,
-                deadline_at=task.deadline_at,
-                callback_token_hash=task.callback_token_hash,
-                status_reason=task.status_reason,
-            )
         return
     quote = connection.ops.quote_name
     column = {name: quote(Task._meta.get_field(name).column) for name in (
         "id", "dispatcher", "deadline_at", "callback_token_hash", "status_reason",
         "claimed_by", "dispatched_at",
     )}  # fmt: skip
-    row = "(%s::bigint, %s::bigint, %s::timestamptz, %s::text, %s::text)"
+    names = "id, dispatcher_id, deadline_at, token_hash, reason"
+    postgres = connection.vendor == "postgresql"
+    adapt = connection.ops.adapt_datetimefield_value
     params: list[Any] = []
     for task, chosen, _ in assignments:
-        params += [
-            task.pk,
-            chosen.pk,
-            task.deadline_at,
-            task.callback_token_hash,
-            task.status_reason,
-        ]
+        deadline = task.deadline_at if postgres else adapt(task.deadline_at)
+        params += [task.pk, chosen.pk, deadline, task.callback_token_hash, task.status_reason]
+    if postgres:
+        row = "(%s::bigint, %s::bigint, %s::timestamptz, %s::text, %s::text)"
+        values = f"(VALUES {', '.join([row] * len(assignments))}) AS v({names})"
+    else:  # SQLite names VALUES columns column1..column5
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(assignments))
+        aliases = ", ".join(f"column{n + 1} AS {a}" for n, a in enumerate(names.split(", ")))
+        values = f"(SELECT {aliases} FROM (VALUES {rows})) AS v"  # noqa: S608
     # Identifiers come from the model's metadata; every value is a bound parameter.
     sql = (
         f"UPDATE {quote(Task._meta.db_table)} AS t SET "  # noqa: S608
         f"{column['dispatcher']} = v.dispatcher_id, {column['deadline_at']} = v.deadline_at, "
         f"{column['callback_token_hash']} = v.token_hash, {column['status_reason']} = v.reason "
-        f"FROM (VALUES {', '.join([row] * len(assignments))}) "
-        "AS v(id, dispatcher_id, deadline_at, token_hash, reason) "
+        f"FROM {values} "
         f"WHERE t.{column['id']} = v.id AND t.{column['claimed_by']} = %s "
         f"AND t.{column['dispatched_at']} = %s"
     )
+    claimed_at_param = claimed_at if postgres else adapt(claimed_at)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, claimed_by, claimed_at])
+        cursor.execute(sql, [*params, claimed_by, claimed_at_param])
 
 
 class Scheduler:
