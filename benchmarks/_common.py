@@ -70,9 +70,17 @@ def child_env() -> dict[str, str]:
 def start_schedulers(count: int) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "django", "kohakku_scheduler", "--poll-seconds=1",
-             f"--name=bench-{n}"],
-            env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "kohakku_scheduler",
+                "--poll-seconds=1",
+                f"--name=bench-{n}",
+            ],
+            env=child_env(),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )  # fmt: skip
         for n in range(count)
     ]
