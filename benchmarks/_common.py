@@ -64,7 +64,13 @@ def setup_database() -> str:
 
 
 def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": PYTHONPATH, "DJANGO_SETTINGS_MODULE": "bench_settings"}
+    # Persistent database connections, as in production (see docs/scheduler.md).
+    return {
+        **os.environ,
+        "PYTHONPATH": PYTHONPATH,
+        "DJANGO_SETTINGS_MODULE": "bench_settings",
+        "DJANGO_CONN_MAX_AGE": "60",
+    }
 
 
 def start_schedulers(count: int) -> list[subprocess.Popen]:
@@ -81,7 +87,7 @@ def start_schedulers(count: int) -> list[subprocess.Popen]:
             env=child_env(),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for n in range(count)
     ]
 
@@ -107,7 +113,7 @@ class StubDispatcher:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 now = time.time()
                 if self.path == "/tasks/":
@@ -153,9 +159,12 @@ def make_skill() -> Any:
 
     skill = Skill.objects.create(name="Bench", slug="bench")
     return SkillVersion.objects.create(
-        skill=skill, version_number=1, content_hash="0" * 64, size=1,
+        skill=skill,
+        version_number=1,
+        content_hash="0" * 64,
+        size=1,
         storage_ref="skills/bench/" + "0" * 64 + ".zip",
-    )  # fmt: skip
+    )
 
 
 def make_dispatcher(name: str, url: str, capacity: int = 1_000_000) -> tuple[Any, str]:
@@ -166,8 +175,13 @@ def make_dispatcher(name: str, url: str, capacity: int = 1_000_000) -> tuple[Any
 
     secret = generate_signing_secret()
     dispatcher = Dispatcher.objects.create(
-        name=name, slug=name, endpoint_url=url, backends=["local"], capacity=capacity,
-        heartbeat_interval_seconds=3600, signing_secret_encrypted=encrypt_secret(secret),
+        name=name,
+        slug=name,
+        endpoint_url=url,
+        backends=["local"],
+        capacity=capacity,
+        heartbeat_interval_seconds=3600,
+        signing_secret_encrypted=encrypt_secret(secret),
         last_heartbeat_at=timezone.now(),
-    )  # fmt: skip
+    )
     return dispatcher, secret

@@ -42,11 +42,16 @@ def free_port() -> int:
 
 def start_server(port: int, workers: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "gunicorn") if (ROOT / ".venv").exists() else "gunicorn",
-         "example_project.wsgi:application", f"--bind=127.0.0.1:{port}",
-         f"--workers={workers}", "--log-level=warning"],
-        env=child_env(), cwd=ROOT,
-    )  # fmt: skip
+        [
+            str(ROOT / ".venv" / "bin" / "gunicorn") if (ROOT / ".venv").exists() else "gunicorn",
+            "example_project.wsgi:application",
+            f"--bind=127.0.0.1:{port}",
+            f"--workers={workers}",
+            "--log-level=warning",
+        ],
+        env=child_env(),
+        cwd=ROOT,
+    )
     import httpx
 
     deadline = time.monotonic() + 30
@@ -138,14 +143,20 @@ def main() -> None:
     finally:
         stop_processes([server])
     own, child = peak_memory_mb()
-    print(f"callback benchmark: {args.requests} requests, concurrency {args.concurrency}, "
-          f"gunicorn {args.workers} sync workers, PostgreSQL")  # fmt: skip
-    print(f"  ceiling  GET /trivial/        : {ceiling_rate:7.0f} req/s  "
-          f"p50 {percentile(ceiling_lat, 50):6.1f} ms  p99 {percentile(ceiling_lat, 99):6.1f} ms  "
-          f"{ceiling_codes}")  # fmt: skip
-    print(f"  callback POST …/callback/     : {rate:7.0f} req/s  "
-          f"p50 {percentile(latencies, 50):6.1f} ms  p99 {percentile(latencies, 99):6.1f} ms  "
-          f"{codes}")  # fmt: skip
+    print(
+        f"callback benchmark: {args.requests} requests, concurrency {args.concurrency}, "
+        f"gunicorn {args.workers} sync workers, PostgreSQL"
+    )
+    print(
+        f"  ceiling  GET /trivial/        : {ceiling_rate:7.0f} req/s  "
+        f"p50 {percentile(ceiling_lat, 50):6.1f} ms  p99 {percentile(ceiling_lat, 99):6.1f} ms  "
+        f"{ceiling_codes}"
+    )
+    print(
+        f"  callback POST …/callback/     : {rate:7.0f} req/s  "
+        f"p50 {percentile(latencies, 50):6.1f} ms  p99 {percentile(latencies, 99):6.1f} ms  "
+        f"{codes}"
+    )
     print(f"  callback / ceiling            : {rate / ceiling_rate:6.0%}")
     print(f"  peak RSS: benchmark process {own:.0f} MiB, largest child {child:.0f} MiB")
     if codes != {200: args.requests}:

@@ -133,8 +133,10 @@ def main() -> None:
         stub.arrivals.clear()
     results = {n: run(n, stubs, args.tasks, args.latency_tasks) for n in (1, 3)}
     own, child = peak_memory_mb()
-    print(f"dispatch benchmark: {args.tasks} tasks per throughput run, "
-          f"{args.latency_tasks} for latency, 3 stub dispatchers on loopback")  # fmt: skip
+    print(
+        f"dispatch benchmark: {args.tasks} tasks per throughput run, "
+        f"{args.latency_tasks} for latency, 3 stub dispatchers on loopback"
+    )
     print(f"  baseline  signed pushes straight to the stubs : {ceiling:8.0f} pushes/s")
     for n, result in results.items():
         print(

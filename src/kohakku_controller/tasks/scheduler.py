@@ -197,10 +197,18 @@ def _set_assignment_columns(
     if not assignments:
         return
     quote = connection.ops.quote_name
-    column = {name: quote(Task._meta.get_field(name).column) for name in (
-        "id", "dispatcher", "deadline_at", "callback_token_hash", "status_reason",
-        "claimed_by", "dispatched_at",
-    )}  # fmt: skip
+    column = {
+        name: quote(Task._meta.get_field(name).column)
+        for name in (
+            "id",
+            "dispatcher",
+            "deadline_at",
+            "callback_token_hash",
+            "status_reason",
+            "claimed_by",
+            "dispatched_at",
+        )
+    }
     names = "id, dispatcher_id, deadline_at, token_hash, reason"
     postgres = connection.vendor == "postgresql"
     adapt = connection.ops.adapt_datetimefield_value

@@ -394,6 +394,9 @@ def release_task(
 
 
 def _send_finished_after_commit(task_pk: int) -> None:
+    if not signals.task_finished.has_listeners(Task):
+        return  # nobody listens: spare the hot path the query
+
     def send() -> None:
         task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
         signals.task_finished.send(sender=Task, task=task)
@@ -402,6 +405,9 @@ def _send_finished_after_commit(task_pk: int) -> None:
 
 
 def _send_started_after_commit(task_pk: int) -> None:
+    if not signals.task_started.has_listeners(Task):
+        return
+
     def send() -> None:
         task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
         signals.task_started.send(sender=Task, task=task)
@@ -626,9 +632,12 @@ def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
                 dispatcher_guid=task.dispatcher.guid,
             )
             _send_started_after_commit(task.pk)
+    if updated:
+        task.status, task.started_at, task.updated_at = TaskStatus.RUNNING, now, now
+        return CallbackOutcome(task, True)
     current = _refetch(task)
-    if updated or (current.status == TaskStatus.RUNNING and current.attempt == task.attempt):
-        return CallbackOutcome(current, bool(updated))
+    if current.status == TaskStatus.RUNNING and current.attempt == task.attempt:
+        return CallbackOutcome(current, False)
     raise Conflict(f"The task is {current.status}; it cannot become running.")
 
 
@@ -672,9 +681,12 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
             )
             _send_finished_after_commit(task.pk)
             notify_scheduler()  # capacity freed: queued tasks may now fit
+    if updated:
+        task.status, task.finished_at, task.updated_at = status, now, now
+        return CallbackOutcome(task, True)
     current = _refetch(task)
-    if updated or current.status == status:
-        return CallbackOutcome(current, bool(updated))
+    if current.status == status:
+        return CallbackOutcome(current, False)
     if current.status in FINAL_STATUSES:
         raise Conflict(f"The task already ended as {current.status}.")
     raise Conflict(f"The task is {current.status}; this callback does not apply.")
