@@ -426,3 +426,36 @@ def test_claim_query_budget(
     with django_assert_max_num_queries(10):
         claims, _ = scheduler.claim_and_assign(timezone.now())
     assert len(claims) == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_forever_pushes_new_work_until_stopped(skill_version, make_dispatcher, stub_dispatcher):
+    import threading
+
+    from django.db import connection
+
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url, capacity=10)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            with Scheduler(name="looping") as looping:
+                looping.run_forever(stop, poll_seconds=0.05)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        tasks = [create_task(skill="code-review", input={"n": n}) for n in range(5)]
+        for _ in range(200):
+            if len(stub.pushes) == 5:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert sorted(p["body"]["task_guid"] for p in stub.pushes) == sorted(str(t.guid) for t in tasks)
+    assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 5

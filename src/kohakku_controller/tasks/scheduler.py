@@ -558,7 +558,7 @@ class Scheduler:
             task.claimed_by = name
             task.deadline_at = now + timedelta(seconds=task.timeout_seconds)
             task.callback_token_hash = hash_callback_token(token)
-            task.status_reason = f"dispatched to {chosen.name}; pushing"
+            task.status_reason = f"dispatched to {chosen.name}"
         _set_assignment_columns(assignments, name, now)
         return assignments
 
