@@ -242,3 +242,36 @@ def test_create_wakes_a_listening_scheduler(skill_version):
     finally:
         stop.set()
         waiter.close()
+
+
+def test_scheduler_survives_its_database_connections_being_killed(
+    skill_version, make_dispatcher, stub_dispatcher
+):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url, capacity=50)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            with Scheduler(name="survivor") as scheduler:
+                scheduler.run_forever(stop, poll_seconds=0.1)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        create_task(skill="code-review", input={"before": True})
+        wait_for(lambda: len(stub.pushes) == 1)
+        with connection.cursor() as cursor:  # what a database restart does to clients
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        create_task(skill="code-review", input={"after": True})
+        wait_for(lambda: len(stub.pushes) == 2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert [p["body"]["input"] for p in stub.pushes] == [{"before": True}, {"after": True}]
