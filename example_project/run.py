@@ -19,6 +19,7 @@ PORT = os.environ.get("PORT", "8000")
 
 PROCESSES: dict[str, list[str]] = {
     "web": [str(BIN / "gunicorn"), "--config=gunicorn.conf.py"],
+    "scheduler": [str(BIN / "python"), "manage.py", "kohakku_scheduler"],
 }
 
 

@@ -5,7 +5,7 @@ with defaults, is in docs/settings.md ("Example project environment"):
 DATABASE_URL, REDIS_URL, KOHAKKU_S3_ENDPOINT_URL, KOHAKKU_S3_BUCKET, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, KOHAKKU_GITHUB_WEBHOOK_SECRET, KOHAKKU_SLACK_SIGNING_SECRET,
 KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for rotation), DJANGO_SECRET_KEY,
-DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, KOHAKKU_VAR_DIR and PORT.
+DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL and PORT.
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ STORAGES = {
 }
 
 KOHAKKU_CONTROLLER = {
+    # Where dispatchers reach this controller (callback, package and result URLs in pushes).
+    "PUBLIC_BASE_URL": os.environ.get(
+        "KOHAKKU_PUBLIC_BASE_URL", f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    ),
     "WEBHOOK_SECRETS": {
         "github": env_list("KOHAKKU_GITHUB_WEBHOOK_SECRET"),
         "slack": env_list("KOHAKKU_SLACK_SIGNING_SECRET"),
@@ -151,6 +155,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "kohakku_controller.tasks.models.TaskStatus",
+        "ProbeStatusEnum": ["ok", "error"],
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -10,3 +10,4 @@ class KohakkuControllerConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (register checks and receivers)
+        from .tasks import receivers  # noqa: F401

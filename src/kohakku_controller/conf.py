@@ -72,6 +72,57 @@ DEFAULTS: dict[str, Any] = {
     # Endpoint that presigned S3 URLs are signed for, when clients reach S3 under another
     # address than the controller does (e.g. "https://s3.example.com"). None: the storage's.
     "STORAGE_PUBLIC_ENDPOINT_URL": None,
+    # --- tasks -------------------------------------------------------------------
+    # Origin (scheme://host[:port]) the dispatchers reach the controller at; used to build
+    # callback, result-upload and package URLs sent in pushes.
+    "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+    # Defaults and limits for new tasks.
+    "TASK_DEFAULT_TIMEOUT_SECONDS": 3600,
+    "TASK_MAX_TIMEOUT_SECONDS": 7 * 24 * 3600,
+    "TASK_DEFAULT_MAX_ATTEMPTS": 3,
+    "TASK_MAX_ATTEMPTS_LIMIT": 20,
+    # Largest task input, in bytes of compact JSON.
+    "TASK_INPUT_MAX_BYTES": 256 * 1024,
+    # Most required labels a task may list.
+    "TASK_MAX_LABELS": 32,
+    # --- callbacks and results -------------------------------------------------
+    # Largest callback body, in bytes.
+    "CALLBACK_MAX_BODY_BYTES": 64 * 1024,
+    # Largest result_metadata (compact JSON bytes) and error_message (characters).
+    "RESULT_METADATA_MAX_BYTES": 16 * 1024,
+    "ERROR_MESSAGE_MAX_CHARS": 8000,
+    # Largest result a dispatcher may upload through the controller's upload endpoint.
+    "RESULT_MAX_BYTES": 100 * 1024 * 1024,
+    # Lifetime of presigned result upload / download URLs (package URLs: see skills).
+    "RESULT_URL_EXPIRES_SECONDS": 3600,
+    # --- scheduler ---------------------------------------------------------------
+    # Queued tasks claimed per pass.
+    "SCHEDULER_BATCH_SIZE": 100,
+    # Longest wait between passes when no wake-up arrives.
+    "SCHEDULER_POLL_SECONDS": 2.0,
+    # Pushes (and cancel requests) in flight at once per scheduler.
+    "SCHEDULER_PUSH_CONCURRENCY": 16,
+    # Timeouts of one push, in seconds.
+    "PUSH_CONNECT_TIMEOUT": 3.0,
+    "PUSH_READ_TIMEOUT": 10.0,
+    # A claim whose push was never recorded is taken back after this many seconds (it
+    # must exceed the push timeouts).
+    "SCHEDULER_LEASE_SECONDS": 60,
+    # Backoff after a failed push: base x 2^(attempt-1), capped, with jitter.
+    "PUSH_BACKOFF_BASE_SECONDS": 2.0,
+    "PUSH_BACKOFF_MAX_SECONDS": 300.0,
+    # A queued task that matched no dispatcher is looked at again after this long.
+    "UNMATCHED_RECHECK_SECONDS": 5.0,
+    # Extra time after a dispatcher goes offline before its unfinished tasks are requeued.
+    "LOST_DISPATCHER_GRACE_SECONDS": 300,
+    # Time a dispatcher has to confirm a cancellation before the task is marked cancelled.
+    "CANCEL_GRACE_SECONDS": 60,
+    # Requeue running tasks that a dispatcher's heartbeats stop listing (after this grace).
+    "RECONCILE_REPORTED_TASKS": True,
+    "REPORTED_TASKS_GRACE_SECONDS": 60,
+    # Wake-up channel: "auto" (PostgreSQL LISTEN/NOTIFY, else Redis pub/sub, else polling),
+    # "postgres", "redis" or "poll".
+    "SCHEDULER_WAKEUP": "auto",
     # --- webhooks ----------------------------------------------------------------
     # Secrets per source; several per source are allowed so they can be rotated.
     "WEBHOOK_SECRETS": {"github": [], "slack": [], "custom": []},

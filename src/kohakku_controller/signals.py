@@ -13,3 +13,7 @@ dispatcher_lost = Signal()
 task_started = Signal()
 #: A task reached a final state. kwargs: ``task``.
 task_finished = Signal()
+#: A dispatcher is about to be deleted. kwargs: ``dispatcher``, ``force``. Sent before the
+#: delete (not after commit); each receiver returns how many unfinished tasks it holds for
+#: that dispatcher and, when ``force`` is true, requeues them.
+dispatcher_deleting = Signal()

@@ -13,6 +13,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from .skills import views as skill_views
+from .tasks.views import TaskCallbackView, TaskResultUploadView, TaskViewSet
 
 app_name = "kohakku_controller"
 
@@ -40,10 +41,24 @@ router.register(
     basename="skill-version",
 )
 router.register("skills", skill_views.SkillViewSet, basename="skill")
+router.register("tasks", TaskViewSet, basename="task")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SwaggerUIView.as_view(url_name="kohakku_controller:schema"), name="docs"),
 ]
 
-urlpatterns: list[URLPattern | URLResolver] = [*schema_urlpatterns, *router.urls]
+task_urlpatterns: list[URLPattern | URLResolver] = [
+    path("tasks/<uuid:guid>/callback/", TaskCallbackView.as_view(), name="task-callback"),
+    path(
+        "tasks/<uuid:guid>/result/upload/",
+        TaskResultUploadView.as_view(),
+        name="task-result-upload",
+    ),
+]
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    *schema_urlpatterns,
+    *task_urlpatterns,
+    *router.urls,
+]

@@ -1,0 +1,167 @@
+"""Callback throughput and latency beside the ceiling of a trivial endpoint, same server.
+
+Run: ``.venv/bin/python benchmarks/callback.py [--requests 1500] [--concurrency 16]``
+
+It creates a throw-away PostgreSQL database, claims ``--requests`` tasks for a dispatcher
+(so each has a callback token), serves the controller with gunicorn on loopback, then sends:
+
+1. ``GET /trivial/`` (a plain Django view: the ceiling of this server and client);
+2. one signed ``completed`` callback per task (token lookup, HMAC check, conditional
+   update, event insert).
+
+It prints requests/s and p50/p99 latency for both, the ratio, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from _common import (
+    ROOT,
+    child_env,
+    make_dispatcher,
+    make_skill,
+    peak_memory_mb,
+    percentile,
+    setup_database,
+    stop_processes,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, workers: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "gunicorn") if (ROOT / ".venv").exists() else "gunicorn",
+            "example_project.wsgi:application",
+            f"--bind=127.0.0.1:{port}",
+            f"--workers={workers}",
+            "--log-level=warning",
+        ],
+        env=child_env(),
+        cwd=ROOT,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/trivial/", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    stop_processes([process])
+    raise SystemExit("the server did not start")
+
+
+def load(requests: list, concurrency: int) -> tuple[float, list[float], dict[int, int]]:
+    """Send every (method, url, body, headers_fn) request; return rate, latencies, codes."""
+    import httpx
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=concurrency * 2), timeout=30)
+    codes: dict[int, int] = {}
+
+    def send(request) -> float:
+        method, url, body, headers_fn = request
+        headers = headers_fn(body) if headers_fn else {}
+        started = time.perf_counter()
+        response = client.request(method, url, content=body, headers=headers)
+        elapsed = (time.perf_counter() - started) * 1000
+        codes[response.status_code] = codes.get(response.status_code, 0) + 1
+        return elapsed
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(send, requests))
+    rate = len(requests) / (time.perf_counter() - started)
+    client.close()
+    return rate, latencies, codes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    setup_database()
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from kohakku_controller.signing import sign_request
+    from kohakku_controller.tasks.scheduler import Scheduler
+    from kohakku_controller.tasks.services import create_task
+
+    make_skill()
+    _, secret = make_dispatcher("bench", "http://127.0.0.1:9")
+    with transaction.atomic():
+        for n in range(args.requests):
+            create_task(skill="bench", input={"n": n})
+    claims = []
+    with Scheduler(name="bench-claimer", batch_size=500) as scheduler:
+        while len(claims) < args.requests:
+            batch, _ = scheduler.claim_and_assign(timezone.now())
+            claims += batch
+
+    port = free_port()
+    server = start_server(port, args.workers)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        trivial = [("GET", f"{base}/trivial/", b"", None)] * args.requests
+        load(trivial[:100], args.concurrency)  # warm up the workers
+        ceiling_rate, ceiling_lat, ceiling_codes = load(trivial, args.concurrency)
+
+        body = json.dumps({"status": "completed", "exit_code": 0, "result_metadata": {}}).encode()
+
+        def signer(token: str):
+            def headers(raw: bytes) -> dict[str, str]:
+                return {
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    **sign_request(secret, raw),
+                }
+
+            return headers
+
+        callbacks = [
+            ("POST", f"{base}/api/v1/tasks/{c.task.guid}/callback/", body, signer(c.callback_token))
+            for c in claims
+        ]
+        rate, latencies, codes = load(callbacks, args.concurrency)
+    finally:
+        stop_processes([server])
+    own, child = peak_memory_mb()
+    print(
+        f"callback benchmark: {args.requests} requests, concurrency {args.concurrency}, "
+        f"gunicorn {args.workers} sync workers, PostgreSQL"
+    )
+    print(
+        f"  ceiling  GET /trivial/        : {ceiling_rate:7.0f} req/s  "
+        f"p50 {percentile(ceiling_lat, 50):6.1f} ms  p99 {percentile(ceiling_lat, 99):6.1f} ms  "
+        f"{ceiling_codes}"
+    )
+    print(
+        f"  callback POST …/callback/     : {rate:7.0f} req/s  "
+        f"p50 {percentile(latencies, 50):6.1f} ms  p99 {percentile(latencies, 99):6.1f} ms  "
+        f"{codes}"
+    )
+    print(f"  callback / ceiling            : {rate / ceiling_rate:6.0%}")
+    print(f"  peak RSS: benchmark process {own:.0f} MiB, largest child {child:.0f} MiB")
+    if codes != {200: args.requests}:
+        sys.exit("some callbacks were not answered 200")
+
+
+if __name__ == "__main__":
+    main()

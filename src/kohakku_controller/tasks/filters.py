@@ -1,0 +1,21 @@
+"""Filters of the task list: ``?status=…&skill=…&dispatcher=…&origin=…&created_after=…``."""
+
+from __future__ import annotations
+
+import django_filters
+
+from .models import Task, TaskOrigin, TaskStatus
+
+
+class TaskFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=TaskStatus.choices)
+    skill = django_filters.CharFilter(field_name="skill_version__skill__slug")
+    version = django_filters.NumberFilter(field_name="skill_version__version_number")
+    dispatcher = django_filters.UUIDFilter(field_name="dispatcher__guid")
+    origin = django_filters.ChoiceFilter(choices=TaskOrigin.choices)
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Task
+        fields = ["status", "skill", "version", "dispatcher", "origin"]

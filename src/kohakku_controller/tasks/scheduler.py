@@ -1,0 +1,839 @@
+"""The scheduler: claims queued tasks, matches them to dispatchers and pushes them.
+
+One pass (:meth:`Scheduler.run_pass`):
+
+1. marks lost dispatchers, and takes back the unfinished tasks of dispatchers that have
+   been gone longer than ``LOST_DISPATCHER_GRACE_SECONDS``;
+2. takes back claims whose push was never recorded (a scheduler died between claim and
+   push) once their lease expires, and running tasks a dispatcher's heartbeats stopped
+   listing;
+3. times out overdue tasks and finishes cancellations the dispatcher never confirmed;
+4. claims a batch of queued tasks (priority, then age; ``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL), matches each to a dispatcher, marks it ``dispatched`` with a lease, and
+   commits;
+5. pushes the claimed tasks over HTTP, several at once, and records the outcome: a failed
+   push sends the task back to ``queued`` with exponential backoff, or to ``failed`` once
+   its attempts are used up;
+6. sends cancel requests to dispatchers.
+
+Any number of schedulers may run at once against PostgreSQL; each task is claimed by one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import Count, F, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from ..conf import kohakku_settings
+from ..dispatchers.models import Dispatcher
+from ..dispatchers.secrets import current_signing_secret
+from ..dispatchers.services import mark_lost_dispatchers
+from ..signing import sign_request
+from ..skills.services import package_download_url
+from ..storage import get_storage, storage_is_remote
+from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_token
+from .services import (
+    WAKEUP_CHANNEL,
+    push_backoff_seconds,
+    record_event,
+    redis_wakeup_channel,
+    release_task,
+)
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "kohakku-controller-scheduler"
+
+
+@dataclass
+class Claim:
+    """A task this scheduler marked ``dispatched`` and must now push."""
+
+    task: Task
+    dispatcher: Dispatcher
+    callback_token: str
+    claimed_at: datetime
+
+
+@dataclass
+class PassReport:
+    """What one pass did (counts), for logs and tests."""
+
+    lost_dispatchers: int = 0
+    released: int = 0
+    timed_out: int = 0
+    claimed: int = 0
+    unmatched: int = 0
+    pushed: int = 0
+    push_failed: int = 0
+    cancels_sent: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def public_url(path: str) -> str:
+    return kohakku_settings.PUBLIC_BASE_URL.rstrip("/") + path
+
+
+_URL_PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
+
+
+@functools.lru_cache(maxsize=32)
+def _task_path_template(url_name: str, urlconf: str) -> str:
+    return reverse(url_name, kwargs={"guid": _URL_PLACEHOLDER}, urlconf=urlconf)
+
+
+def task_url(url_name: str, guid: Any) -> str:
+    """Absolute URL of a per-task controller endpoint (reversed once, then filled in)."""
+    template = _task_path_template(url_name, settings.ROOT_URLCONF)
+    return public_url(template.replace(_URL_PLACEHOLDER, str(guid)))
+
+
+def result_target(task: Task, callback_token: str) -> dict[str, Any]:
+    """Where the dispatcher puts the task's result (the ``result`` object of a push)."""
+    key = f"{task.result_prefix}output.json"
+    storage = get_storage()
+    expires = max(kohakku_settings.RESULT_URL_EXPIRES_SECONDS, task.timeout_seconds + 300)
+    if storage_is_remote(storage):
+        client = storage.connection.meta.client
+        url = client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": storage.bucket_name, "Key": storage._normalize_name(key)},
+            ExpiresIn=expires,
+        )
+        headers: dict[str, str] = {}
+    else:
+        url = task_url("kohakku_controller:task-result-upload", task.guid)
+        headers = {"Authorization": f"Bearer {callback_token}"}
+    return {
+        "key_prefix": task.result_prefix,
+        "key": key,
+        "upload_url": url,
+        "method": "PUT",
+        "headers": headers,
+        "max_bytes": kohakku_settings.RESULT_MAX_BYTES,
+    }
+
+
+def build_push_body(task: Task, callback_token: str) -> dict[str, Any]:
+    """The body of ``POST {endpoint_url}/tasks/`` (docs/dispatcher-contract.md)."""
+    version = task.skill_version
+    return {
+        "task_guid": str(task.guid),
+        "attempt": task.attempt,
+        "skill": {
+            "slug": version.skill.slug,
+            "version": version.version_number,
+            "content_hash": version.content_hash,
+            "download_url": package_download_url(
+                version,
+                base_url=kohakku_settings.PUBLIC_BASE_URL,
+            ),
+            "entrypoint": version.entrypoint,
+        },
+        "input": task.input,
+        "backend": task.backend,
+        "labels": task.labels,
+        "priority": task.priority,
+        "timeout_seconds": task.timeout_seconds,
+        "deadline_at": task.deadline_at.isoformat() if task.deadline_at else None,
+        "callback_url": task_url("kohakku_controller:task-callback", task.guid),
+        "callback_token": callback_token,
+        "result": result_target(task, callback_token),
+    }
+
+
+def _labels_text(labels: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(labels.items())) + "}"
+
+
+def _carries_labels(dispatcher: Dispatcher, labels: dict[str, Any]) -> bool:
+    have = dispatcher.labels if isinstance(dispatcher.labels, dict) else {}
+    return all(k in have and str(have[k]) == str(v) for k, v in labels.items())
+
+
+def explain_no_match(task: Task, dispatchers: list[Dispatcher], active: dict[int, int]) -> str:
+    """Why no dispatcher can take ``task`` now, in words an operator understands."""
+    wanted = f"backend {task.backend!r}"
+    if task.labels:
+        wanted += f" and labels {_labels_text(task.labels)}"
+    if not dispatchers:
+        return f"waiting: no online dispatcher (needs {wanted})"
+    with_backend = [d for d in dispatchers if task.backend in (d.backends or [])]
+    if not with_backend:
+        return f"waiting: no online dispatcher with backend {task.backend!r}"
+    matching = [d for d in with_backend if _carries_labels(d, task.labels)]
+    if not matching:
+        return f"waiting: no online dispatcher with {wanted}"
+    return f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
+
+
+def _set_assignment_columns(
+    assignments: list[tuple[Task, Dispatcher, str]], claimed_by: str, claimed_at: datetime
+) -> None:
+    """Write each claimed row's own dispatcher, deadline, token hash and reason.
+
+    Only rows this claim moved (same ``claimed_by`` and ``dispatched_at``) are touched. It
+    is one ``UPDATE … FROM (VALUES …)``; Django's ``bulk_update`` builds a CASE per row and
+    per field, which costs more than the claim itself at batch sizes.
+    """
+    if not assignments:
+        return
+    quote = connection.ops.quote_name
+    column = {
+        name: quote(Task._meta.get_field(name).column)
+        for name in (
+            "id",
+            "dispatcher",
+            "deadline_at",
+            "callback_token_hash",
+            "status_reason",
+            "claimed_by",
+            "dispatched_at",
+        )
+    }
+    names = "id, dispatcher_id, deadline_at, token_hash, reason"
+    postgres = connection.vendor == "postgresql"
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list[Any] = []
+    for task, chosen, _ in assignments:
+        deadline = task.deadline_at if postgres else adapt(task.deadline_at)
+        params += [task.pk, chosen.pk, deadline, task.callback_token_hash, task.status_reason]
+    if postgres:
+        row = "(%s::bigint, %s::bigint, %s::timestamptz, %s::text, %s::text)"
+        values = f"(VALUES {', '.join([row] * len(assignments))}) AS v({names})"
+    else:  # SQLite names VALUES columns column1..column5
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(assignments))
+        aliases = ", ".join(f"column{n + 1} AS {a}" for n, a in enumerate(names.split(", ")))
+        values = f"(SELECT {aliases} FROM (VALUES {rows})) AS v"  # noqa: S608
+    # Identifiers come from the model's metadata; every value is a bound parameter.
+    sql = (
+        f"UPDATE {quote(Task._meta.db_table)} AS t SET "  # noqa: S608
+        f"{column['dispatcher']} = v.dispatcher_id, {column['deadline_at']} = v.deadline_at, "
+        f"{column['callback_token_hash']} = v.token_hash, {column['status_reason']} = v.reason "
+        f"FROM {values} "
+        f"WHERE t.{column['id']} = v.id AND t.{column['claimed_by']} = %s "
+        f"AND t.{column['dispatched_at']} = %s"
+    )
+    claimed_at_param = claimed_at if postgres else adapt(claimed_at)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, claimed_by, claimed_at_param])
+
+
+class Scheduler:
+    """One scheduler replica. Not thread-safe: run one pass at a time per instance."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        batch_size: int | None = None,
+        push_concurrency: int | None = None,
+    ) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.batch_size = batch_size or kohakku_settings.SCHEDULER_BATCH_SIZE
+        concurrency = push_concurrency or kohakku_settings.SCHEDULER_PUSH_CONCURRENCY
+        timeout = httpx.Timeout(
+            connect=kohakku_settings.PUSH_CONNECT_TIMEOUT,
+            read=kohakku_settings.PUSH_READ_TIMEOUT,
+            write=kohakku_settings.PUSH_READ_TIMEOUT,
+            pool=kohakku_settings.PUSH_CONNECT_TIMEOUT,
+        )
+        self.http = httpx.Client(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=concurrency * 2),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kohakku-push")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.http.close()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- one pass --------------------------------------------------------------------
+
+    def run_pass(self, now: datetime | None = None) -> PassReport:
+        """Do every step once; see the module docstring."""
+        report = PassReport()
+        now = now or timezone.now()
+        report.lost_dispatchers = len(mark_lost_dispatchers(now=now))
+        report.released += self.release_tasks_of_lost_dispatchers(now)
+        report.released += self.release_expired_leases(now)
+        report.released += self.release_tasks_not_reported(now)
+        timed_out = self.time_out_overdue_tasks(now)
+        report.timed_out = len(timed_out)
+        self.finish_unconfirmed_cancellations(now)
+        claims, report.unmatched = self.claim_and_assign(now)
+        report.claimed = len(claims)
+        pushed, failed = self.push_claims(claims)
+        report.pushed, report.push_failed = pushed, failed
+        report.cancels_sent = self.send_cancel_requests(timed_out)
+        return report
+
+    def reconcile_on_startup(self) -> int:
+        """Take back what a crashed scheduler left behind (expired claims not pushed).
+
+        A claim's lease tells a live scheduler's claim from a dead one's, so this is the
+        same rule every pass applies; running it at start-up just clears a backlog first.
+        """
+        return self.release_expired_leases(timezone.now())
+
+    # --- reconciliation --------------------------------------------------------------
+
+    def release_tasks_of_lost_dispatchers(self, now: datetime) -> int:
+        grace = timedelta(seconds=kohakku_settings.LOST_DISPATCHER_GRACE_SECONDS)
+        holders = (
+            Task.objects.filter(status__in=list(ACTIVE_STATUSES))
+            .order_by()
+            .values_list("dispatcher_id", flat=True)
+            .distinct()
+        )
+        gone: dict[int | None, str] = {}
+        holder_ids = set(holders)
+        if None in holder_ids:
+            gone[None] = "its dispatcher was deleted"
+        for dispatcher in Dispatcher.objects.filter(pk__in=[i for i in holder_ids if i]):
+            seen = dispatcher.last_heartbeat_at or dispatcher.last_checkin_at
+            if seen is None or now - seen > dispatcher.offline_after + grace:
+                gone[dispatcher.pk] = (
+                    f"dispatcher {dispatcher.name} stopped sending heartbeats "
+                    f"(last at {seen.isoformat() if seen else 'never'})"
+                )
+        if not gone:
+            return 0
+        condition = Q(dispatcher_id__in=[k for k in gone if k is not None])
+        if None in gone:
+            condition |= Q(dispatcher__isnull=True)
+        released = 0
+        tasks = Task.objects.select_related("dispatcher").filter(
+            condition, status__in=list(ACTIVE_STATUSES)
+        )
+        for task in tasks[: self.batch_size * 10]:
+            if release_task(task, kind="requeued", reason=gone[task.dispatcher_id], now=now):
+                released += 1
+        return released
+
+    def release_expired_leases(self, now: datetime) -> int:
+        released = 0
+        tasks = Task.objects.select_related("dispatcher").filter(
+            status=TaskStatus.DISPATCHED, pushed_at__isnull=True, lease_expires_at__lt=now
+        )
+        for task in tasks[: self.batch_size * 10]:
+            reason = (
+                f"the push by scheduler {task.claimed_by or 'unknown'} was never confirmed "
+                "(its lease expired)"
+            )
+            if release_task(task, kind="lease_expired", reason=reason, now=now):
+                released += 1
+        return released
+
+    def release_tasks_not_reported(self, now: datetime) -> int:
+        if not kohakku_settings.RECONCILE_REPORTED_TASKS:
+            return 0
+        grace = timedelta(seconds=kohakku_settings.REPORTED_TASKS_GRACE_SECONDS)
+        released = 0
+        online = {d.pk: d for d in Dispatcher.objects.online(now).filter(tasks__status="running")}
+        for dispatcher in online.values():
+            if dispatcher.last_heartbeat_at is None:
+                continue
+            reported = {str(g) for g in (dispatcher.reported_task_guids or [])}
+            cutoff = dispatcher.last_heartbeat_at - grace
+            stale = Task.objects.select_related("dispatcher").filter(
+                dispatcher=dispatcher, status=TaskStatus.RUNNING, started_at__lt=cutoff
+            )
+            for task in stale:
+                if str(task.guid) in reported:
+                    continue
+                reason = f"dispatcher {dispatcher.name} no longer reports this task"
+                if release_task(task, kind="requeued", reason=reason, now=now):
+                    released += 1
+        return released
+
+    def time_out_overdue_tasks(self, now: datetime) -> list[tuple[Task, Dispatcher | None]]:
+        """Mark overdue tasks ``timed_out``; return them so their dispatchers get a cancel."""
+        done: list[tuple[Task, Dispatcher | None]] = []
+        overdue = Task.objects.select_related("dispatcher").filter(
+            status__in=list(ACTIVE_STATUSES), deadline_at__lt=now
+        )
+        for task in overdue[: self.batch_size * 10]:
+            reason = f"ran longer than its timeout of {task.timeout_seconds} s"
+            with transaction.atomic():
+                updated = Task.objects.filter(
+                    pk=task.pk, status=task.status, attempt=task.attempt
+                ).update(
+                    status=TaskStatus.TIMED_OUT,
+                    finished_at=now,
+                    updated_at=now,
+                    status_reason=reason,
+                    error_message=reason,
+                )
+                if updated:
+                    record_event(
+                        task,
+                        "timed_out",
+                        from_status=task.status,
+                        to_status="timed_out",
+                        reason=reason,
+                        now=now,
+                        dispatcher_guid=task.dispatcher.guid if task.dispatcher else None,
+                    )
+                    from .services import _send_finished_after_commit
+
+                    _send_finished_after_commit(task.pk)
+            if updated:
+                done.append((task, task.dispatcher))
+        return done
+
+    def finish_unconfirmed_cancellations(self, now: datetime) -> int:
+        cutoff = now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
+        finished = 0
+        tasks = Task.objects.select_related("dispatcher").filter(
+            status__in=list(ACTIVE_STATUSES), cancel_requested_at__lt=cutoff
+        )
+        for task in tasks[: self.batch_size * 10]:
+            with transaction.atomic():
+                reason = (
+                    "cancelled: the dispatcher did not confirm within "
+                    f"{kohakku_settings.CANCEL_GRACE_SECONDS} s"
+                )
+                updated = Task.objects.filter(
+                    pk=task.pk, status=task.status, attempt=task.attempt
+                ).update(
+                    status=TaskStatus.CANCELLED,
+                    finished_at=now,
+                    updated_at=now,
+                    status_reason=reason,
+                )
+                if updated:
+                    record_event(
+                        task,
+                        "cancelled",
+                        from_status=task.status,
+                        to_status="cancelled",
+                        reason=reason,
+                        now=now,
+                    )
+                    from .services import _send_finished_after_commit
+
+                    _send_finished_after_commit(task.pk)
+                    finished += 1
+        return finished
+
+    # --- claim -------------------------------------------------------------------------
+
+    def claim_and_assign(self, now: datetime) -> tuple[list[Claim], int]:
+        """Claim up to ``batch_size`` queued tasks and assign each a dispatcher, or a reason.
+
+        Returns the claims to push and how many tasks found no dispatcher.
+        """
+        candidates = list(Dispatcher.objects.accepting_work(now).order_by("pk"))
+        claims: list[Claim] = []
+        unmatched = 0
+        recheck = timedelta(seconds=kohakku_settings.UNMATCHED_RECHECK_SECONDS)
+        lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
+        with transaction.atomic():
+            tasks = list(
+                Task.objects.claimable(now)
+                .select_related("skill_version__skill")
+                .select_for_update(skip_locked=True, of=("self",))[: self.batch_size]
+            )
+            if not tasks:
+                return [], 0
+            by_pk = {d.pk: d for d in candidates}
+            if by_pk:
+                # Lock the dispatchers so that concurrent schedulers count capacity one at a
+                # time (tasks are skip-locked first, so this cannot deadlock).
+                list(
+                    Dispatcher.objects.select_for_update()
+                    .filter(pk__in=list(by_pk))
+                    .order_by("pk")
+                    .values_list("pk", flat=True)
+                )
+            active = dict(
+                Task.objects.filter(dispatcher_id__in=list(by_pk), status__in=list(ACTIVE_STATUSES))
+                .order_by()
+                .values_list("dispatcher_id")
+                .annotate(n=Count("id"))
+                .values_list("dispatcher_id", "n")
+            )
+            events: list[TaskEvent] = []
+            assignments: list[tuple[Task, Dispatcher, str]] = []
+            for task in tasks:
+                chosen = self._choose(task, candidates, active)
+                if chosen is None:
+                    unmatched += 1
+                    reason = explain_no_match(task, candidates, active)[:500]
+                    at_capacity = reason.endswith("are at capacity")
+                    if at_capacity and reason == task.status_reason:
+                        continue  # it keeps its place; capacity frees up as tasks end
+                    # With no dispatcher that could ever take it, look again later instead
+                    # of re-reading it on every pass.
+                    Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
+                        status_reason=reason,
+                        not_before=now if at_capacity else now + recheck,
+                    )
+                    continue
+                active[chosen.pk] = active.get(chosen.pk, 0) + 1
+                assignments.append((task, chosen, secrets.token_urlsafe(32)))
+            assignments = self._mark_dispatched(assignments, now, now + lease)
+            for task, chosen, token in assignments:
+                events.append(
+                    record_event(
+                        task,
+                        "dispatched",
+                        from_status="queued",
+                        to_status="dispatched",
+                        reason=f"assigned to {chosen.name}",
+                        now=now,
+                        dispatcher_guid=chosen.guid,
+                        save=False,
+                        data={"scheduler": self.name},
+                    )
+                )
+                claims.append(Claim(task, chosen, token, now))
+            if events:
+                TaskEvent.objects.bulk_create(events)
+        return claims, unmatched
+
+    def _mark_dispatched(
+        self, assignments: list[tuple[Task, Dispatcher, str]], now: datetime, lease_until: datetime
+    ) -> list[tuple[Task, Dispatcher, str]]:
+        """Move the chosen tasks queued -> dispatched in two statements; return the winners.
+
+        The conditional UPDATE does the transition (and bumps ``attempt``) for every row
+        still queued; the per-row values (dispatcher, token hash, deadline) follow in one
+        bulk statement on rows this transaction now owns.
+        """
+        if not assignments:
+            return []
+        name = self.name[:200]
+        ids = [task.pk for task, _, _ in assignments]
+        updated = Task.objects.filter(pk__in=ids, status=TaskStatus.QUEUED).update(
+            status=TaskStatus.DISPATCHED,
+            attempt=F("attempt") + 1,
+            dispatched_at=now,
+            lease_expires_at=lease_until,
+            claimed_by=name,
+            pushed_at=None,
+            updated_at=now,
+        )
+        if updated != len(ids):
+            # A row changed between the read and the update (possible only where rows are
+            # not locked, i.e. SQLite): keep the ones this update moved.
+            won = set(
+                Task.objects.filter(
+                    pk__in=ids, status=TaskStatus.DISPATCHED, claimed_by=name, dispatched_at=now
+                ).values_list("pk", flat=True)
+            )
+            assignments = [a for a in assignments if a[0].pk in won]
+        for task, chosen, token in assignments:
+            task.status = TaskStatus.DISPATCHED
+            task.attempt += 1
+            task.dispatcher = chosen
+            task.dispatched_at = now
+            task.claimed_by = name
+            task.deadline_at = now + timedelta(seconds=task.timeout_seconds)
+            task.callback_token_hash = hash_callback_token(token)
+            task.status_reason = f"dispatched to {chosen.name}"
+        _set_assignment_columns(assignments, name, now)
+        return assignments
+
+    @staticmethod
+    def _choose(
+        task: Task, candidates: list[Dispatcher], active: dict[int, int]
+    ) -> Dispatcher | None:
+        best = None
+        best_key = None
+        for dispatcher in candidates:
+            if task.backend not in (dispatcher.backends or []):
+                continue
+            if not _carries_labels(dispatcher, task.labels):
+                continue
+            load = active.get(dispatcher.pk, 0)
+            if load >= dispatcher.capacity:
+                continue
+            key = (load / max(dispatcher.capacity, 1), load, dispatcher.pk)
+            if best_key is None or key < best_key:
+                best, best_key = dispatcher, key
+        return best
+
+    # --- push --------------------------------------------------------------------------
+
+    def _post_signed(self, dispatcher: Dispatcher, path: str, body: bytes, headers: dict) -> str:
+        """POST a signed body; return '' on 2xx, or why it failed."""
+        url = dispatcher.endpoint_url.rstrip("/") + path
+        try:
+            secret = current_signing_secret(dispatcher)
+        except ValueError as exc:
+            return str(exc)
+        signed = {
+            "Content-Type": "application/json",
+            **headers,
+            **sign_request(secret, body),
+        }
+        try:
+            response = self.http.post(url, content=body, headers=signed)
+        except httpx.TimeoutException as exc:
+            return f"timed out ({type(exc).__name__}) calling {url}"
+        except httpx.HTTPError as exc:
+            return f"could not reach {url}: {type(exc).__name__}: {exc}"[:400]
+        if 200 <= response.status_code < 300:
+            return ""
+        return f"{url} answered HTTP {response.status_code}: {response.text[:200]!r}"
+
+    def push_claims(self, claims: list[Claim]) -> tuple[int, int]:
+        """Push every claim concurrently, then record the outcomes; returns (ok, failed)."""
+        if not claims:
+            return 0, 0
+        jobs = []
+        for claim in claims:
+            try:
+                body = json.dumps(build_push_body(claim.task, claim.callback_token)).encode()
+            except Exception as exc:  # e.g. storage cannot presign: counts as a failed push
+                logger.exception("could not build the push for task %s", claim.task.guid)
+                jobs.append((claim, None, f"could not build the push: {exc}"[:400]))
+                continue
+            headers = {"Idempotency-Key": f"{claim.task.guid}:{claim.task.attempt}"}
+            future = self.pool.submit(self._post_signed, claim.dispatcher, "/tasks/", body, headers)
+            jobs.append((claim, future, None))
+        ok: list[Claim] = []
+        failed: list[tuple[Claim, str]] = []
+        for claim, future, error in jobs:
+            error = error if future is None else future.result()
+            (failed.append((claim, error)) if error else ok.append(claim))
+        self.record_pushed(ok)
+        for claim, error in failed:
+            self.record_push_failure(claim, error)
+        return len(ok), len(failed)
+
+    def record_pushed(self, claims: list[Claim]) -> int:
+        """Record accepted pushes; a claim is identified by (task, scheduler, claim time)."""
+        if not claims:
+            return 0
+        now = timezone.now()
+        recorded = 0
+        by_claim_time: dict[datetime, list[int]] = {}
+        for claim in claims:
+            by_claim_time.setdefault(claim.claimed_at, []).append(claim.task.pk)
+        for claimed_at, ids in by_claim_time.items():
+            recorded += Task.objects.filter(
+                pk__in=ids,
+                claimed_by=self.name[:200],
+                dispatched_at=claimed_at,
+                status__in=list(ACTIVE_STATUSES),
+                pushed_at__isnull=True,
+            ).update(pushed_at=now, lease_expires_at=None)
+        return recorded
+
+    def record_push_failure(self, claim: Claim, error: str) -> str | None:
+        task = claim.task
+        backoff = push_backoff_seconds(task.attempt)
+        logger.warning("push of task %s attempt %s failed: %s", task.guid, task.attempt, error)
+        return release_task(
+            task,
+            kind="push_failed",
+            reason=f"push to {claim.dispatcher.name} failed: {error}",
+            from_statuses=(TaskStatus.DISPATCHED,),
+            backoff_seconds=backoff,
+        )
+
+    # --- cancel --------------------------------------------------------------------------
+
+    def send_cancel_requests(self, timed_out: list[tuple[Task, Dispatcher | None]]) -> int:
+        """Ask dispatchers to stop timed-out tasks and tasks with a pending cancellation."""
+        requested = list(
+            Task.objects.select_related("dispatcher").filter(
+                status__in=list(ACTIVE_STATUSES),
+                cancel_requested_at__isnull=False,
+                cancel_sent_at__isnull=True,
+            )[: self.batch_size]
+        )
+        jobs = []
+        for task, dispatcher, reason, record in [
+            *[(t, d, "timed out", False) for t, d in timed_out],
+            *[(t, t.dispatcher, "cancellation requested", True) for t in requested],
+        ]:
+            if dispatcher is None:
+                continue
+            body = json.dumps(
+                {"task_guid": str(task.guid), "attempt": task.attempt, "reason": reason}
+            ).encode()
+            path = f"/tasks/{task.guid}/cancel/"
+            jobs.append(
+                (task, record, self.pool.submit(self._post_signed, dispatcher, path, body, {}))
+            )
+        sent = 0
+        for task, record, future in jobs:
+            error = future.result()
+            if error:
+                logger.warning("cancel request for task %s failed: %s", task.guid, error)
+                continue
+            sent += 1
+            if record:
+                with transaction.atomic():
+                    now = timezone.now()
+                    if Task.objects.filter(
+                        pk=task.pk, attempt=task.attempt, cancel_sent_at__isnull=True
+                    ).update(cancel_sent_at=now):
+                        record_event(task, "cancel_sent", reason="cancel request accepted", now=now)
+        return sent
+
+    # --- loop --------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, *, poll_seconds: float | None = None) -> None:
+        """Run passes until ``stop`` is set, waking early on new work."""
+        poll = poll_seconds if poll_seconds is not None else kohakku_settings.SCHEDULER_POLL_SECONDS
+        waiter = make_wakeup_waiter()
+        try:
+            self._reconcile_with_retry(stop)
+            failures = 0
+            while not stop.is_set():
+                try:
+                    close_old_connections()
+                    report = self.run_pass()
+                    failures = 0
+                except DatabaseError:
+                    # The database restarted or is unreachable: drop the connection, back off.
+                    failures += 1
+                    logger.exception("scheduler pass failed; retrying")
+                    connection.close()
+                    stop.wait(min(30.0, 0.5 * 2**failures))
+                    continue
+                if report.claimed + report.unmatched >= self.batch_size:
+                    continue  # more work is waiting
+                waiter.wait(poll, stop)
+        finally:
+            waiter.close()
+
+    def _reconcile_with_retry(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                released = self.reconcile_on_startup()
+                if released:
+                    logger.info("start-up: took back %s unconfirmed claims", released)
+                return
+            except DatabaseError:
+                logger.exception("start-up reconciliation failed; retrying")
+                connection.close()
+                stop.wait(2.0)
+
+
+# --- wake-ups ---------------------------------------------------------------------------
+
+
+class PollWaiter:
+    """Waits for the poll interval (or until stopped)."""
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        stop.wait(timeout)
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresWaiter(PollWaiter):
+    """LISTENs on a dedicated connection; a NOTIFY from ``create_task`` ends the wait."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+
+    def _connect(self) -> Any:
+        params = connection.get_connection_params()
+        conn = connection.get_new_connection(params)
+        conn.autocommit = True
+        conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
+        return conn
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = self._connect()
+            deadline = time.monotonic() + timeout
+            # Short slices so that a stop request is noticed quickly.
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                for _ in self.conn.notifies(timeout=min(remaining, 1.0), stop_after=1):
+                    return
+        except Exception:
+            logger.warning("LISTEN connection failed; polling instead", exc_info=True)
+            self.close()
+            stop.wait(min(timeout, 1.0))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class RedisWaiter(PollWaiter):
+    """Subscribes to the wake-up channel of the controller's django-redis cache."""
+
+    def __init__(self, channel: str) -> None:
+        from django_redis import get_redis_connection
+
+        self.channel = channel
+        self.pubsub = get_redis_connection(kohakku_settings.CACHE_ALIAS).pubsub(
+            ignore_subscribe_messages=True
+        )
+        self.pubsub.subscribe(channel)
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if self.pubsub.get_message(timeout=min(remaining, 1.0)):
+                    return
+        except Exception:
+            logger.warning("Redis wake-up channel failed; polling", exc_info=True)
+            stop.wait(min(timeout, 1.0))
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:  # closing a broken connection
+            logger.debug("closing pubsub failed", exc_info=True)
+
+
+def make_wakeup_waiter() -> PollWaiter:
+    """The wake-up channel matching ``SCHEDULER_WAKEUP`` and the configured services."""
+    mode = kohakku_settings.SCHEDULER_WAKEUP
+    if mode in ("auto", "postgres") and connection.vendor == "postgresql":
+        return PostgresWaiter()
+    if mode in ("auto", "redis"):
+        channel = redis_wakeup_channel()
+        if channel is not None:
+            try:
+                return RedisWaiter(channel)
+            except Exception:
+                logger.warning("Redis unavailable for wake-ups; polling", exc_info=True)
+    return PollWaiter()

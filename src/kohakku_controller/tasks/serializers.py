@@ -1,0 +1,121 @@
+"""Shapes of tasks, task events and callback bodies in the API."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from .models import Task, TaskEvent
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    """A task as the API shows it."""
+
+    skill = serializers.CharField(source="skill_version.skill.slug", read_only=True)
+    version = serializers.IntegerField(source="skill_version.version_number", read_only=True)
+    dispatcher = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Task
+        fields = [
+            "guid",
+            "skill",
+            "version",
+            "status",
+            "status_reason",
+            "input",
+            "backend",
+            "labels",
+            "priority",
+            "timeout_seconds",
+            "max_attempts",
+            "attempt",
+            "dispatcher",
+            "origin",
+            "origin_ref",
+            "idempotency_key",
+            "exit_code",
+            "result_key",
+            "result_metadata",
+            "error_message",
+            "created_at",
+            "queued_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+            "deadline_at",
+            "not_before",
+            "cancel_requested_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_dispatcher(self, task: Task) -> dict | None:
+        if task.dispatcher_id is None or task.dispatcher is None:
+            return None
+        return {"guid": str(task.dispatcher.guid), "name": task.dispatcher.name}
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    """The body of ``POST /tasks/`` (DESIGN.md, "Pinned request shapes").
+
+    Only the types are checked here; ``services.create_task`` applies the rules, so callers
+    outside HTTP get the same answers.
+    """
+
+    skill = serializers.CharField(max_length=64)
+    version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    input = serializers.DictField(required=False, allow_empty=True)
+    backend = serializers.CharField(required=False, default="local", max_length=64)
+    labels = serializers.DictField(required=False, help_text="Label name -> string value.")
+    priority = serializers.IntegerField(required=False, default=0)
+    timeout_seconds = serializers.IntegerField(required=False, allow_null=True)
+    max_attempts = serializers.IntegerField(required=False, allow_null=True)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {"non_field_errors": [f"Unknown fields: {', '.join(unknown)[:200]}."]}
+                )
+        return super().to_internal_value(data)
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = [
+            "id",
+            "created_at",
+            "kind",
+            "from_status",
+            "to_status",
+            "attempt",
+            "dispatcher_guid",
+            "reason",
+            "data",
+        ]
+        read_only_fields = fields
+
+
+class CallbackSerializer(serializers.Serializer):
+    """The callback body (for the schema; the service validates the raw body)."""
+
+    status = serializers.CharField(help_text="running, completed, failed or cancelled.")
+    exit_code = serializers.IntegerField(required=False, allow_null=True)
+    result_key = serializers.CharField(required=False, allow_blank=True)
+    result_metadata = serializers.DictField(required=False)
+    error_message = serializers.CharField(required=False, allow_blank=True)
+
+
+class CallbackResponseSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='Always "ok".')
+    task_guid = serializers.UUIDField()
+    task_status = serializers.CharField()
+    changed = serializers.BooleanField(help_text="False when the callback repeated a state.")
+
+
+class ResultUploadResponseSerializer(serializers.Serializer):
+    result_key = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()

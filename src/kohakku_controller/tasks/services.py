@@ -1,0 +1,709 @@
+"""Task services: creation, callbacks, cancellation and every other state change.
+
+Each state change is a conditional ``UPDATE … WHERE status IN (…) AND attempt = …`` whose
+row count is checked; an event row is written in the same transaction, and signals go out
+after commit. Views, the scheduler, management commands and host projects all call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError, ValidationError
+
+from .. import signals
+from ..conf import kohakku_settings
+from ..dispatchers.secrets import valid_signing_secrets
+from ..exceptions import Conflict
+from ..signing import SignatureError, verify_signature
+from ..skills.services import resolve_version
+from ..storage import get_cache
+from .models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    Task,
+    TaskEvent,
+    TaskOrigin,
+    TaskStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+#: PostgreSQL NOTIFY channel and Redis pub/sub channel suffix that wake schedulers.
+WAKEUP_CHANNEL = "kohakku_tasks"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+_PRIORITY_RANGE = (-1000, 1000)
+CALLBACK_STATUSES = (
+    TaskStatus.RUNNING,
+    TaskStatus.COMPLETED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
+
+
+def compact_json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def record_event(
+    task: Task,
+    kind: str,
+    *,
+    from_status: str = "",
+    to_status: str = "",
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    attempt: int | None = None,
+    dispatcher_guid: Any = None,
+    save: bool = True,
+) -> TaskEvent:
+    """Append one entry to a task's history (``save=False`` builds it for bulk_create)."""
+    event = TaskEvent(
+        task=task,
+        created_at=now or timezone.now(),
+        kind=kind,
+        from_status=from_status,
+        to_status=to_status,
+        attempt=task.attempt if attempt is None else attempt,
+        dispatcher_guid=dispatcher_guid,
+        reason=reason[:2000],
+        data=data or {},
+    )
+    if save:
+        event.save()
+    return event
+
+
+# --- wake-ups -------------------------------------------------------------------------
+
+
+def notify_scheduler() -> None:
+    """Wake waiting schedulers once the current transaction commits.
+
+    On PostgreSQL this is a ``NOTIFY`` issued inside the transaction (delivered at commit
+    by the database itself). With a django-redis cache it is a pub/sub message published
+    after commit. Otherwise schedulers find the work on their next poll.
+    """
+    mode = kohakku_settings.SCHEDULER_WAKEUP
+    if connection.vendor == "postgresql" and mode in ("auto", "postgres"):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [WAKEUP_CHANNEL])
+        return
+    if mode in ("auto", "redis"):
+        channel = redis_wakeup_channel()
+        if channel is not None:
+            transaction.on_commit(lambda: _publish_redis_wakeup(channel))
+
+
+def redis_wakeup_channel() -> str | None:
+    """The pub/sub channel name when the controller's cache is django-redis, else None."""
+    cache = get_cache()
+    if not type(cache).__module__.startswith("django_redis"):
+        return None
+    return cache.make_key(WAKEUP_CHANNEL)
+
+
+def _publish_redis_wakeup(channel: str) -> None:
+    try:
+        from django_redis import get_redis_connection
+
+        get_redis_connection(kohakku_settings.CACHE_ALIAS).publish(channel, b"1")
+    except Exception:  # a lost wake-up only delays work until the next poll
+        logger.warning("could not publish the scheduler wake-up", exc_info=True)
+
+
+# --- creation -------------------------------------------------------------------------
+
+
+def _validate_creation(
+    *,
+    skill: Any,
+    version: Any,
+    input: Any,
+    backend: Any,
+    labels: Any,
+    priority: Any,
+    timeout_seconds: Any,
+    max_attempts: Any,
+    origin: Any,
+    origin_ref: Any,
+    idempotency_key: Any,
+) -> dict[str, Any]:
+    errors: dict[str, list[str]] = {}
+    settings = kohakku_settings
+    if not isinstance(skill, str) or not skill.strip():
+        errors["skill"] = ["A skill slug is required."]
+    if version is not None and (not _is_int(version) or version < 1):
+        errors["version"] = ["Must be a positive integer or null."]
+    if input is None:
+        input = {}
+    if not isinstance(input, dict):
+        errors["input"] = ["Must be a JSON object."]
+    elif compact_json_size(input) > settings.TASK_INPUT_MAX_BYTES:
+        errors["input"] = [f"Larger than {settings.TASK_INPUT_MAX_BYTES} bytes of JSON."]
+    if not isinstance(backend, str) or not _NAME_RE.match(backend):
+        errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
+    if labels is None:
+        labels = {}
+    if not isinstance(labels, dict):
+        errors["labels"] = ["Must be an object mapping label names to string values."]
+    elif len(labels) > settings.TASK_MAX_LABELS:
+        errors["labels"] = [f"At most {settings.TASK_MAX_LABELS} labels."]
+    else:
+        for key, value in labels.items():
+            if not _NAME_RE.match(key):
+                errors["labels"] = [f"Label name {key[:70]!r} is not valid."]
+                break
+            if not isinstance(value, str) or len(value) > 255:
+                errors["labels"] = [f"Label {key!r} must have a string value of at most 255."]
+                break
+    if not _is_int(priority) or not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
+        errors["priority"] = [f"Must be an integer from {_PRIORITY_RANGE[0]} to 1000."]
+    if timeout_seconds is None:
+        timeout_seconds = settings.TASK_DEFAULT_TIMEOUT_SECONDS
+    if (
+        not _is_int(timeout_seconds)
+        or not 1 <= timeout_seconds <= settings.TASK_MAX_TIMEOUT_SECONDS
+    ):
+        errors["timeout_seconds"] = [
+            f"Must be an integer from 1 to {settings.TASK_MAX_TIMEOUT_SECONDS}."
+        ]
+    if max_attempts is None:
+        max_attempts = settings.TASK_DEFAULT_MAX_ATTEMPTS
+    if not _is_int(max_attempts) or not 1 <= max_attempts <= settings.TASK_MAX_ATTEMPTS_LIMIT:
+        errors["max_attempts"] = [
+            f"Must be an integer from 1 to {settings.TASK_MAX_ATTEMPTS_LIMIT}."
+        ]
+    if origin not in TaskOrigin.values:
+        errors["origin"] = [f"Must be one of {', '.join(TaskOrigin.values)}."]
+    if not isinstance(origin_ref, str) or len(origin_ref) > 255:
+        errors["origin_ref"] = ["Must be a string of at most 255 characters."]
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255
+    ):
+        errors["idempotency_key"] = ["Must be 1 to 255 characters."]
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "skill": skill.strip(),
+        "version": version,
+        "input": input,
+        "backend": backend,
+        "labels": labels,
+        "priority": priority,
+        "timeout_seconds": timeout_seconds,
+        "max_attempts": max_attempts,
+    }
+
+
+def _fingerprint(request: dict[str, Any]) -> str:
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _replay(existing: Task, fingerprint: str) -> Task:
+    if existing.request_fingerprint != fingerprint:
+        raise Conflict({"idempotency_key": ["This key was already used for a different request."]})
+    existing.idempotent_replay = True
+    return existing
+
+
+def create_task(
+    *,
+    skill: str,
+    version: int | None = None,
+    input: dict | None = None,
+    backend: str = "local",
+    labels: dict | None = None,
+    priority: int = 0,
+    timeout_seconds: int | None = None,
+    max_attempts: int | None = None,
+    origin: str = "api",
+    origin_ref: str = "",
+    idempotency_key: str | None = None,
+    created_by=None,
+) -> Task:
+    """Queue a task for ``skill`` (its ``version``, or the latest non-yanked one).
+
+    Raises DRF ``ValidationError`` naming the field at fault. With an ``idempotency_key``
+    (unique per ``origin``) a repeated identical request returns the first task (with
+    ``task.idempotent_replay`` set) and a different request under the same key raises
+    ``Conflict``. Schedulers are woken after commit.
+    """
+    request = _validate_creation(
+        skill=skill,
+        version=version,
+        input=input,
+        backend=backend,
+        labels=labels,
+        priority=priority,
+        timeout_seconds=timeout_seconds,
+        max_attempts=max_attempts,
+        origin=origin,
+        origin_ref=origin_ref,
+        idempotency_key=idempotency_key,
+    )
+    fingerprint = _fingerprint(request)
+    existing_qs = Task.objects.select_related("skill_version__skill", "dispatcher")
+    if idempotency_key is not None:
+        existing = existing_qs.filter(origin=origin, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _replay(existing, fingerprint)
+    skill_version = resolve_version(request["skill"], request["version"])
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            task = Task.objects.create(
+                skill_version=skill_version,
+                input=request["input"],
+                backend=request["backend"],
+                labels=request["labels"],
+                priority=request["priority"],
+                timeout_seconds=request["timeout_seconds"],
+                max_attempts=request["max_attempts"],
+                origin=origin,
+                origin_ref=origin_ref,
+                idempotency_key=idempotency_key,
+                request_fingerprint=fingerprint,
+                created_by=created_by
+                if created_by is not None and created_by.is_authenticated
+                else None,
+                created_at=now,
+                queued_at=now,
+                not_before=now,
+                updated_at=now,
+                status_reason="waiting for a dispatcher",
+            )
+            record_event(
+                task,
+                "created",
+                to_status=TaskStatus.QUEUED,
+                reason=f"created from {origin}" + (f" ({origin_ref})" if origin_ref else ""),
+                data={"skill": skill_version.skill.slug, "version": skill_version.version_number},
+                now=now,
+            )
+            notify_scheduler()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = existing_qs.filter(origin=origin, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return _replay(existing, fingerprint)
+    task.idempotent_replay = False
+    return task
+
+
+# --- releasing a task back to the queue --------------------------------------------
+
+
+def push_backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with jitter for the retry after failed attempt ``attempt``."""
+    base = kohakku_settings.PUSH_BACKOFF_BASE_SECONDS
+    ceiling = min(kohakku_settings.PUSH_BACKOFF_MAX_SECONDS, base * 2 ** max(attempt - 1, 0))
+    # "Equal jitter": at least half the delay, so retries never bunch up at zero.
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def release_task(
+    task: Task,
+    *,
+    kind: str,
+    reason: str,
+    from_statuses: frozenset[str] | tuple[str, ...] = ACTIVE_STATUSES,
+    backoff_seconds: float = 0.0,
+    now: datetime | None = None,
+) -> str | None:
+    """Take a task away from its dispatcher (or from a scheduler that claimed it).
+
+    It goes back to ``queued`` (after ``backoff_seconds``), or ends ``failed`` once its
+    attempts are used up, or ``cancelled`` if a cancellation was pending. The update only
+    applies if the task is still in ``from_statuses`` at the same attempt; returns the new
+    status, or ``None`` when something else changed the task first.
+    """
+    now = now or timezone.now()
+    updates: dict[str, Any] = {
+        "dispatcher": None,
+        "callback_token_hash": "",
+        "lease_expires_at": None,
+        "deadline_at": None,
+        "claimed_by": "",
+        "updated_at": now,
+    }
+    data: dict[str, Any] = {}
+    if task.cancel_requested_at is not None:
+        to_status = TaskStatus.CANCELLED
+        updates.update(finished_at=now, status_reason=f"cancelled: {reason}")
+    elif task.attempt >= task.max_attempts:
+        to_status = TaskStatus.FAILED
+        message = f"{reason}; gave up after {task.attempt} of {task.max_attempts} attempts"
+        updates.update(finished_at=now, status_reason=message[:500], error_message=message)
+    else:
+        to_status = TaskStatus.QUEUED
+        not_before = now + timedelta(seconds=backoff_seconds)
+        updates.update(
+            not_before=not_before,
+            queued_at=now,
+            pushed_at=None,
+            dispatched_at=None,
+            started_at=None,
+            cancel_sent_at=None,
+            status_reason=(
+                f"{reason}; retrying"
+                + (f" after {backoff_seconds:.1f} s" if backoff_seconds else "")
+            )[:500],
+        )
+        data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
+    dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
+    with transaction.atomic():
+        updated = Task.objects.filter(
+            pk=task.pk, status__in=list(from_statuses), attempt=task.attempt
+        ).update(status=to_status, **updates)
+        if not updated:
+            return None
+        record_event(
+            task,
+            kind,
+            from_status=task.status,
+            to_status=to_status,
+            reason=reason,
+            data=data,
+            now=now,
+            dispatcher_guid=dispatcher_guid,
+        )
+        if to_status == TaskStatus.QUEUED:
+            notify_scheduler()
+        else:
+            _send_finished_after_commit(task.pk)
+    return to_status
+
+
+def _send_finished_after_commit(task_pk: int) -> None:
+    if not signals.task_finished.has_listeners(Task):
+        return  # nobody listens: spare the hot path the query
+
+    def send() -> None:
+        task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
+        signals.task_finished.send(sender=Task, task=task)
+
+    transaction.on_commit(send)
+
+
+def _send_started_after_commit(task_pk: int) -> None:
+    if not signals.task_started.has_listeners(Task):
+        return
+
+    def send() -> None:
+        task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
+        signals.task_started.send(sender=Task, task=task)
+
+    transaction.on_commit(send)
+
+
+# --- cancellation -----------------------------------------------------------------------
+
+
+def cancel_task(task: Task, *, reason: str = "cancelled on request", now=None) -> Task:
+    """Cancel a task: at once while queued; otherwise ask its dispatcher, via the scheduler.
+
+    A dispatched or running task keeps its status until the dispatcher confirms with a
+    ``cancelled`` callback, or ``CANCEL_GRACE_SECONDS`` pass. Raises ``Conflict`` when the
+    task has already ended. Asking twice is harmless.
+    """
+    for _ in range(3):
+        now = now or timezone.now()
+        if task.status in FINAL_STATUSES:
+            raise Conflict(f"The task has already ended as {task.status}.")
+        with transaction.atomic():
+            if task.status == TaskStatus.QUEUED:
+                updated = Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
+                    status=TaskStatus.CANCELLED,
+                    finished_at=now,
+                    updated_at=now,
+                    status_reason=reason[:500],
+                    cancel_requested_at=now,
+                )
+                if updated:
+                    record_event(
+                        task,
+                        "cancelled",
+                        from_status=task.status,
+                        to_status="cancelled",
+                        reason=reason,
+                        now=now,
+                    )
+                    _send_finished_after_commit(task.pk)
+            else:
+                if task.cancel_requested_at is not None:
+                    return task
+                updated = Task.objects.filter(
+                    pk=task.pk,
+                    status=task.status,
+                    attempt=task.attempt,
+                    cancel_requested_at__isnull=True,
+                ).update(
+                    cancel_requested_at=now,
+                    updated_at=now,
+                    status_reason="cancellation requested; waiting for the dispatcher",
+                )
+                if updated:
+                    record_event(task, "cancel_requested", reason=reason, now=now)
+                    notify_scheduler()
+        task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task.pk)
+        if updated:
+            return task
+    raise Conflict("The task changed while it was being cancelled; try again.")
+
+
+# --- callbacks ---------------------------------------------------------------------------
+
+
+@dataclass
+class CallbackOutcome:
+    task: Task
+    changed: bool
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationFailed("Authorization: Bearer <callback token> is required.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Authorization must be 'Bearer <callback token>'.")
+    return token.strip()
+
+
+def authenticate_task_token(guid: Any, authorization: str | None) -> Task:
+    """The task whose current callback token is presented, or 401 (404 for an unknown task)."""
+    token = _bearer_token(authorization)
+    try:
+        # The callback needs neither the input nor the skill: keep the hot read small.
+        task = Task.objects.select_related("dispatcher").defer("input").get(guid=guid)
+    except (Task.DoesNotExist, ValueError, DjangoValidationError):
+        raise NotFound("No such task.") from None
+    if not task.callback_token_matches(token):
+        raise AuthenticationFailed("The callback token is not valid for this task.")
+    return task
+
+
+def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+    allowed = {"status", "exit_code", "result_key", "result_metadata", "error_message"}
+    errors: dict[str, list[str]] = {}
+    unknown = sorted(set(payload) - allowed)
+    status = payload.get("status")
+    if status not in CALLBACK_STATUSES:
+        errors["status"] = [f"Must be one of {', '.join(CALLBACK_STATUSES)}."]
+    exit_code = payload.get("exit_code")
+    if exit_code is not None and (not _is_int(exit_code) or not -(2**31) <= exit_code < 2**31):
+        errors["exit_code"] = ["Must be a 32-bit integer or null."]
+    result_key = payload.get("result_key") or ""
+    if not isinstance(result_key, str):
+        errors["result_key"] = ["Must be a string."]
+    elif result_key and not _result_key_is_valid(task, result_key):
+        errors["result_key"] = [f"Must be a key under {task.result_prefix!r}."]
+    metadata = payload.get("result_metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        errors["result_metadata"] = ["Must be a JSON object."]
+    elif compact_json_size(metadata) > kohakku_settings.RESULT_METADATA_MAX_BYTES:
+        errors["result_metadata"] = [
+            f"Larger than {kohakku_settings.RESULT_METADATA_MAX_BYTES} bytes of JSON."
+        ]
+    error_message = payload.get("error_message")
+    if error_message is None:
+        error_message = ""
+    if not isinstance(error_message, str):
+        errors["error_message"] = ["Must be a string."]
+    elif len(error_message) > kohakku_settings.ERROR_MESSAGE_MAX_CHARS:
+        errors["error_message"] = [
+            f"Longer than {kohakku_settings.ERROR_MESSAGE_MAX_CHARS} characters."
+        ]
+    if unknown:
+        errors["non_field_errors"] = [f"Unknown fields: {', '.join(unknown)[:200]}."]
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "status": status,
+        "exit_code": exit_code,
+        "result_key": result_key,
+        "result_metadata": metadata,
+        "error_message": error_message,
+    }
+
+
+def _result_key_is_valid(task: Task, key: str) -> bool:
+    prefix = task.result_prefix
+    if not key.startswith(prefix) or len(key) > 512 or len(key) == len(prefix):
+        return False
+    rest = key[len(prefix) :]
+    parts = rest.split("/")
+    return (
+        "\\" not in rest
+        and all(part not in ("", ".", "..") for part in parts)
+        and not any(ord(ch) < 32 for ch in rest)
+    )
+
+
+def apply_callback(
+    guid: Any,
+    *,
+    body: bytes,
+    authorization: str | None,
+    timestamp: str | None,
+    signature: str | None,
+    now: datetime | None = None,
+) -> CallbackOutcome:
+    """Authenticate and apply a dispatcher callback (see docs/dispatcher-contract.md).
+
+    Order of checks: callback token (401), signature and timestamp window (401), body
+    (400), transition (200 changed / 200 unchanged for a repeat / 409 for a conflict).
+    """
+    now = now or timezone.now()
+    task = authenticate_task_token(guid, authorization)
+    if task.dispatcher is None:
+        raise AuthenticationFailed("The task is not assigned to a dispatcher.")
+    try:
+        verify_signature(
+            valid_signing_secrets(task.dispatcher, now),
+            body,
+            timestamp,
+            signature,
+            tolerance=kohakku_settings.SIGNATURE_TOLERANCE_SECONDS,
+            now=now.timestamp(),
+        )
+    except SignatureError as exc:
+        raise AuthenticationFailed(f"Bad signature ({exc.reason}): {exc}") from None
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant) if body else None
+    except (ValueError, RecursionError):
+        raise ParseError("The body is not valid JSON.") from None
+    data = _validate_callback_payload(task, payload)
+    if data["status"] == TaskStatus.RUNNING:
+        return _apply_running(task, now)
+    return _apply_final(task, data, now)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _refetch(task: Task) -> Task:
+    return Task.objects.select_related("dispatcher", "skill_version__skill").get(pk=task.pk)
+
+
+def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
+    with transaction.atomic():
+        updated = Task.objects.filter(
+            pk=task.pk,
+            status=TaskStatus.DISPATCHED,
+            attempt=task.attempt,
+            callback_token_hash=task.callback_token_hash,
+        ).update(
+            status=TaskStatus.RUNNING,
+            started_at=now,
+            updated_at=now,
+            status_reason=f"running on {task.dispatcher.name}",
+        )
+        if updated:
+            record_event(
+                task,
+                "started",
+                from_status=TaskStatus.DISPATCHED,
+                to_status="running",
+                now=now,
+                dispatcher_guid=task.dispatcher.guid,
+            )
+            _send_started_after_commit(task.pk)
+    if updated:
+        task.status, task.started_at, task.updated_at = TaskStatus.RUNNING, now, now
+        return CallbackOutcome(task, True)
+    current = _refetch(task)
+    if current.status == TaskStatus.RUNNING and current.attempt == task.attempt:
+        return CallbackOutcome(current, False)
+    raise Conflict(f"The task is {current.status}; it cannot become running.")
+
+
+def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOutcome:
+    status = data["status"]
+    if status == TaskStatus.COMPLETED:
+        reason = "completed" + (
+            f" with exit code {data['exit_code']}" if data["exit_code"] is not None else ""
+        )
+    elif status == TaskStatus.FAILED:
+        reason = "failed: " + (data["error_message"] or "the dispatcher reported a failure")
+    else:
+        reason = "cancelled by the dispatcher"
+    with transaction.atomic():
+        updated = Task.objects.filter(
+            pk=task.pk,
+            status__in=list(ACTIVE_STATUSES),
+            attempt=task.attempt,
+            callback_token_hash=task.callback_token_hash,
+        ).update(
+            status=status,
+            exit_code=data["exit_code"],
+            result_key=data["result_key"],
+            result_metadata=data["result_metadata"],
+            error_message=data["error_message"],
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            status_reason=reason[:500],
+        )
+        if updated:
+            record_event(
+                task,
+                status,
+                from_status=task.status,
+                to_status=status,
+                reason=reason,
+                data={"exit_code": data["exit_code"], "result_key": data["result_key"]},
+                now=now,
+                dispatcher_guid=task.dispatcher.guid,
+            )
+            _send_finished_after_commit(task.pk)
+            notify_scheduler()  # capacity freed: queued tasks may now fit
+    if updated:
+        task.status, task.finished_at, task.updated_at = status, now, now
+        return CallbackOutcome(task, True)
+    current = _refetch(task)
+    if current.status == status:
+        return CallbackOutcome(current, False)
+    if current.status in FINAL_STATUSES:
+        raise Conflict(f"The task already ended as {current.status}.")
+    raise Conflict(f"The task is {current.status}; this callback does not apply.")
+
+
+# --- dispatcher deletion ----------------------------------------------------------------
+
+
+def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = False, **kwargs):
+    """Receiver of ``dispatcher_deleting``: count (and with ``force``, requeue) its tasks."""
+    tasks = list(
+        Task.objects.select_related("dispatcher").filter(
+            dispatcher=dispatcher, status__in=list(ACTIVE_STATUSES)
+        )
+    )
+    if force:
+        for task in tasks:
+            release_task(task, kind="requeued", reason=f"dispatcher {dispatcher.name} was deleted")
+    return len(tasks)

@@ -1,0 +1,256 @@
+"""Task API: create, list, retrieve, events, cancel, result; dispatcher callback and upload."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import tempfile
+from typing import Any
+
+from django.core.files import File
+from django.db.models import QuerySet
+from django.http import FileResponse, HttpResponseRedirect
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ..api import ControllerAPIView, ControllerGenericViewSet
+from ..auth import is_oauth2_token
+from ..conf import kohakku_settings
+from ..exceptions import Conflict, PayloadTooLarge
+from ..schema import ErrorSerializer
+from ..storage import get_storage, storage_is_remote
+from . import services
+from .filters import TaskFilter
+from .models import ACTIVE_STATUSES, Task
+from .serializers import (
+    CallbackResponseSerializer,
+    CallbackSerializer,
+    ResultUploadResponseSerializer,
+    TaskCreateSerializer,
+    TaskEventSerializer,
+    TaskSerializer,
+)
+
+UUID_REGEX = "[0-9a-fA-F-]{36}"
+_CHUNK = 64 * 1024
+
+
+class TaskViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    ControllerGenericViewSet,
+):
+    """Tasks: ``tasks:read`` to read, ``tasks:write`` to create and cancel."""
+
+    queryset = Task.objects.select_related("skill_version__skill", "dispatcher")
+    serializer_class = TaskSerializer
+    lookup_field = "guid"
+    lookup_value_regex = UUID_REGEX
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = TaskFilter
+    read_scope = "tasks:read"
+    write_scope = "tasks:write"
+    action_model_permissions = {"cancel": "change", "events": "view", "result": "view"}
+
+    def get_serializer_class(self) -> Any:
+        if self.action == "create":
+            return TaskCreateSerializer
+        return TaskSerializer
+
+    @extend_schema(
+        request=TaskCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="Same key and body: the same task (200). Same key, other body: 409.",
+            )
+        ],
+        responses={
+            201: TaskSerializer,
+            200: TaskSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused."),
+        },
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = TaskCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        origin_ref = ""
+        if is_oauth2_token(request.auth) and getattr(request.auth, "application", None):
+            origin_ref = f"oauth2 client {request.auth.application.name}"[:255]
+        task = services.create_task(
+            **serializer.validated_data,
+            origin="api",
+            origin_ref=origin_ref,
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            created_by=request.user,
+        )
+        replay = getattr(task, "idempotent_replay", False)
+        headers = {"Idempotent-Replayed": "true"} if replay else {}
+        return Response(
+            TaskSerializer(task).data,
+            status=status.HTTP_200_OK if replay else status.HTTP_201_CREATED,
+            headers=headers,
+        )
+
+    @extend_schema(responses={200: TaskEventSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, guid: str | None = None) -> Response:
+        """The task's history, oldest first."""
+        task = self.get_object()
+        events: QuerySet = task.events.order_by("id")
+        page = self.paginate_queryset(events)
+        if page is not None:
+            return self.get_paginated_response(TaskEventSerializer(page, many=True).data)
+        return Response(TaskEventSerializer(events, many=True).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: TaskSerializer,
+            202: TaskSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The task already ended."),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, guid: str | None = None) -> Response:
+        """Cancel at once if queued (200), else ask the dispatcher (202)."""
+        task = services.cancel_task(self.get_object())
+        code = status.HTTP_200_OK if task.is_final else status.HTTP_202_ACCEPTED
+        return Response(TaskSerializer(task).data, status=code)
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            302: OpenApiResponse(description="Redirect to a presigned download URL (S3)."),
+        }
+    )
+    @action(detail=True, methods=["get"])
+    def result(self, request: Request, guid: str | None = None) -> Any:
+        """The stored result: streamed, or a redirect to a short-lived URL on S3."""
+        task = self.get_object()
+        if not task.result_key:
+            raise NotFound("The task has no result.")
+        storage = get_storage()
+        if storage_is_remote(storage):
+            url = storage.url(task.result_key, expire=kohakku_settings.RESULT_URL_EXPIRES_SECONDS)
+            return HttpResponseRedirect(url)
+        if not storage.exists(task.result_key):
+            raise NotFound("The result object is missing from storage.")
+        content_type = mimetypes.guess_type(task.result_key)[0] or "application/octet-stream"
+        return FileResponse(storage.open(task.result_key, "rb"), content_type=content_type)
+
+
+class TaskCallbackView(ControllerAPIView):
+    """``POST /tasks/{guid}/callback/``: a dispatcher reports progress or the outcome.
+
+    Authenticated by the task's callback token (``Authorization: Bearer``) and the
+    dispatcher's HMAC signature; see docs/dispatcher-contract.md.
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    def get_authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="kohakku-callback"'
+
+    @extend_schema(
+        request=CallbackSerializer,
+        responses={
+            200: CallbackResponseSerializer,
+            401: OpenApiResponse(ErrorSerializer, description="Bad token or signature."),
+            409: OpenApiResponse(ErrorSerializer, description="The task ended differently."),
+        },
+        parameters=[
+            OpenApiParameter("X-Kohakku-Timestamp", OpenApiTypes.STR, OpenApiParameter.HEADER),
+            OpenApiParameter("X-Kohakku-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER),
+        ],
+        auth=[],
+    )
+    def post(self, request: Request, guid: str) -> Response:
+        limit = kohakku_settings.CALLBACK_MAX_BODY_BYTES
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The callback body is larger than {limit} bytes.")
+        body = request._request.body
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The callback body is larger than {limit} bytes.")
+        outcome = services.apply_callback(
+            guid,
+            body=body,
+            authorization=request.headers.get("Authorization"),
+            timestamp=request.headers.get("X-Kohakku-Timestamp"),
+            signature=request.headers.get("X-Kohakku-Signature"),
+        )
+        return Response(
+            {
+                "status": "ok",
+                "task_guid": str(outcome.task.guid),
+                "task_status": outcome.task.status,
+                "changed": outcome.changed,
+            }
+        )
+
+
+class TaskResultUploadView(ControllerAPIView):
+    """``PUT /tasks/{guid}/result/upload/``: the result upload for filesystem storage.
+
+    Takes the raw body (streamed, capped at ``RESULT_MAX_BYTES``) with the task's callback
+    token, and stores it under ``results/<guid>/`` (``?name=`` picks the file name).
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    def get_authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="kohakku-callback"'
+
+    @extend_schema(
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        parameters=[OpenApiParameter("name", OpenApiTypes.STR, OpenApiParameter.QUERY)],
+        responses={
+            201: ResultUploadResponseSerializer,
+            401: OpenApiResponse(ErrorSerializer, description="Bad callback token."),
+            409: OpenApiResponse(ErrorSerializer, description="The task is not running."),
+        },
+        auth=[],
+    )
+    def put(self, request: Request, guid: str) -> Response:
+        task = services.authenticate_task_token(guid, request.headers.get("Authorization"))
+        if task.status not in ACTIVE_STATUSES:
+            raise Conflict(f"The task is {task.status}; results are taken while it runs.")
+        name = request.query_params.get("name", "output.json")
+        key = f"{task.result_prefix}{name}"
+        if not services._result_key_is_valid(task, key):
+            raise ValidationError({"name": ["Must be a relative file name without '..'."]})
+        limit = kohakku_settings.RESULT_MAX_BYTES
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The result is larger than {limit} bytes.")
+        digest = hashlib.sha256()
+        size = 0
+        stream = request._request
+        with tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024) as spool:
+            while chunk := stream.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The result is larger than {limit} bytes.")
+                digest.update(chunk)
+                spool.write(chunk)
+            spool.seek(0)
+            storage = get_storage()
+            if storage.exists(key):
+                storage.delete(key)  # a retried upload replaces the earlier one
+            stored = storage.save(key, File(spool, name=name))
+        return Response(
+            {"result_key": stored, "size": size, "sha256": digest.hexdigest()},
+            status=status.HTTP_201_CREATED,
+        )

@@ -1,0 +1,147 @@
+"""Results: where the push tells the dispatcher to put them, upload, and download."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from kohakku_controller.storage import get_storage, storage_is_remote
+from kohakku_controller.tasks.models import Task
+from kohakku_controller.tasks.scheduler import build_push_body
+from kohakku_controller.tasks.services import create_task
+
+from .conftest import callback
+
+pytestmark = pytest.mark.django_db
+
+filesystem_only = pytest.mark.skipif(
+    "storage_is_remote()", reason="the controller upload endpoint serves filesystem storage"
+)
+
+
+@pytest.fixture
+def running(skill_version, dispatch):
+    return dispatch(create_task(skill="code-review"))
+
+
+def upload(client, task, token, data: bytes, name: str | None = None, **headers):
+    url = f"/api/v1/tasks/{task.guid}/result/upload/" + (
+        f"?name={name}" if name is not None else ""
+    )
+    return client.generic(
+        "PUT",
+        url,
+        data,
+        content_type="application/octet-stream",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        **headers,
+    )
+
+
+def test_push_result_target_matches_storage(running, settings):
+    task, token = running
+    result = build_push_body(task, token)["result"]
+    assert result["key_prefix"] == f"results/{task.guid}/"
+    assert result["key"] == f"results/{task.guid}/output.json"
+    assert result["method"] == "PUT"
+    if storage_is_remote():
+        assert f"results/{task.guid}/output.json" in result["upload_url"]
+        assert "Signature" in result["upload_url"] or "X-Amz-Signature" in result["upload_url"]
+        assert result["headers"] == {}
+    else:
+        assert result["upload_url"].endswith(f"/api/v1/tasks/{task.guid}/result/upload/")
+        assert result["headers"] == {"Authorization": f"Bearer {token}"}
+
+
+@filesystem_only
+def test_upload_then_complete_then_download(api_client, staff_client, running):
+    task, token = running
+    response = upload(api_client, task, token, b'{"ok": true}')
+    assert response.status_code == 201, response.content
+    assert response.json()["result_key"] == f"results/{task.guid}/output.json"
+    assert response.json()["size"] == 12
+    done = callback(
+        api_client,
+        task,
+        token,
+        {"status": "completed", "result_key": response.json()["result_key"]},
+    )
+    assert done.status_code == 200
+    download = staff_client.get(f"/api/v1/tasks/{task.guid}/result/")
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == b'{"ok": true}'
+    assert download["Content-Type"] == "application/json"
+
+
+@filesystem_only
+def test_retried_upload_replaces_the_first(api_client, running):
+    task, token = running
+    upload(api_client, task, token, b"first")
+    second = upload(api_client, task, token, b"second!")
+    assert second.status_code == 201
+    with get_storage().open(second.json()["result_key"]) as handle:
+        assert handle.read() == b"second!"
+
+
+@filesystem_only
+def test_upload_named_file(api_client, running):
+    task, token = running
+    response = upload(api_client, task, token, b"log", name="logs/run.txt")
+    assert response.status_code == 201
+    assert response.json()["result_key"] == f"results/{task.guid}/logs/run.txt"
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../b", "a\\b", ""])
+def test_upload_rejects_bad_names(api_client, running, name):
+    task, token = running
+    response = upload(api_client, task, token, b"x", name=name)
+    assert response.status_code == 400
+
+
+def test_upload_needs_the_task_token(api_client, running):
+    task, _ = running
+    assert upload(api_client, task, "wrong", b"x").status_code == 401
+    response = api_client.generic("PUT", f"/api/v1/tasks/{task.guid}/result/upload/", b"x")
+    assert response.status_code == 401
+
+
+def test_upload_over_cap_is_413(api_client, running, settings):
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "RESULT_MAX_BYTES": 10}
+    task, token = running
+    response = upload(api_client, task, token, b"x" * 11)
+    assert response.status_code == 413
+    assert not get_storage().exists(f"results/{task.guid}/output.json")
+
+
+def test_upload_after_task_ended_is_409(api_client, running):
+    task, token = running
+    Task.objects.filter(pk=task.pk).update(status="completed", finished_at=timezone.now())
+    assert upload(api_client, task, token, b"x").status_code == 409
+
+
+def test_result_404_without_result(staff_client, running):
+    task, _ = running
+    assert staff_client.get(f"/api/v1/tasks/{task.guid}/result/").status_code == 404
+
+
+def test_result_needs_read_scope(oauth_client, running):
+    task, _ = running
+    client = oauth_client("skills:read")
+    assert client.get(f"/api/v1/tasks/{task.guid}/result/").status_code == 403
+
+
+def test_result_through_presigned_put_on_s3(api_client, staff_client, running):
+    if not storage_is_remote():
+        pytest.skip("needs S3 storage (KOHAKKU_TEST_S3=1)")
+    task, token = running
+    target = build_push_body(task, token)["result"]
+    put = httpx.put(target["upload_url"], content=b'{"answer": 42}', headers=target["headers"])
+    assert put.status_code == 200, put.text
+    done = callback(api_client, task, token, {"status": "completed", "result_key": target["key"]})
+    assert done.status_code == 200
+    response = staff_client.get(f"/api/v1/tasks/{task.guid}/result/")
+    assert response.status_code == 302
+    fetched = httpx.get(response["Location"])
+    assert fetched.status_code == 200
+    assert fetched.content == b'{"answer": 42}'

@@ -1,0 +1,461 @@
+"""The scheduler: matching, pushes, backoff, leases, lost dispatchers, timeouts, cancels."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from kohakku_controller import signals
+from kohakku_controller.dispatchers.models import Dispatcher
+from kohakku_controller.signing import verify_signature
+from kohakku_controller.storage import storage_is_remote
+from kohakku_controller.tasks.models import Task, TaskEvent
+from kohakku_controller.tasks.scheduler import Scheduler
+from kohakku_controller.tasks.services import cancel_task, create_task
+
+from .conftest import callback
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(settings):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_BACKOFF_BASE_SECONDS": 0.001,
+        "PUSH_BACKOFF_MAX_SECONDS": 0.002,
+        "PUSH_CONNECT_TIMEOUT": 1.0,
+        "PUSH_READ_TIMEOUT": 2.0,
+        "PUBLIC_BASE_URL": "https://controller.example",
+    }
+
+
+def kinds(task):
+    return list(TaskEvent.objects.filter(task=task).values_list("kind", flat=True))
+
+
+def test_push_body_headers_and_signature(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url + "/")
+    task = create_task(skill="code-review", input={"pr": 1}, labels={}, timeout_seconds=120)
+    report = scheduler.run_pass()
+    assert (report.claimed, report.pushed, report.push_failed) == (1, 1, 0)
+    [push] = stub.pushes
+    assert push["path"] == "/tasks/"
+    assert push["headers"]["Idempotency-Key"] == f"{task.guid}:1"
+    assert push["headers"]["Content-Type"] == "application/json"
+    verify_signature(
+        [dispatcher.secret],
+        push["raw"],
+        push["headers"]["X-Kohakku-Timestamp"],
+        push["headers"]["X-Kohakku-Signature"],
+    )
+    body = push["body"]
+    assert body["task_guid"] == str(task.guid)
+    assert body["attempt"] == 1
+    assert body["skill"]["slug"] == "code-review"
+    assert body["skill"]["version"] == 1
+    assert body["skill"]["content_hash"] == "a" * 64
+    if storage_is_remote():
+        assert "X-Amz-Signature=" in body["skill"]["download_url"]
+    else:
+        assert body["skill"]["download_url"].startswith("https://controller.example/")
+    assert body["input"] == {"pr": 1}
+    assert body["backend"] == "local"
+    assert body["labels"] == {}
+    assert body["timeout_seconds"] == 120
+    assert body["callback_url"] == (
+        f"https://controller.example/api/v1/tasks/{task.guid}/callback/"
+    )
+    assert body["result"]["key_prefix"] == f"results/{task.guid}/"
+    assert body["result"]["method"] == "PUT"
+    assert body["result"]["upload_url"]
+    task = Task.objects.select_related("dispatcher").get(pk=task.pk)
+    assert task.status == "dispatched"
+    assert task.pushed_at is not None
+    assert task.lease_expires_at is None
+    assert task.callback_token_matches(body["callback_token"])
+    assert len(stub.pushes) == 1
+    assert scheduler.run_pass().claimed == 0
+    assert len(stub.pushes) == 1
+
+
+def test_matching_backend_labels_capacity_least_loaded(skill_version, make_dispatcher, scheduler):
+    gpu = make_dispatcher("gpu", backends=("k8s",), labels={"gpu": "a100", "zone": "a"}, capacity=2)
+    small = make_dispatcher("small", backends=("k8s", "local"), capacity=1)
+    make_dispatcher("draining", backends=("k8s",), labels={"gpu": "a100"}, draining=True)
+    make_dispatcher("disabled", backends=("k8s",), labels={"gpu": "a100"}, enabled=False)
+    make_dispatcher("offline", backends=("k8s",), labels={"gpu": "a100"}, online=False)
+    wants_gpu = [
+        create_task(skill="code-review", backend="k8s", labels={"gpu": "a100"}) for _ in range(3)
+    ]
+    plain = create_task(skill="code-review", backend="k8s")
+    claims, unmatched = scheduler.claim_and_assign(timezone.now())
+    assigned = {c.task.pk: c.dispatcher.name for c in claims}
+    assert assigned[wants_gpu[0].pk] == "gpu"
+    assert assigned[wants_gpu[1].pk] == "gpu"
+    assert wants_gpu[2].pk not in assigned
+    assert assigned[plain.pk] == "small"
+    assert unmatched == 1
+    waiting = Task.objects.get(pk=wants_gpu[2].pk)
+    assert waiting.status == "queued"
+    assert waiting.status_reason == (
+        "waiting: all 1 online dispatcher(s) with backend 'k8s' and labels {gpu: a100} "
+        "are at capacity"
+    )
+    assert gpu.pk and small.pk
+
+
+def test_least_loaded_wins(skill_version, make_dispatcher, scheduler):
+    a = make_dispatcher("a", capacity=10)
+    b = make_dispatcher("b", capacity=10)
+    tasks = [create_task(skill="code-review") for _ in range(4)]
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    counts = {a.name: 0, b.name: 0}
+    for claim in claims:
+        counts[claim.dispatcher.name] += 1
+    assert counts == {"a": 2, "b": 2}
+    assert len(tasks) == 4
+
+
+@pytest.mark.parametrize(
+    ("dispatchers", "task_kwargs", "reason"),
+    [
+        ([], {}, "waiting: no online dispatcher (needs backend 'local')"),
+        (
+            [{"backends": ("local",)}],
+            {"backend": "k8s"},
+            "waiting: no online dispatcher with backend 'k8s'",
+        ),
+        (
+            [{"backends": ("k8s",), "labels": {"gpu": "t4"}}],
+            {"backend": "k8s", "labels": {"gpu": "a100"}},
+            "waiting: no online dispatcher with backend 'k8s' and labels {gpu: a100}",
+        ),
+    ],
+)
+def test_status_reason_when_nothing_matches(
+    skill_version, make_dispatcher, scheduler, dispatchers, task_kwargs, reason
+):
+    for index, kwargs in enumerate(dispatchers):
+        make_dispatcher(f"d{index}", **kwargs)
+    task = create_task(skill="code-review", **task_kwargs)
+    report = scheduler.run_pass()
+    assert report.unmatched == 1
+    task.refresh_from_db()
+    assert task.status == "queued"
+    assert task.status_reason == reason
+    assert task.not_before > timezone.now()  # looked at again later, not every pass
+
+
+def test_priority_then_age(skill_version, make_dispatcher, scheduler):
+    make_dispatcher(capacity=1)
+    old_low = create_task(skill="code-review", priority=0)
+    high = create_task(skill="code-review", priority=5)
+    create_task(skill="code-review", priority=0)
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    assert [c.task.pk for c in claims] == [high.pk]
+    Task.objects.filter(pk=high.pk).update(status="completed")
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    assert [c.task.pk for c in claims] == [old_low.pk]
+
+
+def test_push_fails_twice_then_succeeds(skill_version, make_dispatcher, stub_dispatcher, scheduler):
+    stub = stub_dispatcher(fail_times=2)
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=3)
+    for _ in range(3):
+        Task.objects.filter(pk=task.pk, status="queued").update(not_before=timezone.now())
+        scheduler.run_pass()
+    task.refresh_from_db()
+    assert task.status == "dispatched"
+    assert task.attempt == 3
+    assert task.pushed_at is not None
+    assert [p["headers"]["Idempotency-Key"] for p in stub.pushes] == [
+        f"{task.guid}:1",
+        f"{task.guid}:2",
+        f"{task.guid}:3",
+    ]
+    failures = TaskEvent.objects.filter(task=task, kind="push_failed").order_by("id")
+    assert [e.attempt for e in failures] == [1, 2]
+    assert all(e.data["backoff_seconds"] > 0 and e.data["not_before"] for e in failures)
+    assert all("HTTP 503" in e.reason for e in failures)
+    assert kinds(task) == [
+        "created",
+        "dispatched",
+        "push_failed",
+        "dispatched",
+        "push_failed",
+        "dispatched",
+    ]
+
+
+def test_backoff_grows_and_is_honoured(skill_version, make_dispatcher, stub_dispatcher, settings):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_BACKOFF_BASE_SECONDS": 10,
+        "PUSH_BACKOFF_MAX_SECONDS": 100,
+    }
+    stub = stub_dispatcher(fail_times=5)
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=5)
+    with Scheduler(name="s") as sched:
+        sched.run_pass()
+        assert sched.run_pass().claimed == 0  # still backing off
+        event = TaskEvent.objects.get(task=task, kind="push_failed")
+        assert 5 <= event.data["backoff_seconds"] <= 10
+        sched.run_pass(now=timezone.now() + timedelta(seconds=11))
+    second = TaskEvent.objects.filter(task=task, kind="push_failed").order_by("-id").first()
+    assert 10 <= second.data["backoff_seconds"] <= 20
+
+
+def test_push_failure_after_max_attempts_fails_the_task(skill_version, make_dispatcher, scheduler):
+    make_dispatcher(endpoint_url="http://127.0.0.1:9")  # nothing listens: connection refused
+    task = create_task(skill="code-review", max_attempts=2)
+    for _ in range(2):
+        Task.objects.filter(pk=task.pk, status="queued").update(not_before=timezone.now())
+        scheduler.run_pass()
+    task.refresh_from_db()
+    assert task.status == "failed"
+    assert task.attempt == 2
+    assert "gave up after 2 of 2 attempts" in task.status_reason
+    assert "could not reach" in task.error_message
+    assert task.finished_at is not None
+
+
+def test_push_rejected_with_4xx_is_retried(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
+    stub = stub_dispatcher(status=400)
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=3)
+    scheduler.run_pass()
+    task.refresh_from_db()
+    assert task.status == "queued"
+    assert "HTTP 400" in task.status_reason
+
+
+def test_expired_lease_is_taken_back(skill_version, make_dispatcher, scheduler):
+    make_dispatcher()
+    task = create_task(skill="code-review")
+    claims, _ = scheduler.claim_and_assign(timezone.now())  # claimed, never pushed: "crash"
+    assert claims
+    with Scheduler(name="restarted") as fresh:
+        assert fresh.reconcile_on_startup() == 0  # lease still valid
+        Task.objects.filter(pk=task.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert fresh.reconcile_on_startup() == 1
+    task.refresh_from_db()
+    assert task.status == "queued"
+    assert task.dispatcher is None
+    assert "never confirmed" in task.status_reason
+    assert kinds(task)[-1] == "lease_expired"
+
+
+def test_lost_dispatcher_tasks_requeued_after_grace(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "LOST_DISPATCHER_GRACE_SECONDS": 60,
+    }
+    stub_a, stub_b = stub_dispatcher(), stub_dispatcher()
+    a = make_dispatcher("a", endpoint_url=stub_a.url)
+    task = create_task(skill="code-review")
+    scheduler.run_pass()
+    assert Task.objects.get(pk=task.pk).dispatcher_id == a.pk
+    b = make_dispatcher("b", endpoint_url=stub_b.url)
+    # a stops heartbeating: offline after 3 x 60 s, tasks taken back 60 s after that.
+    Dispatcher.objects.filter(pk=a.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=200)
+    )
+    report = scheduler.run_pass()
+    assert report.lost_dispatchers == 1
+    assert Task.objects.get(pk=task.pk).dispatcher_id == a.pk  # inside the grace period
+    Dispatcher.objects.filter(pk=a.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=250)
+    )
+    scheduler.run_pass()
+    task.refresh_from_db()
+    assert task.dispatcher_id == b.pk
+    assert task.attempt == 2
+    assert len(stub_b.pushes) == 1 and stub_b.pushes[0]["body"]["attempt"] == 2
+    assert "stopped sending heartbeats" in TaskEvent.objects.get(task=task, kind="requeued").reason
+
+
+def test_timeout_marks_timed_out_and_asks_dispatcher_to_cancel(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", timeout_seconds=5)
+    scheduler.run_pass()
+    token = stub.pushes[0]["body"]["callback_token"]
+    report = scheduler.run_pass(now=timezone.now() + timedelta(seconds=6))
+    assert report.timed_out == 1
+    task = Task.objects.select_related("dispatcher").get(pk=task.pk)
+    assert task.status == "timed_out"
+    assert "timeout of 5 s" in task.status_reason
+    assert [c["path"] for c in stub.cancels] == [f"/tasks/{task.guid}/cancel/"]
+    verify_signature(
+        [dispatcher.secret],
+        stub.cancels[0]["raw"],
+        stub.cancels[0]["headers"]["X-Kohakku-Timestamp"],
+        stub.cancels[0]["headers"]["X-Kohakku-Signature"],
+    )
+    task.signing_secret = dispatcher.secret
+    late = callback(api_client, task, token, {"status": "completed", "exit_code": 0})
+    assert late.status_code == 409
+
+
+def test_cancel_of_running_task(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    scheduler.run_pass()
+    token = stub.pushes[0]["body"]["callback_token"]
+    task = Task.objects.select_related("dispatcher").get(pk=task.pk)
+    cancel_task(task)
+    scheduler.run_pass()
+    assert [c["body"]["reason"] for c in stub.cancels] == ["cancellation requested"]
+    scheduler.run_pass()
+    assert len(stub.cancels) == 1  # sent once
+    task.signing_secret = dispatcher.secret
+    confirmed = callback(api_client, task, token, {"status": "cancelled"})
+    assert confirmed.status_code == 200
+    task.refresh_from_db()
+    assert task.status == "cancelled"
+    assert kinds(task)[-3:] == ["cancel_requested", "cancel_sent", "cancelled"]
+
+
+def test_unconfirmed_cancel_ends_after_grace(skill_version, make_dispatcher, scheduler):
+    make_dispatcher()
+    task = create_task(skill="code-review")
+    scheduler.claim_and_assign(timezone.now())
+    Task.objects.filter(pk=task.pk).update(pushed_at=timezone.now())
+    cancel_task(Task.objects.get(pk=task.pk))
+    scheduler.run_pass(now=timezone.now() + timedelta(seconds=61))
+    task.refresh_from_db()
+    assert task.status == "cancelled"
+    assert "did not confirm" in task.status_reason
+
+
+def test_tasks_a_dispatcher_no_longer_reports_are_requeued(
+    skill_version, make_dispatcher, scheduler
+):
+    dispatcher = make_dispatcher()
+    kept = create_task(skill="code-review")
+    dropped = create_task(skill="code-review")
+    scheduler.claim_and_assign(timezone.now())
+    started = timezone.now() - timedelta(seconds=120)
+    Task.objects.filter(pk__in=[kept.pk, dropped.pk]).update(status="running", started_at=started)
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        last_heartbeat_at=timezone.now(), reported_task_guids=[str(kept.guid)]
+    )
+    released = scheduler.release_tasks_not_reported(timezone.now())
+    assert released == 1
+    assert Task.objects.get(pk=kept.pk).status == "running"
+    dropped.refresh_from_db()
+    assert dropped.status == "queued"
+    assert "no longer reports" in dropped.status_reason
+
+
+def test_recently_started_tasks_are_not_reconciled(skill_version, make_dispatcher, scheduler):
+    dispatcher = make_dispatcher()
+    task = create_task(skill="code-review")
+    scheduler.claim_and_assign(timezone.now())
+    Task.objects.filter(pk=task.pk).update(status="running", started_at=timezone.now())
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(reported_task_guids=[])
+    assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+
+
+def test_dispatcher_deleting_receiver_counts_and_requeues(
+    skill_version, make_dispatcher, scheduler
+):
+    dispatcher = make_dispatcher()
+    tasks = [create_task(skill="code-review") for _ in range(2)]
+    scheduler.claim_and_assign(timezone.now())
+    answers = signals.dispatcher_deleting.send(
+        sender=Dispatcher, dispatcher=dispatcher, force=False
+    )
+    assert [count for _, count in answers] == [2]
+    assert Task.objects.filter(status="dispatched").count() == 2
+    answers = signals.dispatcher_deleting.send(sender=Dispatcher, dispatcher=dispatcher, force=True)
+    assert [count for _, count in answers] == [2]
+    assert Task.objects.filter(pk__in=[t.pk for t in tasks], status="queued").count() == 2
+
+
+def test_deleted_dispatcher_tasks_are_requeued_by_the_pass(
+    skill_version, make_dispatcher, scheduler
+):
+    dispatcher = make_dispatcher()
+    task = create_task(skill="code-review")
+    scheduler.claim_and_assign(timezone.now())
+    dispatcher.delete()
+    scheduler.release_tasks_of_lost_dispatchers(timezone.now())
+    task.refresh_from_db()
+    assert task.status == "queued"
+
+
+def test_management_command_once(skill_version, make_dispatcher, stub_dispatcher, capsys):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review")
+    call_command("kohakku_scheduler", "--once")
+    assert "claimed=1 pushed=1" in capsys.readouterr().out
+    assert len(stub.pushes) == 1
+
+
+def test_claim_query_budget(
+    skill_version, make_dispatcher, scheduler, django_assert_max_num_queries
+):
+    make_dispatcher("a", capacity=50)
+    make_dispatcher("b", capacity=50)
+    for _ in range(20):
+        create_task(skill="code-review")
+    # dispatchers 2, savepoint 1, claim 1, lock dispatchers 1, counts 1, conditional UPDATE 1,
+    # bulk UPDATE 1, event INSERT 1, release savepoint 1: the same for 20 tasks as for one.
+    with django_assert_max_num_queries(10):
+        claims, _ = scheduler.claim_and_assign(timezone.now())
+    assert len(claims) == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_forever_pushes_new_work_until_stopped(skill_version, make_dispatcher, stub_dispatcher):
+    import threading
+
+    from django.db import connection
+
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url, capacity=10)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            with Scheduler(name="looping") as looping:
+                looping.run_forever(stop, poll_seconds=0.05)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        tasks = [create_task(skill="code-review", input={"n": n}) for n in range(5)]
+        for _ in range(200):
+            if len(stub.pushes) == 5:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert sorted(p["body"]["task_guid"] for p in stub.pushes) == sorted(str(t.guid) for t in tasks)
+    assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 5
