@@ -36,21 +36,60 @@ def _real_s3_storage(request: pytest.FixtureRequest) -> Iterator[None]:
     server = request.getfixturevalue("s3_server")
     from django.conf import settings
 
-    storages = {
-        **settings.STORAGES,
-        "kohakku": {
-            "BACKEND": "kohakku_controller.s3.S3Storage",
-            "OPTIONS": {
-                "endpoint_url": server.endpoint_url,
-                "bucket_name": "kohakku-test",
-                "access_key": server.access_key,
-                "secret_key": server.secret_key,
-                "region_name": "us-east-1",
-            },
-        },
-    }
+    storages = {**settings.STORAGES, "kohakku": _s3_storage_settings(server, "kohakku-test")}
     with override_settings(STORAGES=storages):
         yield
+
+
+def _s3_storage_settings(server: Any, bucket: str) -> dict[str, Any]:
+    return {
+        "BACKEND": "kohakku_controller.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": server.endpoint_url,
+            "bucket_name": bucket,
+            "access_key": server.access_key,
+            "secret_key": server.secret_key,
+            "region_name": "us-east-1",
+        },
+    }
+
+
+@pytest.fixture
+def s3_storage(s3_server: Any, settings: Any) -> Any:
+    """The controller's storage on real S3 for this test, whatever the run's default."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "kohakku": _s3_storage_settings(s3_server, "kohakku-test"),
+    }
+    return s3_server
+
+
+@pytest.fixture
+def filesystem_storage(tmp_path: Any, settings: Any) -> Any:
+    """The controller's storage on the local filesystem for this test."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "kohakku": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "storage")},
+        },
+    }
+    return tmp_path / "storage"
+
+
+@pytest.fixture
+def redis_cache(settings: Any) -> str:
+    """The cache on the real Redis (REDIS_URL, or db 15 on the local server) for this test."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        },
+    }
+    return url
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from .conftest import callback
 
 pytestmark = pytest.mark.django_db
 
-filesystem_only = pytest.mark.skipif(
-    "storage_is_remote()", reason="the controller upload endpoint serves filesystem storage"
-)
+# The controller's own upload endpoint serves filesystem storage; S3 gets presigned PUTs.
+filesystem_only = pytest.mark.usefixtures("filesystem_storage")
 
 
 @pytest.fixture
@@ -131,9 +130,9 @@ def test_result_needs_read_scope(oauth_client, running):
     assert client.get(f"/api/v1/tasks/{task.guid}/result/").status_code == 403
 
 
+@pytest.mark.usefixtures("s3_storage")
 def test_result_through_presigned_put_on_s3(api_client, staff_client, running):
-    if not storage_is_remote():
-        pytest.skip("needs S3 storage (KOHAKKU_TEST_S3=1)")
+    assert storage_is_remote()
     task, token = running
     target = build_push_body(task, token)["result"]
     put = httpx.put(target["upload_url"], content=b'{"answer": 42}', headers=target["headers"])

@@ -13,9 +13,9 @@ from kohakku_controller.tasks.services import create_task, redis_wakeup_channel
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.usefixtures("redis_cache")
 def test_redis_wakeup_on_create(skill_version, settings, django_capture_on_commit_callbacks):
-    if redis_wakeup_channel() is None:
-        pytest.skip("the cache is not django-redis (set REDIS_URL)")
+    assert redis_wakeup_channel() is not None
     settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_WAKEUP": "redis"}
     waiter = make_wakeup_waiter()
     assert isinstance(waiter, RedisWaiter)

@@ -28,7 +28,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 
 from ..conf import kohakku_settings
 from ..exceptions import Conflict, PayloadTooLarge
-from ..storage import get_storage, storage_is_remote
+from ..storage import get_storage, presigned_url, storage_is_remote
 from .models import Skill, SkillVersion
 from .packages import (
     NAME_MAX_LENGTH,
@@ -381,30 +381,16 @@ def verify_download_signature(
 
 def presigned_package_url(version: SkillVersion, expires_seconds: int) -> str:
     """A presigned S3 GET for the package, signed for ``STORAGE_PUBLIC_ENDPOINT_URL`` if set."""
-    storage = get_storage()
-    client = storage.connection.meta.client
-    public_endpoint = kohakku_settings.STORAGE_PUBLIC_ENDPOINT_URL
-    if public_endpoint:
-        # Signing is local: a client for the public address signs without contacting it.
-        client = storage._create_session().client(
-            "s3",
-            endpoint_url=public_endpoint,
-            region_name=storage.region_name,
-            config=storage.client_config,
-            verify=storage.verify,
-        )
     slug = version.skill.slug
-    return client.generate_presigned_url(
-        "get_object",
-        Params={
-            "Bucket": storage.bucket_name,
-            "Key": storage._normalize_name(version.storage_ref),
+    return presigned_url(
+        version.storage_ref,
+        expires_seconds=expires_seconds,
+        params={
             "ResponseContentType": PACKAGE_CONTENT_TYPE,
             "ResponseContentDisposition": (
                 f"attachment; filename={slug}-{version.version_number}.zip"
             ),
         },
-        ExpiresIn=expires_seconds,
     )
 
 

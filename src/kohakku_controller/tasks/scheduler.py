@@ -47,7 +47,7 @@ from ..dispatchers.secrets import current_signing_secret
 from ..dispatchers.services import mark_lost_dispatchers
 from ..signing import sign_request
 from ..skills.services import package_download_url
-from ..storage import get_storage, storage_is_remote
+from ..storage import presigned_url, storage_is_remote
 from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_token
 from .services import (
     WAKEUP_CHANNEL,
@@ -108,15 +108,9 @@ def task_url(url_name: str, guid: Any) -> str:
 def result_target(task: Task, callback_token: str) -> dict[str, Any]:
     """Where the dispatcher puts the task's result (the ``result`` object of a push)."""
     key = f"{task.result_prefix}output.json"
-    storage = get_storage()
     expires = max(kohakku_settings.RESULT_URL_EXPIRES_SECONDS, task.timeout_seconds + 300)
-    if storage_is_remote(storage):
-        client = storage.connection.meta.client
-        url = client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": storage.bucket_name, "Key": storage._normalize_name(key)},
-            ExpiresIn=expires,
-        )
+    if storage_is_remote():
+        url = presigned_url(key, expires_seconds=expires, method="put_object")
         headers: dict[str, str] = {}
     else:
         url = task_url("kohakku_controller:task-result-upload", task.guid)

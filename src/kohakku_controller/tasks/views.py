@@ -24,7 +24,7 @@ from ..auth import is_oauth2_token
 from ..conf import kohakku_settings
 from ..exceptions import Conflict, PayloadTooLarge
 from ..schema import ErrorSerializer
-from ..storage import get_storage, storage_is_remote
+from ..storage import get_storage, presigned_url, storage_is_remote
 from . import services
 from .filters import TaskFilter
 from .models import ACTIVE_STATUSES, Task
@@ -141,7 +141,9 @@ class TaskViewSet(
             raise NotFound("The task has no result.")
         storage = get_storage()
         if storage_is_remote(storage):
-            url = storage.url(task.result_key, expire=kohakku_settings.RESULT_URL_EXPIRES_SECONDS)
+            url = presigned_url(
+                task.result_key, expires_seconds=kohakku_settings.RESULT_URL_EXPIRES_SECONDS
+            )
             return HttpResponseRedirect(url)
         if not storage.exists(task.result_key):
             raise NotFound("The result object is missing from storage.")
