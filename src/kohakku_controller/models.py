@@ -3,5 +3,6 @@
 from .dispatchers.models import Dispatcher
 from .oauth import ClientScopes
 from .skills.models import Skill, SkillVersion
+from .tasks.models import Task
 
-__all__ = ["ClientScopes", "Dispatcher", "Skill", "SkillVersion"]
+__all__ = ["ClientScopes", "Dispatcher", "Skill", "SkillVersion", "Task"]
