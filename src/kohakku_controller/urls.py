@@ -12,6 +12,9 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from .webhooks.views import DeliveryViewSet, WebhookIngestView
+from .workflows.views import WorkflowViewSet
+
 app_name = "kohakku_controller"
 
 
@@ -32,10 +35,20 @@ class SwaggerUIView(SpectacularSwaggerView):
 
 
 router = SimpleRouter()
+router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("webhooks/deliveries", DeliveryViewSet, basename="delivery")
+
+webhook_urlpatterns: list[URLPattern | URLResolver] = [
+    path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
+]
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SwaggerUIView.as_view(url_name="kohakku_controller:schema"), name="docs"),
 ]
 
-urlpatterns: list[URLPattern | URLResolver] = [*schema_urlpatterns, *router.urls]
+urlpatterns: list[URLPattern | URLResolver] = [
+    *schema_urlpatterns,
+    *webhook_urlpatterns,
+    *router.urls,
+]
