@@ -64,11 +64,15 @@ class WorkflowSerializer(serializers.ModelSerializer):
         read_only_fields = ["guid", "created_at", "updated_at"]
 
     def validate_conditions(self, value: list[str]) -> list[str]:
-        services.validate_conditions(value)
+        errors = services.condition_errors(value)
+        if errors:
+            raise serializers.ValidationError(errors)
         return value
 
     def validate_input_template(self, value: str) -> str:
-        services.validate_input_template(value)
+        error = services.template_error(value)
+        if error:
+            raise serializers.ValidationError(error)
         return value
 
     def validate_slug(self, value: str) -> str:

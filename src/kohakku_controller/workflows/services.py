@@ -104,23 +104,24 @@ def queue_task_for_workflow(workflow: Workflow, task_input: dict[str, Any]) -> A
     )
 
 
-def validate_conditions(conditions: list[str]) -> None:
-    """Compile every condition; a 400 names the index of each bad one."""
+def condition_errors(conditions: list[str]) -> dict[str, list[str]]:
+    """Compile every condition; return ``{index: [reason]}`` for each bad one."""
     errors = {}
     for index, expression in enumerate(conditions):
         try:
             compile_expression(expression)
         except ExpressionError as exc:
             errors[str(index)] = [str(exc)]
-    if errors:
-        raise ValidationError({"conditions": errors})
+    return errors
 
 
-def validate_input_template(template: str) -> None:
+def template_error(template: str) -> str | None:
+    """Why the input template does not compile, or ``None``."""
     try:
         compile_expression(template)
     except ExpressionError as exc:
-        raise ValidationError({"input_template": [str(exc)]}) from None
+        return str(exc)
+    return None
 
 
 def derive_slug(name: str) -> str:
