@@ -92,6 +92,19 @@ class TestList:
         assert staff_client.get(LIST, {"received_after": later}).json() == []
         assert len(staff_client.get(LIST, {"received_before": later}).json()) == 3
 
+    def test_rows_leave_the_body_out_and_link_duplicates(
+        self, staff_client, post_webhook, deliveries
+    ):
+        body = as_body(PAYLOAD)
+        headers = github_headers(body, "pull_request", delivery="dup")
+        original = post_webhook(body, headers).json()["delivery_id"]
+        duplicate = post_webhook(body, headers).json()["delivery_id"]
+        rows = {row["guid"]: row for row in staff_client.get(LIST).json()}
+        assert all("body" not in row for row in rows.values())
+        assert rows[duplicate]["duplicate_of"] == original
+        assert rows[duplicate]["status"] == "duplicate"
+        assert rows[original]["duplicate_of"] is None
+
     def test_bad_filter_value_is_400(self, staff_client, deliveries):
         response = staff_client.get(f"{LIST}?status=bogus")
         assert response.status_code == 400

@@ -7,17 +7,18 @@ from rest_framework import serializers
 from .models import Delivery
 
 
-class DeliverySerializer(serializers.ModelSerializer):
-    body = serializers.SerializerMethodField(
-        help_text="The raw body as text (UTF-8, undecodable bytes replaced), up to the log cap."
-    )
+class DeliveryListSerializer(serializers.ModelSerializer):
+    """A delivery without its body (the detail view has it)."""
+
     # A plain string in the schema: a "status" enum here would collide with other components.
     status = serializers.CharField(
         help_text="routed, unrouted, failed, duplicate, handshake or rejected."
     )
     workflow = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    duplicate_of = serializers.SlugRelatedField(slug_field="guid", read_only=True, allow_null=True)
-    replay_of = serializers.SlugRelatedField(slug_field="guid", read_only=True, allow_null=True)
+    duplicate_of = serializers.UUIDField(
+        source="duplicate_of_guid", read_only=True, allow_null=True
+    )
+    replay_of = serializers.UUIDField(source="replay_of_guid", read_only=True, allow_null=True)
 
     class Meta:
         model = Delivery
@@ -29,7 +30,6 @@ class DeliverySerializer(serializers.ModelSerializer):
             "external_id",
             "content_type",
             "headers",
-            "body",
             "body_size",
             "body_truncated",
             "verification",
@@ -47,6 +47,18 @@ class DeliverySerializer(serializers.ModelSerializer):
             "duplicate_of",
             "replay_of",
         ]
+        read_only_fields = fields
+
+
+class DeliverySerializer(DeliveryListSerializer):
+    """A delivery with its raw body."""
+
+    body = serializers.SerializerMethodField(
+        help_text="The raw body as text (UTF-8, undecodable bytes replaced), up to the log cap."
+    )
+
+    class Meta(DeliveryListSerializer.Meta):
+        fields = [*DeliveryListSerializer.Meta.fields, "body"]
         read_only_fields = fields
 
     def get_body(self, delivery: Delivery) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from django.db.models import F, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -19,7 +20,12 @@ from ..parsers import read_bounded
 from . import services
 from .filters import DeliveryFilter
 from .models import Delivery
-from .serializers import DeliverySerializer, IngestAnswerSerializer, IngestRejectionSerializer
+from .serializers import (
+    DeliveryListSerializer,
+    DeliverySerializer,
+    IngestAnswerSerializer,
+    IngestRejectionSerializer,
+)
 
 
 class WebhookIngestView(ControllerAPIView):
@@ -75,8 +81,10 @@ class WebhookIngestView(ControllerAPIView):
 class DeliveryViewSet(ControllerReadOnlyViewSet):
     """The delivery log: every webhook request, newest first. Operators may replay one."""
 
-    queryset = Delivery.objects.select_related("workflow", "duplicate_of", "replay_of").order_by(
-        "-received_at", "-id"
+    queryset = (
+        Delivery.objects.select_related("workflow")
+        .annotate(duplicate_of_guid=F("duplicate_of__guid"), replay_of_guid=F("replay_of__guid"))
+        .order_by("-received_at", "-id")
     )
     serializer_class = DeliverySerializer
     lookup_field = "guid"
@@ -86,9 +94,18 @@ class DeliveryViewSet(ControllerReadOnlyViewSet):
     write_scope = "workflows:write"
     action_model_permissions = {"replay": "change"}
 
+    def get_queryset(self) -> QuerySet[Delivery]:
+        queryset = super().get_queryset()
+        # Bodies can be large: lists leave them out, the detail view has them.
+        return queryset.defer("body") if self.action == "list" else queryset
+
+    def get_serializer_class(self) -> type[DeliveryListSerializer]:
+        return DeliveryListSerializer if self.action == "list" else DeliverySerializer
+
     @extend_schema(request=None, responses={201: DeliverySerializer})
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, guid: str | None = None) -> Response:
         """Route the stored body again with today's workflows; answers the new delivery."""
         replayed = services.replay_delivery(self.get_object())
+        replayed = self.get_queryset().get(pk=replayed.pk)
         return Response(self.get_serializer(replayed).data, status=status.HTTP_201_CREATED)
