@@ -269,6 +269,7 @@ def main() -> int:
             time.sleep(0.2)
 
         load = Load(base)
+        load_at_start = os.getloadavg()[0]
         # Warm up every worker thread (imports, connections, compiled expressions).
         load.closed_loop(
             [("/api/v1/webhooks/", *signed_delivery("opened", -i)) for i in range(40)], 8
@@ -305,6 +306,11 @@ def main() -> int:
                 + (f"  ({failed} non-200)" if failed else "")
             )
         print(f"server peak RSS (master + workers): {peak_rss_mib(server.pid):.0f} MiB")
+        print(
+            "load average at start / end: "
+            f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
+            "(client and server share the machine's CPUs)"
+        )
         return 1 if load.errors else 0
     finally:
         server.terminate()
