@@ -536,6 +536,17 @@ class TestDeliveryRecord:
         assert stored["x-github-event"] == "pull_request"
         assert "abc" not in json.dumps(stored)
 
+    def test_odd_retry_header_is_recorded_as_no_retry(self, post_webhook):
+        body = as_body({"type": "event_callback", "event_id": "Ev9", "event": {}})
+        headers = {
+            **slack_headers(body),
+            "X-Slack-Retry-Num": "\u00b2",
+            "X-Slack-Retry-Reason": "x",
+        }
+        assert post_webhook(body, headers).status_code == 200
+        delivery = only_delivery()
+        assert (delivery.retry_num, delivery.retry_reason) == (None, "x")
+
     def test_long_body_is_stored_truncated(self, post_webhook, settings):
         settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "WEBHOOK_LOG_BODY_BYTES": 64}
         body = as_body({"blob": "x" * 500})

@@ -418,7 +418,7 @@ def _record(
         task_guid=task_guid,
         status_code=status_code,
         latency_ms=round((time.monotonic() - incoming.started) * 1000, 3),
-        retry_num=int(retry_num) if retry_num.isdigit() and len(retry_num) < 9 else None,
+        retry_num=int(retry_num) if _is_small_count(retry_num) else None,
         retry_reason=headers.get("X-Slack-Retry-Reason", "")[:100],
         remote_addr=incoming.remote_addr,
         duplicate_of=duplicate_of,
@@ -505,6 +505,10 @@ def _flatten(detail: Any) -> str:
     if isinstance(detail, list):
         return " ".join(_flatten(item) for item in detail)
     return str(detail)
+
+
+def _is_small_count(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) < 9
 
 
 def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:

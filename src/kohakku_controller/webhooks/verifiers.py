@@ -54,10 +54,9 @@ def _hmac_sha256(key: bytes, message: bytes) -> bytes:
 def _check_timestamp(timestamp: str | None, header: str, tolerance: int, now: float | None) -> int:
     if not timestamp:
         raise VerificationError("missing", f"{header} header is missing.")
-    try:
-        value = int(timestamp)
-    except ValueError:
-        raise VerificationError("malformed", f"{header} is not a unix timestamp.") from None
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) < 16):
+        raise VerificationError("malformed", f"{header} is not a unix timestamp.")
+    value = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - value) > tolerance:
         raise VerificationError(
