@@ -187,3 +187,32 @@ def check_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return warnings
+
+
+@register(Tags.security)
+def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Standard Webhooks secrets must be ``whsec_<base64>``; anything else never verifies."""
+    import base64
+    import binascii
+
+    secrets = (_setting("WEBHOOK_SECRETS") or {}).get("custom") or []
+    if isinstance(secrets, (str, bytes)):
+        secrets = [secrets]
+    errors = []
+    for index, secret in enumerate(secrets):
+        text = secret.decode("ascii", "replace") if isinstance(secret, bytes) else str(secret)
+        try:
+            valid = bool(base64.b64decode(text.strip().removeprefix("whsec_"), validate=True))
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}['WEBHOOK_SECRETS']['custom'][{index}] is not a "
+                    "Standard Webhooks secret: deliveries signed with it would be refused.",
+                    hint="Use 'whsec_' followed by base64, e.g. 'whsec_' + "
+                    "base64.b64encode(secrets.token_bytes(32)).decode().",
+                    id="kohakku_controller.E006",
+                )
+            )
+    return errors

@@ -128,6 +128,15 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_SECRETS": {"github": [], "slack": [], "custom": []},
     # Accept deliveries from a source that has no secret configured (development only).
     "ALLOW_UNSIGNED_WEBHOOKS": False,
+    # Largest webhook body accepted, in bytes (GitHub sends up to 25 MB); larger gets 413.
+    "WEBHOOK_MAX_BODY_BYTES": 25 * 1024 * 1024,
+    # Bytes of each delivery's raw body kept in the delivery log; longer bodies are
+    # truncated there and cannot be replayed.
+    "WEBHOOK_LOG_BODY_BYTES": 1024 * 1024,
+    # Accepted clock skew for Slack and Standard Webhooks timestamps, in seconds.
+    "WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS": 300,
+    # Days kohakku_prune_deliveries keeps deliveries for.
+    "WEBHOOK_DELIVERY_RETENTION_DAYS": 30,
 }
 
 # Settings whose values are dotted import paths (or lists of them).

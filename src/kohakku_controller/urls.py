@@ -14,6 +14,8 @@ from rest_framework.routers import SimpleRouter
 
 from .skills import views as skill_views
 from .tasks.views import TaskCallbackView, TaskResultUploadView, TaskViewSet
+from .webhooks.views import DeliveryViewSet, WebhookIngestView
+from .workflows.views import WorkflowViewSet
 
 app_name = "kohakku_controller"
 
@@ -42,6 +44,12 @@ router.register(
 )
 router.register("skills", skill_views.SkillViewSet, basename="skill")
 router.register("tasks", TaskViewSet, basename="task")
+router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("webhooks/deliveries", DeliveryViewSet, basename="delivery")
+
+webhook_urlpatterns: list[URLPattern | URLResolver] = [
+    path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
+]
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -60,5 +68,6 @@ task_urlpatterns: list[URLPattern | URLResolver] = [
 urlpatterns: list[URLPattern | URLResolver] = [
     *schema_urlpatterns,
     *task_urlpatterns,
+    *webhook_urlpatterns,
     *router.urls,
 ]

@@ -291,6 +291,7 @@ def resolve_version(
             raise ValidationError(
                 {"version": [f"The skill {skill_slug!r} has no version that is not yanked."]}
             )
+        latest.skill = skill  # spare callers a query for what we already hold
         return latest
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValidationError({"version": ["Must be a positive integer."]})

@@ -1,0 +1,321 @@
+"""Webhook ingest benchmark: requests/s and p50/p99 latency, routed vs unrouted deliveries.
+
+Starts the example project under gunicorn on loopback (2 workers x 4 threads, as
+``make run`` does) against PostgreSQL on 127.0.0.1 (its own database, emptied first),
+seeds one skill and six workflows (five that do not match first), then sends signed
+GitHub ``pull_request`` deliveries with a 2 kB body:
+
+* closed loop: ``--requests`` requests from ``--concurrency`` client threads, as fast as
+  the server answers (throughput ceiling);
+* open loop: ``--rate`` requests/s for ``--seconds`` s; latency is measured from each
+  request's scheduled send time, so a slow server cannot hide queueing delay.
+
+Each scenario runs beside the same measurement of the trivial endpoint ``GET /health/``
+(one ``SELECT 1``), the ceiling of this stack on this machine. Peak memory is the sum of
+the server processes' peak RSS (VmHWM). Bounded and self-contained; not part of the tests.
+
+    .venv/bin/python benchmarks/webhooks.py
+    .venv/bin/python benchmarks/webhooks.py --database-url sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_project"
+SECRET = "bench-github-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_postgres_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def prepare(env: dict[str, str]) -> None:
+    """Migrate and seed in this process, with the same settings the server will use."""
+    os.environ.update(env)
+    sys.path[:0] = [str(EXAMPLE), str(ROOT)]
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from kohakku_controller.skills.models import Skill, SkillVersion
+    from kohakku_controller.tasks.models import Task
+    from kohakku_controller.webhooks.models import Delivery
+    from kohakku_controller.workflows.models import Workflow
+
+    Delivery.objects.all().delete()
+    Workflow.objects.all().delete()
+    Task.objects.all().delete()
+    skill, _ = Skill.objects.get_or_create(name="bench", defaults={"slug": "bench"})
+    SkillVersion.objects.get_or_create(
+        skill=skill,
+        version_number=1,
+        defaults={"content_hash": "0" * 64, "size": 1, "storage_ref": "skills/bench/0.zip"},
+    )
+    # A few non-matching workflows first, so routing does real work.
+    for index in range(5):
+        Workflow.objects.create(
+            name=f"Other {index}",
+            slug=f"other-{index}",
+            priority=index,
+            source="github",
+            event="pull_request",
+            conditions=[f"payload.repository.full_name == 'org/other-{index}'"],
+            skill=skill,
+        )
+    Workflow.objects.create(
+        name="Triage",
+        slug="triage",
+        priority=100,
+        source="github",
+        event="pull_request",
+        conditions=[
+            "payload.repository.full_name == 'org/repo'",
+            "contains(['opened', 'reopened'], payload.action)",
+        ],
+        input_template="{repo: payload.repository.full_name, number: payload.number}",
+        skill=skill,
+    )
+    from django.db import connections
+
+    connections.close_all()
+
+
+def signed_delivery(action: str, index: int) -> tuple[bytes, dict[str, str]]:
+    payload = {
+        "action": action,
+        "number": index,
+        "repository": {"full_name": "org/repo"},
+        "pull_request": {"title": f"PR {index}", "body": "x" * 2000},
+    }
+    body = json.dumps(payload).encode()
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return body, {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "1",
+        "X-Hub-Signature-256": f"sha256={digest}",
+    }
+
+
+class Load:
+    """Thread-local keep-alive clients sending prepared requests."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.local = threading.local()
+        self.errors = 0
+
+    def client(self) -> httpx.Client:
+        if not hasattr(self.local, "client"):
+            self.local.client = httpx.Client(base_url=self.base, timeout=30)
+        return self.local.client
+
+    def send(self, request: tuple[str, bytes | None, dict[str, str]]) -> None:
+        path, body, headers = request
+        client = self.client()
+        response = (
+            client.get(path) if body is None else client.post(path, content=body, headers=headers)
+        )
+        if response.status_code != 200:
+            self.errors += 1
+            if self.errors <= 3:
+                print(f"  ! {response.status_code} {response.text[:200]}", file=sys.stderr)
+
+    def closed_loop(self, requests: list, concurrency: int) -> tuple[float, list[float]]:
+        latencies: list[float] = []
+
+        def one(request):
+            started = time.perf_counter()
+            self.send(request)
+            latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, requests))
+        return len(requests) / (time.perf_counter() - started), latencies
+
+    def open_loop(self, requests: list, rate: float) -> tuple[float, list[float]]:
+        latencies: list[float] = []
+
+        def one(request, scheduled):
+            self.send(request)
+            latencies.append(time.perf_counter() - scheduled)
+
+        start = time.perf_counter() + 0.2
+        with ThreadPoolExecutor(64) as pool:
+            for index, request in enumerate(requests):
+                scheduled = start + index / rate
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(one, request, scheduled)
+        return len(requests) / (time.perf_counter() - start), latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
+
+
+def peak_rss_mib(pid: int) -> float:
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(child) for child in children]
+    except OSError:
+        pass
+    total = 0
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--database-url",
+        default="postgres://postgres@127.0.0.1:5432/kohakku_bench_webhooks",
+        help="PostgreSQL database (created if missing), or 'sqlite' for SQLite in a temp "
+        "dir served by one worker thread (SQLite takes one writer at a time)",
+    )
+    parser.add_argument("--requests", type=int, default=600, help="closed-loop requests")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="open-loop duration")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="kohakku-bench-"))
+    (workdir / "static").mkdir()
+    env = {
+        "KOHAKKU_VAR_DIR": str(workdir),
+        "KOHAKKU_GITHUB_WEBHOOK_SECRET": SECRET,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DJANGO_CONN_MAX_AGE": "60",
+        "DJANGO_DEBUG": "0",
+    }
+    sqlite = args.database_url == "sqlite"
+    if not sqlite:
+        ensure_postgres_database(args.database_url)
+        env["DATABASE_URL"] = args.database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    prepare(env)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "example_project.wsgi:application",
+            f"--bind=127.0.0.1:{port}",
+            f"--workers={1 if sqlite else 2}",
+            f"--threads={1 if sqlite else 4}",
+            "--log-level=warning",
+        ],
+        cwd=EXAMPLE,
+        env={**os.environ, **env, "PYTHONPATH": f"{EXAMPLE}:{ROOT}"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                print("server did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+
+        load = Load(base)
+        load_at_start = os.getloadavg()[0]
+        # Warm up every worker thread (imports, connections, compiled expressions).
+        load.closed_loop(
+            [("/api/v1/webhooks/", *signed_delivery("opened", -i)) for i in range(40)], 8
+        )
+        load.closed_loop([("/health/", None, {})] * 40, 8)
+
+        def deliveries(action: str, count: int) -> list:
+            return [("/api/v1/webhooks/", *signed_delivery(action, i)) for i in range(count)]
+
+        open_count = int(args.rate * args.seconds)
+        scenarios = [
+            ("trivial GET /health/", "closed", [("/health/", None, {})] * args.requests),
+            ("routed delivery", "closed", deliveries("opened", args.requests)),
+            ("unrouted delivery", "closed", deliveries("closed", args.requests)),
+            ("trivial GET /health/", "open", [("/health/", None, {})] * open_count),
+            ("routed delivery", "open", deliveries("opened", open_count)),
+            ("unrouted delivery", "open", deliveries("closed", open_count)),
+        ]
+        shape = "1 worker x 1 thread, SQLite" if sqlite else "2 workers x 4 threads, PostgreSQL"
+        print(f"webhook ingest benchmark: gunicorn {shape}, {os.cpu_count()} CPUs")
+        print(f"{'scenario':<24}{'load':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        for name, mode, requests in scenarios:
+            errors_before = load.errors
+            if mode == "closed":
+                rate, latencies = load.closed_loop(requests, args.concurrency)
+                label = f"closed, {args.concurrency} clients"
+            else:
+                rate, latencies = load.open_loop(requests, args.rate)
+                label = f"open, {args.rate:g} req/s"
+            failed = load.errors - errors_before
+            print(
+                f"{name:<24}{label:<22}{len(requests):>9}{rate:>9.1f}"
+                f"{percentile(latencies, 50):>9.1f}{percentile(latencies, 99):>9.1f}"
+                + (f"  ({failed} non-200)" if failed else "")
+            )
+        print(f"server peak RSS (master + workers): {peak_rss_mib(server.pid):.0f} MiB")
+        print(
+            "load average at start / end: "
+            f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
+            "(client and server share the machine's CPUs)"
+        )
+        return 1 if load.errors else 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The webhook endpoint (no API credentials: senders sign) and the operators' delivery log."""
+
+from __future__ import annotations
+
+import time
+
+from django.db.models import F, QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import permissions, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ..api import ControllerAPIView, ControllerReadOnlyViewSet
+from ..conf import kohakku_settings
+from ..exceptions import PayloadTooLarge
+from ..parsers import read_bounded
+from . import services
+from .filters import DeliveryFilter
+from .models import Delivery
+from .serializers import (
+    DeliveryListSerializer,
+    DeliverySerializer,
+    IngestAnswerSerializer,
+    IngestRejectionSerializer,
+)
+
+
+class WebhookIngestView(ControllerAPIView):
+    """``POST /webhooks/``: receive a GitHub, Slack or custom (Standard Webhooks) delivery."""
+
+    # Senders authenticate by signature over the raw body, never by API credentials.
+    authentication_classes = []
+    permission_classes = [permissions.AllowAny]
+    # The body is read raw, before (and instead of) any parser.
+    parser_classes = []
+
+    @extend_schema(
+        operation_id="webhooks_ingest",
+        auth=[],
+        request={
+            "application/json": OpenApiTypes.OBJECT,
+            "application/x-www-form-urlencoded": OpenApiTypes.OBJECT,
+        },
+        responses={
+            200: IngestAnswerSerializer,
+            400: OpenApiResponse(IngestRejectionSerializer, "Unknown source or malformed body."),
+            401: OpenApiResponse(IngestRejectionSerializer, "Bad, missing or stale signature."),
+            403: OpenApiResponse(IngestRejectionSerializer, "No secret configured for source."),
+            413: OpenApiResponse(IngestRejectionSerializer, "Body over WEBHOOK_MAX_BODY_BYTES."),
+            415: OpenApiResponse(IngestRejectionSerializer, "Unsupported content type."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        started = time.monotonic()
+        django_request = request._request
+        limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
+        meta = {
+            "headers": django_request.headers,
+            "content_type": django_request.META.get("CONTENT_TYPE", ""),
+            "remote_addr": django_request.META.get("REMOTE_ADDR") or None,
+            "started": started,
+        }
+        try:
+            declared = int(django_request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > limit:
+                raise PayloadTooLarge()
+            body = read_bounded(django_request, limit)
+        except PayloadTooLarge:
+            result = services.reject_oversize(body_size=max(declared, limit + 1), **meta)
+        else:
+            result = services.receive_webhook(body=body, **meta)
+        return Response(result.data, status=result.status_code)
+
+
+class DeliveryViewSet(ControllerReadOnlyViewSet):
+    """The delivery log: every webhook request, newest first. Operators may replay one."""
+
+    queryset = (
+        Delivery.objects.select_related("workflow")
+        .annotate(duplicate_of_guid=F("duplicate_of__guid"), replay_of_guid=F("replay_of__guid"))
+        .order_by("-received_at", "-id")
+    )
+    serializer_class = DeliverySerializer
+    lookup_field = "guid"
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = DeliveryFilter
+    read_scope = "workflows:read"
+    write_scope = "workflows:write"
+    action_model_permissions = {"replay": "change"}
+
+    def get_queryset(self) -> QuerySet[Delivery]:
+        queryset = super().get_queryset()
+        # Bodies can be large: lists leave them out, the detail view has them.
+        return queryset.defer("body") if self.action == "list" else queryset
+
+    def get_serializer_class(self) -> type[DeliveryListSerializer]:
+        return DeliveryListSerializer if self.action == "list" else DeliverySerializer
+
+    @extend_schema(request=None, responses={201: DeliverySerializer})
+    @action(detail=True, methods=["post"])
+    def replay(self, request: Request, guid: str | None = None) -> Response:
+        """Route the stored body again with today's workflows; answers the new delivery."""
+        replayed = services.replay_delivery(self.get_object())
+        replayed = self.get_queryset().get(pk=replayed.pk)
+        return Response(self.get_serializer(replayed).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,101 @@
+"""Duplicate deliveries racing each other: one claim, one task."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.utils.datastructures import CaseInsensitiveMapping
+from rest_framework.test import APIClient
+
+from kohakku_controller.tasks.models import Task
+from kohakku_controller.webhooks import services
+from kohakku_controller.webhooks.models import Delivery, Verification
+from tests.webhooks.conftest import URL, as_body, github_headers, slack_headers
+
+PAYLOAD = {"action": "opened", "number": 1, "repository": {"full_name": "org/repo"}}
+
+
+def race(requests: list[tuple[bytes, dict[str, str]]]) -> list[tuple[int, dict]]:
+    barrier = threading.Barrier(len(requests))
+    results: list[tuple[int, dict]] = []
+    lock = threading.Lock()
+
+    def send(body: bytes, headers: dict[str, str]) -> None:
+        client = APIClient()
+        try:
+            barrier.wait(timeout=10)
+            response = client.generic(
+                "POST", URL, body, content_type="application/json", headers=headers
+            )
+            with lock:
+                results.append((response.status_code, response.json()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=request) for request in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sender", ["github", "slack"])
+def test_same_delivery_from_several_threads_yields_one_task(webhook_secrets, make_workflow, sender):
+    if sender == "github":
+        make_workflow("triage-prs", input_template="{n: payload.number}")
+        body = as_body(PAYLOAD)
+        requests = [(body, github_headers(body, "pull_request", delivery="race-1"))] * 8
+    else:
+        make_workflow("slack-events", source="slack", event="event_callback")
+        body = as_body({"type": "event_callback", "event_id": "EvRACE", "event": {}})
+        requests = [(body, slack_headers(body))] * 8
+
+    results = race(requests)
+
+    assert [code for code, _ in results] == [200] * 8
+    assert Task.objects.count() == 1
+    task_guid = str(Task.objects.get().guid)
+    assert {data["task_guid"] for _, data in results} == {task_guid}
+    assert {data["routed_to"] for _, data in results} == {results[0][1]["routed_to"]}
+    assert Delivery.objects.filter(status="routed").count() == 1
+    assert Delivery.objects.filter(status="duplicate").count() == 7
+
+
+@pytest.mark.django_db
+def test_losing_the_claim_after_creating_the_task_rolls_the_task_back(
+    webhook_secrets, make_workflow
+):
+    """The race loser's path, made deterministic: the claim is taken between the dedupe
+    look-up and the insert. Its task must not survive, and it answers as a duplicate."""
+    make_workflow("triage-prs")
+    body = as_body(PAYLOAD)
+    headers = github_headers(body, "pull_request", delivery="d-1", hook_id="7")
+    winner = services.receive_webhook(headers=headers, body=body, content_type="application/json")
+    assert Task.objects.count() == 1
+
+    incoming = services._Incoming(
+        headers=CaseInsensitiveMapping(headers),
+        body=body,
+        body_size=len(body),
+        content_type="application/json",
+        remote_addr=None,
+        started=time.monotonic(),
+    )
+    context = services._Context(
+        source="github",
+        event="pull_request",
+        external_id="d-1",
+        verification=Verification.VERIFIED,
+    )
+    loser = services._route(incoming, context, PAYLOAD, claim="7:d-1")
+
+    assert Task.objects.count() == 1
+    assert loser.data["duplicate"] is True
+    assert loser.data["task_guid"] == winner.data["task_guid"]
+    assert loser.delivery.status == "duplicate"
