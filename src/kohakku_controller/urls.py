@@ -12,6 +12,8 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from .dispatchers.views import DispatcherViewSet
+
 app_name = "kohakku_controller"
 
 
@@ -32,6 +34,7 @@ class SwaggerUIView(SpectacularSwaggerView):
 
 
 router = SimpleRouter()
+router.register("dispatchers", DispatcherViewSet, basename="dispatcher")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
