@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.db import connections, models
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -99,7 +99,7 @@ class DispatcherQuerySet(models.QuerySet):
         queryset = self
         for index, (key, value) in enumerate(sorted(labels.items())):
             alias = f"_label_{index}"
-            queryset = queryset.alias(**{alias: KeyTextTransform(key, "labels")}).filter(
+            queryset = queryset.alias(**{alias: KeyTransform(key, "labels")}).filter(
                 **{alias: value}
             )
         return queryset

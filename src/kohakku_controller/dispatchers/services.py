@@ -13,7 +13,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Literal
 
 from django.db import IntegrityError, transaction
@@ -57,8 +56,22 @@ def _application_pk(application: Any) -> Any:
 
 
 def _send_after_commit(signal: Any, **kwargs: Any) -> None:
-    # robust: one failing receiver must not stop the others, nor the caller that committed.
-    transaction.on_commit(partial(signal.send, sender=Dispatcher, **kwargs), robust=True)
+    """Send ``signal`` once the current transaction commits (at once outside one).
+
+    Robust: a failing receiver is logged and neither stops the other receivers nor breaks
+    the caller, whose transaction has already committed.
+    """
+
+    def send() -> None:
+        for receiver, result in signal.send_robust(sender=Dispatcher, **kwargs):
+            if isinstance(result, Exception):
+                logger.error(
+                    "receiver %r of a dispatcher signal failed",
+                    receiver,
+                    exc_info=(type(result), result, result.__traceback__),
+                )
+
+    transaction.on_commit(send)
 
 
 def _rotation_changes(
