@@ -10,6 +10,7 @@ Signing secrets are never logged.
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +30,10 @@ from .serializers import CheckinSerializer
 
 logger = logging.getLogger("kohakku_controller.dispatchers")
 
-# How often a creation may lose a race for its slug to a different name before giving up.
-_SLUG_ATTEMPTS = 5
+# How often a creation may lose a race for its slug to a different name before giving up;
+# after the first few attempts the suffix is random, so racers stop colliding.
+_SLUG_ATTEMPTS = 8
+_SEQUENTIAL_SLUG_ATTEMPTS = 3
 _SLUG_BASE_MAX_LENGTH = 100
 
 
@@ -98,9 +101,11 @@ def _grace(grace_seconds: int | None) -> int:
     return grace
 
 
-def _free_slug(name: str) -> str:
+def _free_slug(name: str, attempt: int = 0) -> str:
     """A slug for ``name`` that no dispatcher uses yet (a suffix is added on collision)."""
     base = slugify(name)[:_SLUG_BASE_MAX_LENGTH].strip("-_") or "dispatcher"
+    if attempt >= _SEQUENTIAL_SLUG_ATTEMPTS:
+        return f"{base}-{secrets.token_hex(3)}"
     taken = set(Dispatcher.objects.filter(slug__startswith=base).values_list("slug", flat=True))
     if base not in taken:
         return base
@@ -110,12 +115,14 @@ def _free_slug(name: str) -> str:
     return f"{base}-{number}"
 
 
-def _create(name: str, application: Any, values: dict[str, Any], now: datetime) -> Any:
+def _create(
+    name: str, application: Any, values: dict[str, Any], now: datetime, attempt: int
+) -> Any:
     """Insert a new dispatcher in a savepoint; ``None`` if a concurrent insert won the race."""
     secret = generate_signing_secret()
     dispatcher = Dispatcher(
         name=name,
-        slug=_free_slug(name),
+        slug=_free_slug(name, attempt),
         application=application,
         signing_secret_encrypted=encrypt_secret(secret),
         first_checkin_at=now,
@@ -154,11 +161,11 @@ def checkin(*, application: Any, data: dict[str, Any]) -> CheckinResult:
     name = values.pop("name")
     now = timezone.now()
     with transaction.atomic():
-        for _attempt in range(_SLUG_ATTEMPTS):
+        for attempt in range(_SLUG_ATTEMPTS):
             existing = Dispatcher.objects.select_for_update().filter(name=name).first()
             if existing is not None:
                 return _update_on_checkin(existing, application, values, rotate, now)
-            created = _create(name, application, values, now)
+            created = _create(name, application, values, now, attempt)
             if created is not None:
                 dispatcher, secret = created
                 _send_after_commit(signals.dispatcher_registered, dispatcher=dispatcher)
