@@ -204,6 +204,13 @@ def test_service_contract(dispatcher_client, oauth_client, register):
         free_capacity=3,
     )
     assert returned.pk == dispatcher.pk
+    assert returned.guid == dispatcher.guid  # a UUID, converted like any ORM read
+    assert returned.application_id == dispatcher_client.application.pk
+    assert returned.labels == {} and returned.backends == ["local"]
+    assert returned.enabled is True and returned.draining is False
+    assert returned.last_heartbeat_at.tzinfo is not None
+    assert returned.lost_at is None
+    assert returned.status() == "online"
     assert returned.reported_task_guids == [str(task)]
     assert returned.reported_free_capacity == 3
     from rest_framework.exceptions import NotFound, PermissionDenied
