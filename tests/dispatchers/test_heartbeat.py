@@ -221,3 +221,54 @@ def test_service_contract(dispatcher_client, oauth_client, register):
         services.record_heartbeat(
             guid=dispatcher.guid, application=oauth_client("dispatchers").application
         )
+
+
+@pytest.fixture(params=["returning", "portable"])
+def update_path(request, monkeypatch):
+    """Run a test through UPDATE ... RETURNING and through the portable UPDATE + SELECT."""
+    if request.param == "portable":
+        monkeypatch.setattr(services, "_UPDATE_RETURNING_VENDORS", frozenset())
+    return request.param
+
+
+def test_both_update_paths_store_and_return_the_same(
+    update_path, dispatcher_client, oauth_client, register
+):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    task = uuid.uuid4()
+    returned = services.record_heartbeat(
+        guid=dispatcher.guid,
+        application=dispatcher_client.application,
+        running_task_guids=[task],
+        free_capacity=2,
+    )
+    stored = Dispatcher.objects.get(pk=dispatcher.pk)
+    for dispatcher_row in (returned, stored):
+        assert dispatcher_row.guid == dispatcher.guid
+        assert dispatcher_row.reported_task_guids == [str(task)]
+        assert dispatcher_row.reported_free_capacity == 2
+        assert dispatcher_row.status() == "online"
+    assert returned.last_heartbeat_at == stored.last_heartbeat_at
+    from rest_framework.exceptions import NotFound, PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        services.record_heartbeat(
+            guid=dispatcher.guid, application=oauth_client("dispatchers").application
+        )
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+
+
+def test_dispatcher_without_an_owner(update_path, dispatcher_client):
+    """Checked in by the controller itself (application=None): only such callers may beat."""
+    from rest_framework.exceptions import PermissionDenied
+
+    from .conftest import checkin_body
+
+    dispatcher = services.checkin(application=None, data=checkin_body("system")).dispatcher
+    assert dispatcher.application_id is None
+    assert services.record_heartbeat(guid=dispatcher.guid, application=None).pk == dispatcher.pk
+    with pytest.raises(PermissionDenied):
+        services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
+    assert dispatcher_client.post(heartbeat_url(dispatcher.guid)).status_code == 403
