@@ -160,13 +160,13 @@ def checkin(*, application: Any, data: dict[str, Any]) -> CheckinResult:
     values = dict(serializer.validated_data)
     rotate = values.pop("rotate_secret", False)
     name = values.pop("name")
-    now = timezone.now()
     with transaction.atomic():
         for attempt in range(_SLUG_ATTEMPTS):
             existing = Dispatcher.objects.select_for_update().filter(name=name).first()
             if existing is not None:
-                return _update_on_checkin(existing, application, values, rotate, now)
-            created = _create(name, application, values, now, attempt)
+                # The clock is read once the row is locked, so check-in times never go back.
+                return _update_on_checkin(existing, application, values, rotate, timezone.now())
+            created = _create(name, application, values, timezone.now(), attempt)
             if created is not None:
                 dispatcher, secret = created
                 _send_after_commit(signals.dispatcher_registered, dispatcher=dispatcher)
