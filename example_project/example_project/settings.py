@@ -155,9 +155,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several resources have a "status" with its own values; name each set explicitly.
     "ENUM_NAME_OVERRIDES": {
+        "HealthStatusEnum": ["ok", "error"],
         "TaskStatusEnum": "kohakku_controller.tasks.models.TaskStatus",
-        "ProbeStatusEnum": ["ok", "error"],
+        "DispatcherStatusEnum": "kohakku_controller.dispatchers.models.DispatcherStatus",
     },
 }
 

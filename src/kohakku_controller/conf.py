@@ -43,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     # --- dispatchers ---------------------------------------------------------
     # A dispatcher is offline once this many heartbeat intervals pass without one.
     "MISSED_HEARTBEATS": 3,
+    # Seconds a rotated-out signing secret stays valid after a rotation (check-in with
+    # "rotate_secret": true, or the operator's rotate-secret call). 0 ends it at once.
+    "SECRET_ROTATION_GRACE_SECONDS": 3600,
+    # Capacity (maximum concurrent tasks) of a dispatcher whose check-in does not say.
+    "DEFAULT_DISPATCHER_CAPACITY": 4,
     # --- dispatcher contract -------------------------------------------------
     # Accepted clock skew for X-Kohakku-Timestamp, in seconds.
     "SIGNATURE_TOLERANCE_SECONDS": 300,

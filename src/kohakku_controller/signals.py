@@ -1,4 +1,5 @@
-"""Signals the controller sends. Each is sent after the transaction that caused it commits.
+"""Signals the controller sends. Each is sent after the transaction that caused it commits,
+except ``dispatcher_deleting``, which lets receivers veto a deletion.
 
 Receivers get ``sender`` (the model class) and the keyword arguments listed beside each signal.
 """
@@ -9,11 +10,13 @@ from django.dispatch import Signal
 dispatcher_registered = Signal()
 #: A dispatcher missed its heartbeats and is now offline. kwargs: ``dispatcher``.
 dispatcher_lost = Signal()
+#: A dispatcher is about to be deleted. Sent synchronously inside the deleting transaction
+#: (not after commit), so receivers can veto or clean up. kwargs: ``dispatcher``, ``force``.
+#: A receiver returns the number of unfinished tasks on the dispatcher (``0`` if none); the
+#: deletion is refused with 409 when the sum is positive and ``force`` is false. On a
+#: forced deletion, receivers requeue those tasks themselves before returning.
+dispatcher_deleting = Signal()
 #: A task reached ``running``. kwargs: ``task``.
 task_started = Signal()
 #: A task reached a final state. kwargs: ``task``.
 task_finished = Signal()
-#: A dispatcher is about to be deleted. kwargs: ``dispatcher``, ``force``. Sent before the
-#: delete (not after commit); each receiver returns how many unfinished tasks it holds for
-#: that dispatcher and, when ``force`` is true, requeues them.
-dispatcher_deleting = Signal()

@@ -12,6 +12,7 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from .dispatchers.views import DispatcherViewSet
 from .skills import views as skill_views
 from .tasks.views import TaskCallbackView, TaskResultUploadView, TaskViewSet
 from .webhooks.views import DeliveryViewSet, WebhookIngestView
@@ -50,6 +51,7 @@ router.register("webhooks/deliveries", DeliveryViewSet, basename="delivery")
 webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
 ]
+router.register("dispatchers", DispatcherViewSet, basename="dispatcher")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,0 +1,379 @@
+"""Validation of what dispatchers and operators send, and the shapes the API returns.
+
+Every field is strictly typed: a string where a number is expected (or the reverse) is a
+400 naming the field, never a silent conversion. Unknown fields are refused too, so a typo
+in a dispatcher's configuration shows up at once instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .models import Dispatcher, DispatcherStatus
+
+NAME_MAX_LENGTH = 100
+ENDPOINT_URL_MAX_LENGTH = 500
+SHORT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SHORT_NAME_HELP = (
+    "1-32 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+)
+MAX_BACKENDS = 32
+CLOUD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+MAX_LABELS = 64
+LABEL_VALUE_MAX_LENGTH = 255
+MIN_HEARTBEAT_INTERVAL = 5
+MAX_HEARTBEAT_INTERVAL = 3600
+MIN_CAPACITY = 1
+MAX_CAPACITY = 10_000
+VERSION_MAX_LENGTH = 64
+METADATA_MAX_BYTES = 16 * 1024
+MAX_RUNNING_TASKS = 10_000
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def has_control_characters(value: str) -> bool:
+    """True if ``value`` holds control, format or line/paragraph separator characters."""
+    return any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value)
+
+
+def reject_control_characters(value: str) -> str:
+    if has_control_characters(value):
+        raise serializers.ValidationError("Must not contain control characters.")
+    return value
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: numbers and booleans are refused, not converted."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: strings, floats and booleans are refused."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false``; ``"true"``, ``1`` and the like are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID written as a string; returned in canonical form."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        try:
+            return str(uuid.UUID(data))
+        except ValueError:
+            self.fail("invalid", value=data)
+
+
+class RejectUnknownFieldsMixin:
+    """A body may only hold the serializer's writable fields; anything else is a 400."""
+
+    unknown_field_message = "Unknown field."
+
+    def to_internal_value(self, data: Any) -> Any:
+        errors: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            for name in data:
+                if name not in writable:
+                    errors[str(name)] = [self.unknown_field_message]
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, Mapping):
+                raise
+            errors.update(exc.detail)
+            value = None
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+@extend_schema_field(OpenApiTypes.URI)
+class EndpointURLField(StrictCharField):
+    """An absolute http(s) URL with a host, without credentials."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", ENDPOINT_URL_MAX_LENGTH)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if has_control_characters(value) or any(char.isspace() for char in value):
+            raise serializers.ValidationError("Must not contain spaces or control characters.")
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError when not a number in range
+        except ValueError:
+            raise serializers.ValidationError("Enter a valid URL.") from None
+        if parts.scheme not in ("http", "https"):
+            raise serializers.ValidationError("Must be an http:// or https:// URL.")
+        if not parts.hostname:
+            raise serializers.ValidationError("Must name a host.")
+        if parts.username is not None or parts.password is not None:
+            raise serializers.ValidationError("Must not contain credentials.")
+        if port == 0:
+            raise serializers.ValidationError("Enter a valid URL.")
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise serializers.ValidationError("Must not contain a query or a fragment.")
+        # Paths are appended to it ("{endpoint_url}/tasks/"), so it is kept without a final "/".
+        return value.rstrip("/")
+
+
+class BackendsField(serializers.ListField):
+    """A list of distinct short backend names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=StrictCharField(), max_length=MAX_BACKENDS, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        values = super().to_internal_value(data)
+        errors = {}
+        for index, value in enumerate(values):
+            if not SHORT_NAME_RE.match(value):
+                errors[index] = [f"{value!r} is not a short name ({SHORT_NAME_HELP})."]
+            elif value in values[:index]:
+                errors[index] = [f"{value!r} is listed twice."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return values
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+class LabelsField(serializers.Field):
+    """A flat map of label keys to string values, with caps on count and lengths."""
+
+    default_error_messages = {"not_a_map": "Expected an object mapping label keys to strings."}
+
+    def to_internal_value(self, data: Any) -> dict[str, str]:
+        if not isinstance(data, dict):
+            self.fail("not_a_map")
+        if len(data) > MAX_LABELS:
+            raise serializers.ValidationError(f"At most {MAX_LABELS} labels are allowed.")
+        errors = {}
+        for key, value in data.items():
+            if not LABEL_KEY_RE.match(key):
+                errors[key] = [
+                    "Label keys are 1-63 characters: letters, digits, '.', '_', '/' and '-', "
+                    "starting and ending with a letter or digit."
+                ]
+            elif not isinstance(value, str):
+                errors[key] = ["Label values must be strings."]
+            elif len(value) > LABEL_VALUE_MAX_LENGTH:
+                errors[key] = [f"At most {LABEL_VALUE_MAX_LENGTH} characters."]
+            elif has_control_characters(value):
+                errors[key] = ["Must not contain control characters."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return dict(data)
+
+    def to_representation(self, value: Any) -> dict[str, str]:
+        return dict(value)
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class MetadataField(serializers.Field):
+    """A free-form JSON object, at most ``METADATA_MAX_BYTES`` once encoded."""
+
+    default_error_messages = {"not_an_object": "Expected a JSON object."}
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("not_an_object")
+        if len(json.dumps(data, separators=(",", ":"))) > METADATA_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"At most {METADATA_MAX_BYTES} bytes once encoded as JSON."
+            )
+        return data
+
+    def to_representation(self, value: Any) -> dict[str, Any]:
+        return value
+
+
+class CheckinSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The body of ``POST /dispatchers/checkin/``.
+
+    Only ``name`` and ``endpoint_url`` are required. On a repeated check-in, fields that are
+    left out keep their stored values.
+    """
+
+    name = StrictCharField(
+        max_length=NAME_MAX_LENGTH,
+        validators=[reject_control_characters],
+        help_text="Unique name of the dispatcher; check-ins are idempotent by name.",
+    )
+    endpoint_url = EndpointURLField(help_text="Where the controller pushes tasks: http(s).")
+    cloud = StrictCharField(
+        required=False, allow_blank=True, max_length=64, help_text="Where it runs, e.g. aws."
+    )
+    backends = BackendsField(required=False, help_text="Backends it can run tasks on.")
+    labels = LabelsField(required=False, help_text="Flat string map matched by tasks.")
+    heartbeat_interval_seconds = StrictIntegerField(
+        required=False, min_value=MIN_HEARTBEAT_INTERVAL, max_value=MAX_HEARTBEAT_INTERVAL
+    )
+    capacity = StrictIntegerField(
+        required=False,
+        min_value=MIN_CAPACITY,
+        max_value=MAX_CAPACITY,
+        help_text="Maximum concurrent tasks.",
+    )
+    version = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=VERSION_MAX_LENGTH,
+        validators=[reject_control_characters],
+        help_text="The dispatcher's software version.",
+    )
+    metadata = MetadataField(required=False, help_text="Free-form JSON object.")
+    rotate_secret = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Issue a new signing secret; the previous one stays valid for a grace period.",
+    )
+
+    def validate_cloud(self, value: str) -> str:
+        if value and not CLOUD_RE.match(value):
+            raise serializers.ValidationError(
+                "1-64 characters: letters, digits, '.', '_' and '-', starting with a letter "
+                "or digit."
+            )
+        return value
+
+
+class CheckinResponseSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='Always "ok".')
+    action = serializers.ChoiceField(choices=["created", "updated"])
+    dispatcher_guid = serializers.UUIDField()
+    dispatcher_slug = serializers.SlugField()
+    signing_secret = serializers.CharField(
+        required=False,
+        help_text="Present only on creation and on rotation; it is not shown again.",
+    )
+
+
+class HeartbeatSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The optional body of ``POST /dispatchers/{guid}/heartbeat/``."""
+
+    running_tasks = serializers.ListField(
+        child=StrictUUIDField(),
+        required=False,
+        max_length=MAX_RUNNING_TASKS,
+        help_text="Guids of the tasks the dispatcher is running now.",
+    )
+    free_capacity = StrictIntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_CAPACITY,
+        help_text="How many more tasks it can take now.",
+    )
+
+
+class HeartbeatResponseSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='Always "ok".')
+    dispatcher_guid = serializers.UUIDField()
+
+
+class DispatcherControlsSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """What an operator may change: ``PATCH /dispatchers/{guid}/``."""
+
+    unknown_field_message = "Unknown or read-only field; writable: enabled, draining, capacity."
+
+    enabled = StrictBooleanField(required=False)
+    draining = StrictBooleanField(required=False)
+    capacity = StrictIntegerField(required=False, min_value=MIN_CAPACITY, max_value=MAX_CAPACITY)
+
+
+class RotateSecretSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The optional body of ``POST /dispatchers/{guid}/rotate-secret/``."""
+
+    grace_seconds = StrictIntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_GRACE_SECONDS,
+        help_text="Seconds the previous secret stays valid (default: the setting "
+        "SECRET_ROTATION_GRACE_SECONDS).",
+    )
+
+
+class RotateSecretResponseSerializer(serializers.Serializer):
+    dispatcher_guid = serializers.UUIDField()
+    signing_secret = serializers.CharField(help_text="The new secret; it is not shown again.")
+    previous_secret_valid_until = serializers.DateTimeField(allow_null=True)
+
+
+class ApplicationSerializer(serializers.Serializer):
+    client_id = serializers.CharField()
+    name = serializers.CharField()
+
+
+class DispatcherSerializer(serializers.ModelSerializer):
+    """A dispatcher as operators see it. Signing secrets are never part of it."""
+
+    status = serializers.SerializerMethodField()
+    labels = LabelsField()
+    metadata = MetadataField()
+    application = ApplicationSerializer(read_only=True, allow_null=True)
+    reported_running_tasks = serializers.ListField(
+        source="reported_task_guids", child=serializers.CharField(), read_only=True
+    )
+
+    class Meta:
+        model = Dispatcher
+        fields = [
+            "guid",
+            "name",
+            "slug",
+            "status",
+            "endpoint_url",
+            "cloud",
+            "backends",
+            "labels",
+            "heartbeat_interval_seconds",
+            "capacity",
+            "enabled",
+            "draining",
+            "version",
+            "metadata",
+            "application",
+            "first_checkin_at",
+            "last_checkin_at",
+            "last_heartbeat_at",
+            "lost_at",
+            "reported_free_capacity",
+            "reported_running_tasks",
+            "previous_secret_valid_until",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=DispatcherStatus.choices))
+    def get_status(self, dispatcher: Dispatcher) -> str:
+        now = self.context.setdefault("now", timezone.now())
+        return str(dispatcher.status(now))

@@ -1,0 +1,274 @@
+"""POST /api/v1/dispatchers/{guid}/heartbeat/: server-clock stamp, ownership, constant cost."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from kohakku_controller.dispatchers import services
+from kohakku_controller.dispatchers.models import Dispatcher
+
+from .conftest import heartbeat_url
+
+pytestmark = pytest.mark.django_db
+
+
+def _age(dispatcher: Dispatcher, seconds: int) -> None:
+    """Pretend the last heartbeat happened ``seconds`` ago."""
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def test_heartbeat_answers_the_seed_body_and_stamps_server_time(dispatcher_client, register):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    before = timezone.now()
+    response = dispatcher_client.post(heartbeat_url(dispatcher.guid))
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ok", "dispatcher_guid": str(dispatcher.guid)}
+    dispatcher.refresh_from_db()
+    assert before <= dispatcher.last_heartbeat_at <= timezone.now()
+    assert dispatcher.status() == "online"
+
+
+def test_heartbeat_stores_running_tasks_and_free_capacity(dispatcher_client, register):
+    dispatcher = register()
+    tasks = [str(uuid.uuid4()), str(uuid.uuid4()).upper()]
+    response = dispatcher_client.post(
+        heartbeat_url(dispatcher.guid),
+        {"running_tasks": tasks, "free_capacity": 2},
+        format="json",
+    )
+    assert response.status_code == 200
+    dispatcher.refresh_from_db()
+    assert dispatcher.reported_task_guids == [tasks[0], tasks[1].lower()]
+    assert dispatcher.reported_free_capacity == 2
+    # A heartbeat that omits them: free capacity unknown, the task list is kept.
+    dispatcher_client.post(heartbeat_url(dispatcher.guid), {}, format="json")
+    dispatcher.refresh_from_db()
+    assert dispatcher.reported_free_capacity is None
+    assert dispatcher.reported_task_guids == [tasks[0], tasks[1].lower()]
+    dispatcher_client.post(heartbeat_url(dispatcher.guid), {"running_tasks": []}, format="json")
+    dispatcher.refresh_from_db()
+    assert dispatcher.reported_task_guids == []
+
+
+def test_client_clock_is_ignored(dispatcher_client, register):
+    dispatcher = register()
+    response = dispatcher_client.post(
+        heartbeat_url(dispatcher.guid), {"timestamp": "2099-01-01T00:00:00Z"}, format="json"
+    )
+    assert response.status_code == 400
+    assert "timestamp" in response.json()
+
+
+def test_heartbeat_clears_lost(dispatcher_client, register):
+    dispatcher = register()
+    _age(dispatcher, 10_000)
+    assert [d.pk for d in services.mark_lost_dispatchers()] == [dispatcher.pk]
+    dispatcher_client.post(heartbeat_url(dispatcher.guid))
+    dispatcher.refresh_from_db()
+    assert dispatcher.lost_at is None
+
+
+def test_unknown_guid_is_404(dispatcher_client, register):
+    register()
+    response = dispatcher_client.post(heartbeat_url(uuid.uuid4()))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No such dispatcher."}
+
+
+@pytest.mark.parametrize("guid", ["not-a-uuid", "1234", "checkin"])
+def test_malformed_guid_is_json_404(dispatcher_client, guid):
+    response = dispatcher_client.post(heartbeat_url(guid))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No such dispatcher."}
+
+
+def test_other_applications_dispatcher_is_403(dispatcher_client, oauth_client, register):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    intruder = oauth_client("dispatchers", name="intruder")
+    response = intruder.post(heartbeat_url(dispatcher.guid))
+    assert response.status_code == 403
+    assert "another client" in response.json()["detail"]
+    dispatcher.refresh_from_db()
+    assert dispatcher.status() == "offline"
+
+
+def test_unauthenticated_is_401(api_client, register):
+    dispatcher = register()
+    assert api_client.post(heartbeat_url(dispatcher.guid)).status_code == 401
+
+
+def test_wrong_scope_and_operator_tokens_are_403(oauth_client, staff_client, register):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    assert oauth_client("tasks:write").post(heartbeat_url(dispatcher.guid)).status_code == 403
+    assert staff_client.post(heartbeat_url(dispatcher.guid)).status_code == 403
+    dispatcher.refresh_from_db()
+    assert dispatcher.status() == "offline"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"running_tasks": "abc"}, "running_tasks"),
+        ({"running_tasks": ["not-a-uuid"]}, "running_tasks"),
+        ({"running_tasks": [123]}, "running_tasks"),
+        ({"running_tasks": {"a": 1}}, "running_tasks"),
+        ({"free_capacity": -1}, "free_capacity"),
+        ({"free_capacity": "3"}, "free_capacity"),
+        ({"free_capacity": 1.5}, "free_capacity"),
+        ({"free_capacity": True}, "free_capacity"),
+        ({"free_capacity": 10_001}, "free_capacity"),
+        ({"running_task_guids": []}, "running_task_guids"),
+    ],
+)
+def test_bad_heartbeat_body_is_400_and_does_not_stamp(dispatcher_client, register, body, field):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    response = dispatcher_client.post(heartbeat_url(dispatcher.guid), body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    dispatcher.refresh_from_db()
+    assert dispatcher.status() == "offline"
+
+
+def test_too_many_running_tasks_is_400(dispatcher_client, register):
+    dispatcher = register()
+    body = {"running_tasks": [str(uuid.uuid4()) for _ in range(10_001)]}
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_BODY_BYTES": 1_000_000}):
+        response = dispatcher_client.post(heartbeat_url(dispatcher.guid), body, format="json")
+    assert response.status_code == 400
+    assert "running_tasks" in response.json()
+
+
+def test_malformed_json_is_400(dispatcher_client, register):
+    dispatcher = register()
+    response = dispatcher_client.post(
+        heartbeat_url(dispatcher.guid), b"{", content_type="application/json"
+    )
+    assert response.status_code == 400
+
+
+def test_body_over_the_cap_is_413(dispatcher_client, register):
+    dispatcher = register()
+    body = json.dumps({"running_tasks": [str(uuid.uuid4())] * 100})
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_BODY_BYTES": 1000}):
+        response = dispatcher_client.post(
+            heartbeat_url(dispatcher.guid), body, content_type="application/json"
+        )
+    assert response.status_code == 413
+
+
+def test_heartbeat_costs_at_most_three_queries(
+    dispatcher_client, register, django_assert_max_num_queries
+):
+    for index in range(20):
+        register(f"other-{index}")
+    dispatcher = register()
+    body = {"running_tasks": [str(uuid.uuid4()) for _ in range(50)], "free_capacity": 1}
+    with django_assert_max_num_queries(3):
+        response = dispatcher_client.post(heartbeat_url(dispatcher.guid), body, format="json")
+    assert response.status_code == 200
+    with django_assert_max_num_queries(3):
+        response = dispatcher_client.post(heartbeat_url(dispatcher.guid))
+    assert response.status_code == 200
+
+
+def test_refused_heartbeats_cost_at_most_three_queries(
+    dispatcher_client, oauth_client, register, django_assert_max_num_queries
+):
+    dispatcher = register()
+    intruder = oauth_client("dispatchers", name="intruder")
+    with django_assert_max_num_queries(3):
+        assert intruder.post(heartbeat_url(dispatcher.guid)).status_code == 403
+    with django_assert_max_num_queries(3):
+        assert dispatcher_client.post(heartbeat_url(uuid.uuid4())).status_code == 404
+
+
+def test_service_contract(dispatcher_client, oauth_client, register):
+    dispatcher = register()
+    task = uuid.uuid4()
+    returned = services.record_heartbeat(
+        guid=str(dispatcher.guid),
+        application=dispatcher_client.application,
+        running_task_guids=[task],
+        free_capacity=3,
+    )
+    assert returned.pk == dispatcher.pk
+    assert returned.guid == dispatcher.guid  # a UUID, converted like any ORM read
+    assert returned.application_id == dispatcher_client.application.pk
+    assert returned.labels == {} and returned.backends == ["local"]
+    assert returned.enabled is True and returned.draining is False
+    assert returned.last_heartbeat_at.tzinfo is not None
+    assert returned.lost_at is None
+    assert returned.status() == "online"
+    assert returned.reported_task_guids == [str(task)]
+    assert returned.reported_free_capacity == 3
+    from rest_framework.exceptions import NotFound, PermissionDenied
+
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+    with pytest.raises(PermissionDenied):
+        services.record_heartbeat(
+            guid=dispatcher.guid, application=oauth_client("dispatchers").application
+        )
+
+
+@pytest.fixture(params=["returning", "portable"])
+def update_path(request, monkeypatch):
+    """Run a test through UPDATE ... RETURNING and through the portable UPDATE + SELECT."""
+    if request.param == "portable":
+        monkeypatch.setattr(services, "_UPDATE_RETURNING_VENDORS", frozenset())
+    return request.param
+
+
+def test_both_update_paths_store_and_return_the_same(
+    update_path, dispatcher_client, oauth_client, register
+):
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    task = uuid.uuid4()
+    returned = services.record_heartbeat(
+        guid=dispatcher.guid,
+        application=dispatcher_client.application,
+        running_task_guids=[task],
+        free_capacity=2,
+    )
+    stored = Dispatcher.objects.get(pk=dispatcher.pk)
+    for dispatcher_row in (returned, stored):
+        assert dispatcher_row.guid == dispatcher.guid
+        assert dispatcher_row.reported_task_guids == [str(task)]
+        assert dispatcher_row.reported_free_capacity == 2
+        assert dispatcher_row.status() == "online"
+    assert returned.last_heartbeat_at == stored.last_heartbeat_at
+    from rest_framework.exceptions import NotFound, PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        services.record_heartbeat(
+            guid=dispatcher.guid, application=oauth_client("dispatchers").application
+        )
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+
+
+def test_dispatcher_without_an_owner(update_path, dispatcher_client):
+    """Checked in by the controller itself (application=None): only such callers may beat."""
+    from rest_framework.exceptions import PermissionDenied
+
+    from .conftest import checkin_body
+
+    dispatcher = services.checkin(application=None, data=checkin_body("system")).dispatcher
+    assert dispatcher.application_id is None
+    assert services.record_heartbeat(guid=dispatcher.guid, application=None).pk == dispatcher.pk
+    with pytest.raises(PermissionDenied):
+        services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
+    assert dispatcher_client.post(heartbeat_url(dispatcher.guid)).status_code == 403
