@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+import httpx
 
 from demo.local import SECRET_ENV, demo_credentials, demo_webhook_secret, var_dir
 
@@ -54,9 +54,8 @@ def dispatcher_environment(base: dict[str, str]) -> dict[str, str]:
 
 def controller_answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/health/", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        return httpx.get(url + "/health/", timeout=2).status_code == 200
+    except httpx.HTTPError:
         return False
 
 

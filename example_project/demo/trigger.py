@@ -29,7 +29,7 @@ import httpx
 # Runnable as a script from anywhere: make ``demo`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.local import demo_credentials, demo_webhook_secret  # noqa: E402
+from demo.local import demo_credentials, demo_webhook_secret
 
 FINAL_STATUSES = {"completed", "failed", "cancelled", "timed_out"}
 EVENT = "demo.hello"

@@ -18,14 +18,13 @@ from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
+from demo.skill_packages import demo_skill_package
 from kohakku_controller.auth import SCOPES
 from kohakku_controller.oauth import create_or_reset_client
 from kohakku_controller.skills.models import Skill
 from kohakku_controller.skills.services import create_skill, upload_package
-from kohakku_controller.workflows.models import Workflow, WebhookSource
+from kohakku_controller.workflows.models import WebhookSource, Workflow
 from kohakku_controller.workflows.services import save_workflow
-
-from demo.skill_packages import demo_skill_package
 
 OPERATOR = "demo-operator"
 DISPATCHER_CLIENT_ID = "demo-dispatcher"
