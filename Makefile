@@ -23,13 +23,18 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml example_project/requirements.tx
 
 venv: $(VENV)/.installed
 
-## Serve the controller on embedded defaults (SQLite, local memory, files in var/).
+## Serve the controller, the scheduler and a reference dispatcher on embedded defaults
+## (SQLite, local memory, files in var/), with the demo skill and workflow seeded.
 run: venv
 	mkdir -p var
 	$(MANAGE) migrate --noinput
 	$(MANAGE) collectstatic --noinput --verbosity 0
 	$(MANAGE) seed_demo
 	$(BIN)/python example_project/run.py
+
+## With `make run` going in another terminal: send a signed webhook and print the task it runs.
+demo: venv
+	$(BIN)/python example_project/demo/trigger.py
 
 ## Run the whole suite the way CI does: lint, migrations, tests on embedded and real services,
 ## docs and packaging.

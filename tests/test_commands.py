@@ -36,3 +36,34 @@ def test_seed_demo_is_idempotent(settings, tmp_path, capsys):
     assert get_application_model().objects.count() == 2
     # A new secret each run; the file always holds the working one.
     assert second["dispatcher_client"]["client_secret"] in capsys.readouterr().out
+
+
+def test_seed_demo_uploads_the_hello_skill_once_and_routes_the_demo_event(
+    settings, tmp_path, capsys
+):
+    from kohakku_controller.skills.models import SkillVersion
+    from kohakku_controller.workflows.events import build_event_document
+    from kohakku_controller.workflows.models import Workflow
+    from kohakku_controller.workflows.services import match_workflow
+
+    settings.VAR_DIR = tmp_path
+    call_command("seed_demo")
+    assert "hello v1 (uploaded)" in capsys.readouterr().out
+    Workflow.objects.filter(slug="demo-hello").update(enabled=False, event="other")
+    call_command("seed_demo")
+    assert "hello v1 (already uploaded)" in capsys.readouterr().out
+
+    assert SkillVersion.objects.filter(skill__slug="hello").count() == 1
+    workflow = Workflow.objects.get()
+    # Rerunning restores the demo workflow.
+    assert (workflow.slug, workflow.source, workflow.event, workflow.enabled) == (
+        "demo-hello",
+        "custom",
+        "demo.hello",
+        True,
+    )
+    payload = {"type": "demo.hello", "name": "Ada"}
+    document = build_event_document("custom", "demo.hello", {}, payload)
+    match = match_workflow("custom", "demo.hello", document)
+    assert match.workflow == workflow
+    assert match.input == {"name": "Ada"}

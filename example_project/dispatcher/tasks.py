@@ -66,6 +66,8 @@ class TaskPush:
     callback_url: str
     callback_token: str
     result_key_prefix: str
+    # The key the upload URL writes (``result.key``); reported as ``result_key``.
+    result_key: str
     result_upload_url: str
     result_method: str
     result_headers: dict[str, str]
@@ -121,6 +123,9 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
     key_prefix = result.get("key_prefix")
     if not isinstance(key_prefix, str) or not key_prefix:
         raise _invalid("result.key_prefix", "must be a non-empty string")
+    result_key = result.get("key") or key_prefix + RESULT_FILE_NAME
+    if not isinstance(result_key, str) or not result_key.startswith(key_prefix):
+        raise _invalid("result.key", "must be a string under result.key_prefix")
     upload_url = _http_url(result.get("upload_url"), "result.upload_url")
     method = result.get("method", "PUT")
     if not isinstance(method, str) or method.upper() not in ("PUT", "POST"):
@@ -143,6 +148,7 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
         callback_url=callback_url,
         callback_token=callback_token,
         result_key_prefix=key_prefix,
+        result_key=result_key,
         result_upload_url=upload_url,
         result_method=method.upper(),
         result_headers=dict(headers),
@@ -431,7 +437,7 @@ class TaskManager:
         return {
             "status": "completed",
             "exit_code": 0,
-            "result_key": push.result_key_prefix + RESULT_FILE_NAME,
+            "result_key": push.result_key,
             "result_metadata": {
                 "content_type": "application/json",
                 "size_bytes": len(outcome.stdout),

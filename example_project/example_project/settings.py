@@ -4,7 +4,11 @@ Every variable has an embedded default, so the project runs with none set. The f
 with defaults, is in docs/settings.md ("Example project environment"):
 DATABASE_URL, REDIS_URL, KOHAKKU_S3_ENDPOINT_URL, KOHAKKU_S3_BUCKET, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, KOHAKKU_GITHUB_WEBHOOK_SECRET, KOHAKKU_SLACK_SIGNING_SECRET,
-KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for rotation), DJANGO_SECRET_KEY,
+KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for rotation), the scheduler and
+liveness timings KOHAKKU_MISSED_HEARTBEATS, KOHAKKU_LOST_DISPATCHER_GRACE_SECONDS,
+KOHAKKU_CANCEL_GRACE_SECONDS, KOHAKKU_REPORTED_TASKS_GRACE_SECONDS,
+KOHAKKU_SCHEDULER_POLL_SECONDS, KOHAKKU_SCHEDULER_LEASE_SECONDS,
+KOHAKKU_PUSH_BACKOFF_BASE_SECONDS, DJANGO_SECRET_KEY,
 DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL and PORT.
 """
 
@@ -135,6 +139,22 @@ KOHAKKU_CONTROLLER = {
         "custom": env_list("KOHAKKU_CUSTOM_WEBHOOK_SECRET"),
     },
 }
+
+# Scheduler and liveness timings, for demos and end-to-end tests that must not wait minutes.
+# Each variable overrides the controller setting of the same name (without the prefix) only
+# when it is set; see docs/settings.md.
+_TIMING_SETTINGS = {
+    "MISSED_HEARTBEATS": int,
+    "LOST_DISPATCHER_GRACE_SECONDS": int,
+    "CANCEL_GRACE_SECONDS": int,
+    "REPORTED_TASKS_GRACE_SECONDS": int,
+    "SCHEDULER_POLL_SECONDS": float,
+    "SCHEDULER_LEASE_SECONDS": int,
+    "PUSH_BACKOFF_BASE_SECONDS": float,
+}
+for _name, _kind in _TIMING_SETTINGS.items():
+    if os.environ.get(f"KOHAKKU_{_name}"):
+        KOHAKKU_CONTROLLER[_name] = _kind(os.environ[f"KOHAKKU_{_name}"])
 
 # Named explicitly so that makemigrations can resolve the swappable model.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"

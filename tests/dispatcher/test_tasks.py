@@ -45,6 +45,27 @@ def pid_is_gone(pid: int) -> bool:
     return "Z" in state.split()[1]  # a zombie has been killed already
 
 
+def test_final_callback_reports_the_result_key_the_push_names(controller, store, dispatcher):
+    body = task_body(controller, store, skill_zip(ECHO, top="echo-skill"), {"name": "Ada"})
+    body["result"]["key"] = f"results/{body['task_guid']}/output.json"
+
+    assert push(dispatcher.endpoint_url, body, secret(controller)).status_code == 202
+
+    final = controller.final_callback(body["task_guid"])
+    assert final["status"] == "completed"
+    assert final["result_key"] == f"results/{body['task_guid']}/output.json"
+
+
+def test_push_whose_result_key_is_outside_its_prefix_is_refused(controller, store, dispatcher):
+    body = task_body(controller, store, skill_zip(ECHO, top="echo-skill"), {})
+    body["result"]["key"] = "results/another-task/output.json"
+
+    response = push(dispatcher.endpoint_url, body, secret(controller))
+
+    assert response.status_code == 400
+    assert "result.key" in response.json()
+
+
 def test_skill_that_succeeds_uploads_its_result_and_completes(controller, store, dispatcher):
     body = task_body(
         controller,

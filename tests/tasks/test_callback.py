@@ -423,3 +423,24 @@ def test_twenty_identical_final_callbacks_race_to_one_transition(skill_version, 
     assert sum(1 for _, changed in results if changed) == 1
     assert TaskEvent.objects.filter(task=task, kind="completed").count() == 1
     assert Task.objects.get(pk=task.pk).status == "completed"
+
+
+@pytest.mark.parametrize("status", ["running", "failed", "completed"])
+def test_callback_after_the_deadline_times_the_task_out(api_client, running, status):
+    # The dispatcher's own timer starts after the controller's deadline: its report can
+    # arrive before the scheduler's next pass, and must not decide the outcome.
+    task, token = running
+    Task.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    body = {"status": status, "exit_code": None, "error_message": "timed out after 1 s"}
+
+    response = callback(api_client, task, token, body)
+
+    assert response.status_code == 409, response.content
+    assert "timed_out" in response.json()["detail"]
+    task.refresh_from_db()
+    assert task.status == "timed_out"
+    assert task.error_message == f"ran longer than its timeout of {task.timeout_seconds} s"
+    assert task.finished_at is not None
+    assert events_of(task) == ["created", "dispatched", "timed_out"]
+    assert callback(api_client, task, token, body).status_code == 409
+    assert events_of(task) == ["created", "dispatched", "timed_out"]

@@ -55,6 +55,7 @@ from .services import (
     record_event,
     redis_wakeup_channel,
     release_task,
+    time_out_task,
 )
 
 logger = logging.getLogger(__name__)
@@ -373,31 +374,7 @@ class Scheduler:
             status__in=list(ACTIVE_STATUSES), deadline_at__lt=now
         )
         for task in overdue[: self.batch_size * 10]:
-            reason = f"ran longer than its timeout of {task.timeout_seconds} s"
-            with transaction.atomic():
-                updated = Task.objects.filter(
-                    pk=task.pk, status=task.status, attempt=task.attempt
-                ).update(
-                    status=TaskStatus.TIMED_OUT,
-                    finished_at=now,
-                    updated_at=now,
-                    status_reason=reason,
-                    error_message=reason,
-                )
-                if updated:
-                    record_event(
-                        task,
-                        "timed_out",
-                        from_status=task.status,
-                        to_status="timed_out",
-                        reason=reason,
-                        now=now,
-                        dispatcher_guid=task.dispatcher.guid if task.dispatcher else None,
-                    )
-                    from .services import _send_finished_after_commit
-
-                    _send_finished_after_commit(task.pk)
-            if updated:
+            if time_out_task(task, now):
                 done.append((task, task.dispatcher))
         return done
 

@@ -597,9 +597,47 @@ def apply_callback(
     except (ValueError, RecursionError):
         raise ParseError("The body is not valid JSON.") from None
     data = _validate_callback_payload(task, payload)
+    if task.deadline_at is not None and now > task.deadline_at:
+        # The deadline passed before the scheduler's next pass noticed: the task ends
+        # timed_out here, as it would there, and the late callback is refused.
+        time_out_task(task, now)
+        current = _refetch(task)
+        raise Conflict(f"The task already ended as {current.status}.")
     if data["status"] == TaskStatus.RUNNING:
         return _apply_running(task, now)
     return _apply_final(task, data, now)
+
+
+def time_out_task(task: Task, now: datetime) -> bool:
+    """End an active task ``timed_out`` (conditional on its status and attempt).
+
+    Returns whether this call changed it. Used by the scheduler for overdue tasks and by
+    callbacks that arrive after ``deadline_at``.
+    """
+    reason = f"ran longer than its timeout of {task.timeout_seconds} s"
+    with transaction.atomic():
+        updated = Task.objects.filter(
+            pk=task.pk, status__in=list(ACTIVE_STATUSES), attempt=task.attempt
+        ).update(
+            status=TaskStatus.TIMED_OUT,
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            status_reason=reason,
+            error_message=reason,
+        )
+        if updated:
+            record_event(
+                task,
+                "timed_out",
+                from_status=task.status,
+                to_status="timed_out",
+                reason=reason,
+                now=now,
+                dispatcher_guid=task.dispatcher.guid if task.dispatcher else None,
+            )
+            _send_finished_after_commit(task.pk)
+    return bool(updated)
 
 
 def _reject_constant(name: str) -> Any:
