@@ -1,0 +1,131 @@
+"""Admin for dispatchers, with their derived status. Secrets are never shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from . import services as dispatcher_services
+from .models import Dispatcher, DispatcherStatus
+
+
+class DispatcherStatusFilter(admin.SimpleListFilter):
+    """Filter on the derived status (it is not a column)."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(DispatcherStatus.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value in DispatcherStatus.values:
+            return queryset.with_status(value, timezone.now())
+        return queryset
+
+
+@admin.register(Dispatcher)
+class DispatcherAdmin(admin.ModelAdmin):
+    """Dispatchers with their derived status. Operators change only enabled, draining and
+    capacity here; signing secrets are never shown. Deletion goes through the API, which
+    checks for unfinished tasks."""
+
+    CONTROLS = ("enabled", "draining", "capacity")
+
+    list_display = (
+        "name",
+        "status",
+        "cloud",
+        "backend_list",
+        "capacity",
+        "enabled",
+        "draining",
+        "last_heartbeat_at",
+        "application",
+    )
+    list_filter = (DispatcherStatusFilter, "enabled", "draining", "cloud")
+    list_select_related = ("application",)
+    search_fields = ("name", "slug")
+    ordering = ("name",)
+    fieldsets = (
+        (None, {"fields": ("guid", "name", "slug", "status", "application")}),
+        ("Operator controls", {"fields": CONTROLS}),
+        (
+            "Registration",
+            {
+                "fields": (
+                    "endpoint_url",
+                    "cloud",
+                    "backends",
+                    "labels",
+                    "heartbeat_interval_seconds",
+                    "version",
+                    "metadata",
+                    "first_checkin_at",
+                    "last_checkin_at",
+                )
+            },
+        ),
+        (
+            "Liveness",
+            {
+                "fields": (
+                    "last_heartbeat_at",
+                    "lost_at",
+                    "reported_free_capacity",
+                    "reported_task_guids",
+                    "previous_secret_valid_until",
+                )
+            },
+        ),
+    )
+    actions = ("enable", "disable", "start_draining", "stop_draining")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        """Everything shown except the operator controls."""
+        shown = [name for _, options in self.fieldsets for name in options["fields"]]
+        return [name for name in shown if name not in self.CONTROLS]
+
+    @admin.display(description="status")
+    def status(self, dispatcher: Dispatcher) -> str:
+        return dispatcher.status()
+
+    @admin.display(description="backends")
+    def backend_list(self, dispatcher: Dispatcher) -> str:
+        return ", ".join(dispatcher.backends)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # dispatchers register themselves by checking in
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # DELETE /api/v1/dispatchers/{guid}/ checks for unfinished tasks
+
+    def save_model(self, request: HttpRequest, obj: Dispatcher, form: Any, change: bool) -> None:
+        changes = {field: form.cleaned_data[field] for field in self.CONTROLS}
+        dispatcher_services.set_dispatcher_controls(obj, **changes)
+
+    def _set(self, request: HttpRequest, queryset: QuerySet, **changes: Any) -> None:
+        for dispatcher in queryset:
+            dispatcher_services.set_dispatcher_controls(dispatcher, **changes)
+        self.message_user(request, f"{len(queryset)} dispatcher(s) changed.", messages.SUCCESS)
+
+    @admin.action(description="Enable selected dispatchers", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set(request, queryset, enabled=True)
+
+    @admin.action(description="Disable selected dispatchers", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set(request, queryset, enabled=False)
+
+    @admin.action(description="Drain selected dispatchers (no new tasks)", permissions=["change"])
+    def start_draining(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set(request, queryset, draining=True)
+
+    @admin.action(description="Stop draining selected dispatchers", permissions=["change"])
+    def stop_draining(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set(request, queryset, draining=False)
