@@ -61,3 +61,10 @@ def test_deploy_checks_warn_about_filesystem_storage_and_missing_secrets(setting
 
 def test_deploy_checks_do_not_run_without_deploy_flag():
     assert "kohakku_controller.W002" not in _ids()
+
+
+def test_deploy_check_warns_about_loopback_public_url():
+    with override_settings(KOHAKKU_CONTROLLER={"PUBLIC_BASE_URL": "http://127.0.0.1:8000"}):
+        assert "kohakku_controller.W005" in _ids(include_deployment_checks=True)
+    with override_settings(KOHAKKU_CONTROLLER={"PUBLIC_BASE_URL": "https://ctl.example.com"}):
+        assert "kohakku_controller.W005" not in _ids(include_deployment_checks=True)

@@ -216,3 +216,20 @@ def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list
                 )
             )
     return errors
+
+
+@register(Tags.security, deploy=True)
+def check_public_base_url(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(str(_setting("PUBLIC_BASE_URL") or "")).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1", ""):
+        return []
+    return [
+        Warning(
+            f"PUBLIC_BASE_URL points at {host or 'nothing'}: dispatchers on other hosts cannot "
+            "send callbacks, upload results or download packages.",
+            hint=f"Set {SETTINGS_NAME}['PUBLIC_BASE_URL'] to the controller's external URL.",
+            id="kohakku_controller.W005",
+        )
+    ]
