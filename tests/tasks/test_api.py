@@ -133,6 +133,20 @@ def test_idempotency_key_other_body_conflicts(staff_client, skill_version):
     assert Task.objects.count() == 1
 
 
+def test_idempotency_keys_belong_to_their_caller(oauth_client, token_client, skill_version):
+    first_client, second_client = oauth_client("tasks:write"), oauth_client("tasks:write")
+    operator = token_client("operator", staff=True)
+    body = {"skill": "code-review"}
+    guids = {
+        post(caller, body, HTTP_IDEMPOTENCY_KEY="shared-key").json()["guid"]
+        for caller in (first_client, second_client, operator)
+    }
+    assert len(guids) == 3
+    replay = post(second_client, body, HTTP_IDEMPOTENCY_KEY="shared-key")
+    assert replay.status_code == 200
+    assert replay.json()["guid"] in guids
+
+
 def test_scopes(oauth_client, skill_version, api_client):
     reader = oauth_client("tasks:read")
     assert post(reader, {"skill": "code-review"}).status_code == 403

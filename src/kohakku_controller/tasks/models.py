@@ -117,6 +117,8 @@ class Task(models.Model):
     idempotency_key = models.CharField(  # noqa: DJ001
         max_length=255, null=True, blank=True, editable=False
     )
+    # Who the key belongs to (an OAuth2 client or a user), so callers' keys never collide.
+    idempotency_scope = models.CharField(max_length=100, blank=True, default="", editable=False)
     # sha256 of the normalised creation request, to tell a retry from a different request.
     request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
     created_by = models.ForeignKey(
@@ -158,7 +160,7 @@ class Task(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["origin", "idempotency_key"],
+                fields=["origin", "idempotency_scope", "idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
                 name="kohakku_task_unique_idempotency",
             ),

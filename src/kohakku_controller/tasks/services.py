@@ -237,12 +237,14 @@ def create_task(
     origin: str = "api",
     origin_ref: str = "",
     idempotency_key: str | None = None,
+    idempotency_scope: str = "",
     created_by=None,
 ) -> Task:
     """Queue a task for ``skill`` (its ``version``, or the latest non-yanked one).
 
     Raises DRF ``ValidationError`` naming the field at fault. With an ``idempotency_key``
-    (unique per ``origin``) a repeated identical request returns the first task (with
+    (unique per ``origin`` and ``idempotency_scope``, the caller: two callers never see
+    each other's keys) a repeated identical request returns the first task (with
     ``task.idempotent_replay`` set) and a different request under the same key raises
     ``Conflict``. Schedulers are woken after commit.
     """
@@ -262,7 +264,9 @@ def create_task(
     fingerprint = _fingerprint(request)
     existing_qs = Task.objects.select_related("skill_version__skill", "dispatcher")
     if idempotency_key is not None:
-        existing = existing_qs.filter(origin=origin, idempotency_key=idempotency_key).first()
+        existing = existing_qs.filter(
+            origin=origin, idempotency_scope=idempotency_scope, idempotency_key=idempotency_key
+        ).first()
         if existing is not None:
             return _replay(existing, fingerprint)
     skill_version = resolve_version(request["skill"], request["version"])
@@ -280,6 +284,7 @@ def create_task(
                 origin=origin,
                 origin_ref=origin_ref,
                 idempotency_key=idempotency_key,
+                idempotency_scope=idempotency_scope if idempotency_key is not None else "",
                 request_fingerprint=fingerprint,
                 created_by=created_by
                 if created_by is not None and created_by.is_authenticated
@@ -302,7 +307,9 @@ def create_task(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = existing_qs.filter(origin=origin, idempotency_key=idempotency_key).first()
+        existing = existing_qs.filter(
+            origin=origin, idempotency_scope=idempotency_scope, idempotency_key=idempotency_key
+        ).first()
         if existing is None:
             raise
         return _replay(existing, fingerprint)

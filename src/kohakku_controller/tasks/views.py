@@ -84,13 +84,16 @@ class TaskViewSet(
         serializer = TaskCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         origin_ref = ""
+        scope = f"user:{request.user.pk}" if request.user else ""
         if is_oauth2_token(request.auth) and getattr(request.auth, "application", None):
             origin_ref = f"oauth2 client {request.auth.application.name}"[:255]
+            scope = f"client:{request.auth.application.pk}"
         task = services.create_task(
             **serializer.validated_data,
             origin="api",
             origin_ref=origin_ref,
             idempotency_key=request.headers.get("Idempotency-Key") or None,
+            idempotency_scope=scope,
             created_by=request.user,
         )
         replay = getattr(task, "idempotent_replay", False)
