@@ -525,16 +525,18 @@ class TestDeliveryRecord:
         body = as_body(PR_PAYLOAD)
         headers = {
             **github_headers(body, "pull_request"),
-            "Cookie": "session=abc",
-            "Authorization": "Bearer xyz",
-            "X-Api-Key": "k",
+            "Cookie": "session=cookie-secret-value",
+            "Authorization": "Bearer bearer-secret-value",
+            "X-Api-Key": "api-key-secret-value",
         }
         post_webhook(body, headers)
         stored = only_delivery().headers
         for name in ("x-hub-signature-256", "cookie", "authorization", "x-api-key"):
             assert stored[name] == "[redacted]"
         assert stored["x-github-event"] == "pull_request"
-        assert "abc" not in json.dumps(stored)
+        dumped = json.dumps(stored)
+        for secret in ("cookie-secret-value", "bearer-secret-value", "api-key-secret-value"):
+            assert secret not in dumped
 
     def test_odd_retry_header_is_recorded_as_no_retry(self, post_webhook):
         body = as_body({"type": "event_callback", "event_id": "Ev9", "event": {}})
