@@ -51,6 +51,7 @@ from ..storage import presigned_url, storage_is_remote
 from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_token
 from .services import (
     WAKEUP_CHANNEL,
+    end_task,
     push_backoff_seconds,
     record_event,
     redis_wakeup_channel,
@@ -384,33 +385,15 @@ class Scheduler:
         tasks = Task.objects.select_related("dispatcher").filter(
             status__in=list(ACTIVE_STATUSES), cancel_requested_at__lt=cutoff
         )
+        reason = (
+            f"cancelled: the dispatcher did not confirm within "
+            f"{kohakku_settings.CANCEL_GRACE_SECONDS} s"
+        )
         for task in tasks[: self.batch_size * 10]:
-            with transaction.atomic():
-                reason = (
-                    "cancelled: the dispatcher did not confirm within "
-                    f"{kohakku_settings.CANCEL_GRACE_SECONDS} s"
-                )
-                updated = Task.objects.filter(
-                    pk=task.pk, status=task.status, attempt=task.attempt
-                ).update(
-                    status=TaskStatus.CANCELLED,
-                    finished_at=now,
-                    updated_at=now,
-                    status_reason=reason,
-                )
-                if updated:
-                    record_event(
-                        task,
-                        "cancelled",
-                        from_status=task.status,
-                        to_status="cancelled",
-                        reason=reason,
-                        now=now,
-                    )
-                    from .services import _send_finished_after_commit
-
-                    _send_finished_after_commit(task.pk)
-                    finished += 1
+            if end_task(
+                task, TaskStatus.CANCELLED, reason=reason, now=now, from_statuses=[task.status]
+            ):
+                finished += 1
         return finished
 
     # --- claim -------------------------------------------------------------------------

@@ -439,23 +439,14 @@ def cancel_task(task: Task, *, reason: str = "cancelled on request", now=None) -
             raise Conflict(f"The task has already ended as {task.status}.")
         with transaction.atomic():
             if task.status == TaskStatus.QUEUED:
-                updated = Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
-                    status=TaskStatus.CANCELLED,
-                    finished_at=now,
-                    updated_at=now,
-                    status_reason=reason[:500],
+                updated = end_task(
+                    task,
+                    TaskStatus.CANCELLED,
+                    reason=reason,
+                    now=now,
+                    from_statuses=[TaskStatus.QUEUED],
                     cancel_requested_at=now,
                 )
-                if updated:
-                    record_event(
-                        task,
-                        "cancelled",
-                        from_status=task.status,
-                        to_status="cancelled",
-                        reason=reason,
-                        now=now,
-                    )
-                    _send_finished_after_commit(task.pk)
             else:
                 if task.cancel_requested_at is not None:
                     return task
@@ -615,36 +606,49 @@ def apply_callback(
     return _apply_final(task, data, now)
 
 
-def time_out_task(task: Task, now: datetime) -> bool:
-    """End an active task ``timed_out`` (conditional on its status and attempt).
+def end_task(
+    task: Task,
+    status: str,
+    *,
+    reason: str,
+    now: datetime,
+    from_statuses: Any = ACTIVE_STATUSES,
+    **fields: Any,
+) -> bool:
+    """Move ``task`` to the final ``status`` if it is still in ``from_statuses`` at its attempt.
 
-    Returns whether this call changed it. Used by the scheduler for overdue tasks and by
-    callbacks that arrive after ``deadline_at``.
+    One conditional update, then (only if it changed the row) an event and the
+    ``task_finished`` signal after commit. Returns whether this call ended the task.
     """
-    reason = f"ran longer than its timeout of {task.timeout_seconds} s"
     with transaction.atomic():
         updated = Task.objects.filter(
-            pk=task.pk, status__in=list(ACTIVE_STATUSES), attempt=task.attempt
+            pk=task.pk, status__in=list(from_statuses), attempt=task.attempt
         ).update(
-            status=TaskStatus.TIMED_OUT,
+            status=status,
             finished_at=now,
             updated_at=now,
             lease_expires_at=None,
-            status_reason=reason,
-            error_message=reason,
+            status_reason=reason[:500],
+            **fields,
         )
         if updated:
             record_event(
                 task,
-                "timed_out",
+                status,
                 from_status=task.status,
-                to_status="timed_out",
+                to_status=status,
                 reason=reason,
                 now=now,
-                dispatcher_guid=task.dispatcher.guid if task.dispatcher else None,
+                dispatcher_guid=task.dispatcher.guid if task.dispatcher_id else None,
             )
             _send_finished_after_commit(task.pk)
     return bool(updated)
+
+
+def time_out_task(task: Task, now: datetime) -> bool:
+    """End an active task ``timed_out``; used for overdue tasks and late callbacks."""
+    reason = f"ran longer than its timeout of {task.timeout_seconds} s"
+    return end_task(task, TaskStatus.TIMED_OUT, reason=reason, now=now, error_message=reason)
 
 
 def _reject_constant(name: str) -> Any:
