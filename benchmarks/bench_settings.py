@@ -8,7 +8,7 @@ DEBUG = False
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
 KOHAKKU_CONTROLLER = {
     **KOHAKKU_CONTROLLER,
-    "SCHEDULER_BATCH_SIZE": 200,
-    "SCHEDULER_PUSH_CONCURRENCY": 32,
+    "SCHEDULER_BATCH_SIZE": 500,
+    "SCHEDULER_PUSH_CONCURRENCY": 64,
     "RECONCILE_REPORTED_TASKS": False,
 }

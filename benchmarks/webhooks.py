@@ -50,13 +50,14 @@ def free_port() -> int:
 
 
 def ensure_postgres_database(url: str) -> None:
+    """Create the benchmark's database afresh, so an older schema never gets in the way."""
     import psycopg
 
     name = url.rsplit("/", 1)[1]
     admin = url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def prepare(env: dict[str, str]) -> None:
@@ -249,6 +250,8 @@ def main() -> int:
             f"--bind=127.0.0.1:{port}",
             f"--workers={1 if sqlite else 2}",
             f"--threads={1 if sqlite else 4}",
+            # gunicorn also reads example_project/gunicorn.conf.py: keep its access log quiet.
+            "--access-logfile=/dev/null",
             "--log-level=warning",
         ],
         cwd=EXAMPLE,
