@@ -187,3 +187,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"kohakku: database={settings.DATABASES['default']['ENGINE']} "
         f"cache={settings.CACHES['default']['BACKEND']} storage={storage}"
     ]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    count = getattr(config, "_kohakku_postgres_deselected", 0)
+    if count:
+        terminalreporter.write_line(
+            f"kohakku: {count} PostgreSQL-only tests deselected on this database; "
+            "they run in the py313-django61-services environment."
+        )
