@@ -613,16 +613,19 @@ def end_task(
     reason: str,
     now: datetime,
     from_statuses: Any = ACTIVE_STATUSES,
+    match: dict[str, Any] | None = None,
+    event_data: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """Move ``task`` to the final ``status`` if it is still in ``from_statuses`` at its attempt.
 
-    One conditional update, then (only if it changed the row) an event and the
+    One conditional update (``match`` adds conditions, ``fields`` more columns to set), then,
+    only if it changed the row: an event, a scheduler wake-up (capacity may be free) and the
     ``task_finished`` signal after commit. Returns whether this call ended the task.
     """
     with transaction.atomic():
         updated = Task.objects.filter(
-            pk=task.pk, status__in=list(from_statuses), attempt=task.attempt
+            pk=task.pk, status__in=list(from_statuses), attempt=task.attempt, **(match or {})
         ).update(
             status=status,
             finished_at=now,
@@ -638,10 +641,12 @@ def end_task(
                 from_status=task.status,
                 to_status=status,
                 reason=reason,
+                data=event_data,
                 now=now,
                 dispatcher_guid=task.dispatcher.guid if task.dispatcher_id else None,
             )
             _send_finished_after_commit(task.pk)
+            notify_scheduler()
     return bool(updated)
 
 
@@ -701,36 +706,18 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
         reason = "failed: " + (data["error_message"] or "the dispatcher reported a failure")
     else:
         reason = "cancelled by the dispatcher"
-    with transaction.atomic():
-        updated = Task.objects.filter(
-            pk=task.pk,
-            status__in=list(ACTIVE_STATUSES),
-            attempt=task.attempt,
-            callback_token_hash=task.callback_token_hash,
-        ).update(
-            status=status,
-            exit_code=data["exit_code"],
-            result_key=data["result_key"],
-            result_metadata=data["result_metadata"],
-            error_message=data["error_message"],
-            finished_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-            status_reason=reason[:500],
-        )
-        if updated:
-            record_event(
-                task,
-                status,
-                from_status=task.status,
-                to_status=status,
-                reason=reason,
-                data={"exit_code": data["exit_code"], "result_key": data["result_key"]},
-                now=now,
-                dispatcher_guid=task.dispatcher.guid,
-            )
-            _send_finished_after_commit(task.pk)
-            notify_scheduler()  # capacity freed: queued tasks may now fit
+    updated = end_task(
+        task,
+        status,
+        reason=reason,
+        now=now,
+        match={"callback_token_hash": task.callback_token_hash},
+        event_data={"exit_code": data["exit_code"], "result_key": data["result_key"]},
+        exit_code=data["exit_code"],
+        result_key=data["result_key"],
+        result_metadata=data["result_metadata"],
+        error_message=data["error_message"],
+    )
     if updated:
         task.status, task.finished_at, task.updated_at = status, now, now
         return CallbackOutcome(task, True)
