@@ -99,19 +99,30 @@ def receive_webhook(
     started: float | None = None,
 ) -> IngestResult:
     """Handle one webhook request whose raw body has been read in full."""
-    incoming = _Incoming(
-        headers=_case_insensitive(headers),
-        body=body,
-        body_size=len(body),
-        content_type=content_type,
-        remote_addr=remote_addr,
-        started=time.monotonic() if started is None else started,
-    )
+    incoming = _incoming(headers, body, len(body), content_type, remote_addr, started)
     context = _Context()
     try:
         return _receive(incoming, context)
     except _Rejected as rejection:
         return _reject(incoming, context, rejection)
+
+
+def _incoming(
+    headers: Mapping[str, str],
+    body: bytes,
+    body_size: int,
+    content_type: str,
+    remote_addr: str | None,
+    started: float | None,
+) -> _Incoming:
+    return _Incoming(
+        headers=_case_insensitive(headers),
+        body=body,
+        body_size=body_size,
+        content_type=content_type,
+        remote_addr=remote_addr,
+        started=time.monotonic() if started is None else started,
+    )
 
 
 def reject_oversize(
@@ -123,14 +134,7 @@ def reject_oversize(
     started: float | None = None,
 ) -> IngestResult:
     """Record and answer a body over ``WEBHOOK_MAX_BODY_BYTES`` (413); the body is not kept."""
-    incoming = _Incoming(
-        headers=_case_insensitive(headers),
-        body=b"",
-        body_size=body_size,
-        content_type=content_type,
-        remote_addr=remote_addr,
-        started=time.monotonic() if started is None else started,
-    )
+    incoming = _incoming(headers, b"", body_size, content_type, remote_addr, started)
     source = detect_source(incoming.headers) or ""
     context = _Context(
         source=source if source in SOURCES else "",
