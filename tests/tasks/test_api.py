@@ -76,6 +76,9 @@ def test_create_full_pinned_body(oauth_client, skill_version):
         ({"skill": "code-review", "labels": ["gpu"]}, "labels"),
         ({"skill": "code-review", "labels": {"gpu": 3}}, "labels"),
         ({"skill": "code-review", "labels": {"bad key!": "x"}}, "labels"),
+        # The dispatchers' own label rule: no key a dispatcher could never carry.
+        ({"skill": "code-review", "labels": {"gpu-": "a100"}}, "labels"),
+        ({"skill": "code-review", "labels": {"gpu": "a\nb"}}, "labels"),
         ({"skill": "code-review", "priority": "high"}, "priority"),
         ({"skill": "code-review", "priority": 10**6}, "priority"),
         ({"skill": "code-review", "timeout_seconds": 0}, "timeout_seconds"),

@@ -88,6 +88,7 @@ class TestCreate:
             ({"input_template": ""}, "input_template"),
             ({"labels": ["gpu"]}, "labels"),
             ({"labels": {"gpu": {"x": 1}}}, "labels"),
+            ({"labels": {"bad key": "x"}}, "labels"),
             ({"timeout_seconds": 0}, "timeout_seconds"),
             ({"priority": "high"}, "priority"),
             ({"slug": "Not A Slug"}, "slug"),

@@ -12,8 +12,8 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
+from .labels import LABEL_KEY_RE
 from .models import Dispatcher, DispatcherStatus
-from .serializers import LABEL_KEY_RE
 
 
 class LabelSelectorField(forms.Field):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .labels import has_control_characters, validate_labels
 from .models import Dispatcher, DispatcherStatus
 
 NAME_MAX_LENGTH = 100
@@ -30,9 +30,6 @@ SHORT_NAME_HELP = (
 )
 MAX_BACKENDS = 32
 CLOUD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-MAX_LABELS = 64
-LABEL_VALUE_MAX_LENGTH = 255
 MIN_HEARTBEAT_INTERVAL = 5
 MAX_HEARTBEAT_INTERVAL = 3600
 MIN_CAPACITY = 1
@@ -41,11 +38,6 @@ VERSION_MAX_LENGTH = 64
 METADATA_MAX_BYTES = 16 * 1024
 MAX_RUNNING_TASKS = 10_000
 MAX_GRACE_SECONDS = 30 * 24 * 3600
-
-
-def has_control_characters(value: str) -> bool:
-    """True if ``value`` holds control, format or line/paragraph separator characters."""
-    return any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value)
 
 
 def reject_control_characters(value: str) -> str:
@@ -171,29 +163,8 @@ class BackendsField(serializers.ListField):
 class LabelsField(serializers.Field):
     """A flat map of label keys to string values, with caps on count and lengths."""
 
-    default_error_messages = {"not_a_map": "Expected an object mapping label keys to strings."}
-
     def to_internal_value(self, data: Any) -> dict[str, str]:
-        if not isinstance(data, dict):
-            self.fail("not_a_map")
-        if len(data) > MAX_LABELS:
-            raise serializers.ValidationError(f"At most {MAX_LABELS} labels are allowed.")
-        errors = {}
-        for key, value in data.items():
-            if not LABEL_KEY_RE.match(key):
-                errors[key] = [
-                    "Label keys are 1-63 characters: letters, digits, '.', '_', '/' and '-', "
-                    "starting and ending with a letter or digit."
-                ]
-            elif not isinstance(value, str):
-                errors[key] = ["Label values must be strings."]
-            elif len(value) > LABEL_VALUE_MAX_LENGTH:
-                errors[key] = [f"At most {LABEL_VALUE_MAX_LENGTH} characters."]
-            elif has_control_characters(value):
-                errors[key] = ["Must not contain control characters."]
-        if errors:
-            raise serializers.ValidationError(errors)
-        return dict(data)
+        return validate_labels(data)
 
     def to_representation(self, value: Any) -> dict[str, str]:
         return dict(value)

@@ -23,6 +23,7 @@ from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError
 
 from .. import signals
 from ..conf import kohakku_settings
+from ..dispatchers.labels import validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
 from ..signing import SignatureError, verify_signature
@@ -159,20 +160,12 @@ def _validate_creation(
         errors["input"] = [f"Larger than {settings.TASK_INPUT_MAX_BYTES} bytes of JSON."]
     if not isinstance(backend, str) or not _NAME_RE.match(backend):
         errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
-    if labels is None:
-        labels = {}
-    if not isinstance(labels, dict):
-        errors["labels"] = ["Must be an object mapping label names to string values."]
-    elif len(labels) > settings.TASK_MAX_LABELS:
-        errors["labels"] = [f"At most {settings.TASK_MAX_LABELS} labels."]
-    else:
-        for key, value in labels.items():
-            if not _NAME_RE.match(key):
-                errors["labels"] = [f"Label name {key[:70]!r} is not valid."]
-                break
-            if not isinstance(value, str) or len(value) > 255:
-                errors["labels"] = [f"Label {key!r} must have a string value of at most 255."]
-                break
+    try:
+        labels = validate_labels(
+            {} if labels is None else labels, max_labels=settings.TASK_MAX_LABELS
+        )
+    except ValidationError as exc:
+        errors["labels"] = exc.detail
     if not _is_int(priority) or not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
         errors["priority"] = [f"Must be an integer from {_PRIORITY_RANGE[0]} to 1000."]
     if timeout_seconds is None:

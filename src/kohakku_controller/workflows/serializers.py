@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from ..dispatchers.serializers import LabelsField
 from ..skills.models import Skill, SkillVersion
 from . import services
 from .expressions import MAX_CONDITIONS, MAX_EXPRESSION_LENGTH
@@ -35,7 +36,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
         trim_whitespace=False,
         help_text="JMESPath expression that must yield a JSON object: the task input.",
     )
-    labels = serializers.DictField(child=serializers.CharField(max_length=255), default=dict)
+    labels = LabelsField(default=dict)
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=7 * 24 * 3600, allow_null=True, default=None
     )
