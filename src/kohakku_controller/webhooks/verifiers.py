@@ -65,23 +65,34 @@ def _check_timestamp(timestamp: str | None, header: str, tolerance: int, now: fl
     return value
 
 
+def _parse_hex_signature(signature: str | None, prefix: str, header: str) -> bytes:
+    """The digest bytes of a ``<prefix>=<hex>`` signature header."""
+    if not signature:
+        raise VerificationError("missing", f"{header} header is missing.")
+    found, _, hex_digest = signature.strip().partition("=")
+    if found != prefix or not hex_digest:
+        raise VerificationError("malformed", f"{header} must be '{prefix}=<hex>'.")
+    try:
+        return bytes.fromhex(hex_digest)
+    except ValueError:
+        raise VerificationError("malformed", f"{header} is not hex.") from None
+
+
+def _require_match(
+    secrets: Iterable[str | bytes], message: bytes, received: bytes, header: str
+) -> None:
+    for secret in secrets:
+        if hmac.compare_digest(_hmac_sha256(_as_bytes(secret), message), received):
+            return
+    raise VerificationError("mismatch", f"{header} does not match the body.")
+
+
 def verify_github_signature(
     secrets: Iterable[str | bytes], body: bytes, signature: str | None
 ) -> None:
     """Check GitHub's ``X-Hub-Signature-256`` header (``sha256=<hex>``) against ``body``."""
-    if not signature:
-        raise VerificationError("missing", "X-Hub-Signature-256 header is missing.")
-    prefix, _, hex_digest = signature.strip().partition("=")
-    if prefix != "sha256" or not hex_digest:
-        raise VerificationError("malformed", "X-Hub-Signature-256 must be 'sha256=<hex>'.")
-    try:
-        received = bytes.fromhex(hex_digest)
-    except ValueError:
-        raise VerificationError("malformed", "X-Hub-Signature-256 is not hex.") from None
-    for secret in secrets:
-        if hmac.compare_digest(_hmac_sha256(_as_bytes(secret), body), received):
-            return
-    raise VerificationError("mismatch", "X-Hub-Signature-256 does not match the body.")
+    received = _parse_hex_signature(signature, "sha256", "X-Hub-Signature-256")
+    _require_match(secrets, body, received, "X-Hub-Signature-256")
 
 
 def verify_slack_signature(
@@ -97,18 +108,9 @@ def verify_slack_signature(
     if not signature:
         raise VerificationError("missing", "X-Slack-Signature header is missing.")
     _check_timestamp(timestamp, "X-Slack-Request-Timestamp", tolerance, now)
-    version, _, hex_digest = signature.strip().partition("=")
-    if version != "v0" or not hex_digest:
-        raise VerificationError("malformed", "X-Slack-Signature must be 'v0=<hex>'.")
-    try:
-        received = bytes.fromhex(hex_digest)
-    except ValueError:
-        raise VerificationError("malformed", "X-Slack-Signature is not hex.") from None
+    received = _parse_hex_signature(signature, "v0", "X-Slack-Signature")
     message = b"v0:" + str(timestamp).encode("ascii") + b":" + body
-    for secret in secrets:
-        if hmac.compare_digest(_hmac_sha256(_as_bytes(secret), message), received):
-            return
-    raise VerificationError("mismatch", "X-Slack-Signature does not match the body.")
+    _require_match(secrets, message, received, "X-Slack-Signature")
 
 
 def decode_standard_webhooks_secret(secret: str | bytes) -> bytes | None:
