@@ -162,6 +162,7 @@ OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 OAUTH2_PROVIDER = {
     "SCOPES": dict(SCOPES),
     "SCOPES_BACKEND_CLASS": "kohakku_controller.oauth.ClientScopesBackend",
+    "OAUTH2_VALIDATOR_CLASS": "kohakku_controller.oauth_validators.ControllerOAuth2Validator",
     "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
 }
 

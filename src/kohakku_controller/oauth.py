@@ -10,6 +10,9 @@ that: an OAuth2 application may only obtain the controller scopes granted to it 
     }
 
 A token request without ``scope`` gets every scope granted to the client.
+
+:class:`kohakku_controller.oauth_validators.ControllerOAuth2Validator` is
+django-oauth-toolkit's validator with a cheaper bearer-token lookup.
 """
 
 from __future__ import annotations

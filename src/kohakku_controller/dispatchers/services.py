@@ -24,6 +24,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 
 from .. import signals
 from ..conf import kohakku_settings
+from ..db import model_from_row
 from ..exceptions import Conflict
 from .models import Dispatcher
 from .secrets import encrypt_secret, generate_signing_secret
@@ -295,16 +296,7 @@ def _heartbeat_returning(
         row = cursor.fetchone()
     if row is None:
         return None
-    concrete = meta.concrete_fields
-    values = []
-    for field, value in zip(concrete, row, strict=True):
-        column = field.get_col(meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(
-            connection
-        ):
-            value = converter(value, column, connection)
-        values.append(value)
-    return Dispatcher.from_db(connection.alias, [field.attname for field in concrete], values)
+    return model_from_row(connection, Dispatcher, meta.concrete_fields, row)
 
 
 def rotate_signing_secret(dispatcher: Dispatcher, *, grace_seconds: int | None = None) -> str:
