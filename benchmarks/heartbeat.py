@@ -17,7 +17,8 @@ What it does, and undoes:
    ceiling) alternating with rounds of heartbeats from randomly chosen dispatchers;
 5. prints requests/s, p50/p99 latency, server CPU per request (gunicorn workers plus their
    PostgreSQL backends), peak memory, the heartbeat/ceiling ratio, and the CPU that 10,000
-   dispatchers beating every 60 s would need;
+   dispatchers beating every 60 s use (sent open loop at that rate, after the ceiling
+   endpoint at the same rate);
 6. stops gunicorn and drops the database, also on Ctrl-C or failure.
 
 Timing depends on the machine; the ratio is what to compare between runs.
@@ -394,26 +395,27 @@ def main() -> int:
                     Round(name, args.requests, seconds, latencies, errors, web_used, db_used)
                 )
 
-        # A steady fleet: 10,000 dispatchers beating every 60 s, open loop.
+        # A steady fleet: 10,000 dispatchers beating every 60 s, open loop; the ceiling
+        # endpoint at the same rate first, as the stack's own cost at that rate.
         fleet_rate = FLEET_SIZE / FLEET_INTERVAL
-        workers, backends = children_of(server.pid), backend_pids(admin, database)
-        web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
         count = int(fleet_rate * args.fleet_seconds)
-        seconds, latencies, errors = drive(
-            port, count, args.concurrency, heartbeat_request, rate=fleet_rate
-        )
-        fleet = Round(
-            "fleet",
-            count,
-            seconds,
-            latencies,
-            errors,
-            cpu_seconds(workers) - web_before,
-            cpu_seconds(backends) - db_before,
-        )
+        fleet: dict[str, Round] = {}
+        for name, make in (("ping (ceiling)", ping_request), ("heartbeat", heartbeat_request)):
+            workers, backends = children_of(server.pid), backend_pids(admin, database)
+            web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+            seconds, latencies, errors = drive(port, count, args.concurrency, make, rate=fleet_rate)
+            fleet[name] = Round(
+                name,
+                count,
+                seconds,
+                latencies,
+                errors,
+                cpu_seconds(workers) - web_before,
+                cpu_seconds(backends) - db_before,
+            )
         worker_peak = peak_rss_mib(children_of(server.pid))
         report(args, rounds, fleet, worker_peak, pairs, admin)
-        failed = sum(round_.errors for round_ in [*rounds, fleet])
+        failed = sum(round_.errors for round_ in [*rounds, *fleet.values()])
         return 1 if failed else 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
@@ -435,7 +437,7 @@ def main() -> int:
 def report(
     args: argparse.Namespace,
     rounds: list[Round],
-    fleet: Round,
+    fleet: dict[str, Round],
     worker_peak: float,
     pairs: list[Any],
     admin: Any,
@@ -490,20 +492,18 @@ def report(
         f"heartbeat / ceiling throughput ratio: {ratio:.2f} "
         f"({verdict} the {HEARTBEAT_TARGET_RATIO:.0%} target)"
     )
-    busy = (fleet.web_cpu_seconds + fleet.db_cpu_seconds) / fleet.seconds
     print(
         f"steady fleet: {FLEET_SIZE:,} dispatchers every {FLEET_INTERVAL} s, sent at "
-        f"{FLEET_SIZE / FLEET_INTERVAL:.0f}/s for {fleet.seconds:.0f} s: {fleet.rate:.0f} req/s, "
-        f"p50 {fleet.percentile(0.5):.2f} ms, p99 {fleet.percentile(0.99):.2f} ms, "
-        f"{fleet.errors} errors"
+        f"{FLEET_SIZE / FLEET_INTERVAL:.0f}/s for {fleet['heartbeat'].seconds:.0f} s"
     )
-    print(
-        f"  CPU used: {busy:.2f} of one core "
-        f"(web workers {fleet.web_cpu_seconds / fleet.seconds:.2f}, "
-        f"PostgreSQL backends {fleet.db_cpu_seconds / fleet.seconds:.2f}; "
-        f"{fleet.cpu_ms_per_request:.2f} ms per heartbeat, of which the ceiling's own "
-        f"request handling is {ceiling['web'] + ceiling['db']:.2f} ms)"
-    )
+    for name, run in fleet.items():
+        busy = (run.web_cpu_seconds + run.db_cpu_seconds) / run.seconds
+        print(
+            f"  {name:<15} {run.rate:.0f} req/s, p50 {run.percentile(0.5):.2f} ms, "
+            f"p99 {run.percentile(0.99):.2f} ms, {run.errors} errors; CPU {busy:.2f} of one core "
+            f"(web workers {run.web_cpu_seconds / run.seconds:.2f}, PostgreSQL backends "
+            f"{run.db_cpu_seconds / run.seconds:.2f}; {run.cpu_ms_per_request:.2f} ms per request)"
+        )
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: gunicorn worker {worker_peak:.0f} MiB, load generator {own_peak:.0f} MiB")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+from django.db import InterfaceError, OperationalError
 from django.http import UnreadablePostError
 from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions, status
@@ -30,6 +32,12 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "service_unavailable"
 
 
+#: Seconds a client is asked to wait (``Retry-After``) after a 503.
+RETRY_AFTER_SECONDS = 1
+
+logger = logging.getLogger("kohakku_controller")
+
+
 def _translate_django_error(exc: Exception) -> Exception:
     """Map request-level Django errors (raised while reading the body) to API errors."""
     if isinstance(exc, RequestDataTooBig):
@@ -40,9 +48,20 @@ def _translate_django_error(exc: Exception) -> Exception:
         return exceptions.ParseError(_("The request body could not be read."))
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError(_("The request was rejected as malformed."))
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is unreachable or restarting, or dropped this connection: nothing
+        # was committed, and the request may be sent again.
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return ServiceUnavailable(_("The database is unavailable; try again shortly."))
     return exc
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus JSON answers for body-size and malformed-request errors."""
-    return drf_exception_handler(_translate_django_error(exc), context)
+    """DRF's handler, plus JSON answers for body-size, malformed-request and outage errors.
+
+    A 503 carries ``Retry-After``.
+    """
+    response = drf_exception_handler(_translate_django_error(exc), context)
+    if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        response.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+    return response

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -271,3 +272,19 @@ def test_dispatcher_without_an_owner(update_path, dispatcher_client):
     with pytest.raises(PermissionDenied):
         services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
     assert dispatcher_client.post(heartbeat_url(dispatcher.guid)).status_code == 403
+
+
+def test_a_database_outage_answers_503_and_writes_nothing(dispatcher_client, register):
+    dispatcher = register()
+    before = Dispatcher.objects.get(pk=dispatcher.pk).last_heartbeat_at
+
+    def dropped(execute, sql, params, many, context):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with connection.execute_wrapper(dropped):
+        response = dispatcher_client.post(heartbeat_url(dispatcher.guid))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json() == {"detail": "The database is unavailable; try again shortly."}
+    assert Dispatcher.objects.get(pk=dispatcher.pk).last_heartbeat_at == before
+    assert dispatcher_client.post(heartbeat_url(dispatcher.guid)).status_code == 200

@@ -562,16 +562,16 @@ class TestQueryBudget:
     # The tests run inside a transaction, so each atomic block adds SAVEPOINT and RELEASE;
     # a real request in autocommit mode runs two queries fewer.
 
-    def test_routed_delivery(self, post_webhook, make_workflow, django_assert_max_num_queries):
+    def test_routed_delivery(self, post_webhook, make_workflow, django_assert_num_queries):
         make_workflow("triage-prs", **TRIAGE)
         body = as_body(PR_PAYLOAD)
         headers = github_headers(body, "pull_request")
-        # dedupe look-up, workflows, savepoint; create_task: skill, version, savepoint, task,
-        # its first event, (PostgreSQL: the scheduler's NOTIFY), release; delivery insert, release
+        # dedupe look-up, workflows, savepoint; create_task: the version with its skill, the
+        # task, its first event, (PostgreSQL: the scheduler's NOTIFY); delivery insert, release
         from django.db import connection
 
-        budget = 12 if connection.vendor == "postgresql" else 11
-        with django_assert_max_num_queries(budget):
+        budget = 9 if connection.vendor == "postgresql" else 8
+        with django_assert_num_queries(budget):
             assert post_webhook(body, headers).json()["routed_to"] == "triage-prs"
 
     def test_unrouted_delivery(self, post_webhook, make_workflow, django_assert_num_queries):

@@ -8,6 +8,7 @@ stored secrets unreadable, so dispatchers would have to check in again with ``ro
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 from datetime import datetime
@@ -21,8 +22,12 @@ from ..conf import kohakku_settings
 SECRET_BYTES = 32
 
 
-def _fernet() -> Fernet:
-    material = kohakku_settings.SECRET_ENCRYPTION_KEY or settings.SECRET_KEY
+def _key_material() -> str:
+    return kohakku_settings.SECRET_ENCRYPTION_KEY or settings.SECRET_KEY
+
+
+@functools.lru_cache(maxsize=8)
+def _fernet(material: str) -> Fernet:
     key = hashlib.sha256(b"kohakku-controller/dispatcher-secrets/" + material.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
 
@@ -32,13 +37,20 @@ def generate_signing_secret() -> str:
 
 
 def encrypt_secret(secret: str) -> str:
-    return _fernet().encrypt(secret.encode()).decode()
+    return _fernet(_key_material()).encrypt(secret.encode()).decode()
 
 
 def decrypt_secret(ciphertext: str) -> str:
     """Decrypt a stored secret; raises ``ValueError`` if the key changed or data is corrupt."""
+    return _decrypt(ciphertext, _key_material())
+
+
+@functools.lru_cache(maxsize=4096)
+def _decrypt(ciphertext: str, material: str) -> str:
+    # Every callback and push needs its dispatcher's secret; a ciphertext always decrypts to
+    # the same secret under the same key, so each is decrypted once per process.
     try:
-        return _fernet().decrypt(ciphertext.encode()).decode()
+        return _fernet(material).decrypt(ciphertext.encode()).decode()
     except InvalidToken as exc:
         raise ValueError("signing secret cannot be decrypted with the current key") from exc
 

@@ -278,32 +278,47 @@ def resolve_version(
 
     A pinned yanked version is refused unless ``allow_yanked`` is true. Raises DRF
     ``ValidationError`` naming ``skill`` (unknown or archived skill) or ``version`` (no
-    such version, yanked, or no installable version at all).
+    such version, yanked, or no installable version at all). One query (the version with its
+    skill) when the version may run; more only to explain a refusal.
     """
+    if isinstance(skill_slug, str) and (version is None or _is_version_number(version)):
+        versions = SkillVersion.objects.select_related("skill").filter(
+            skill__slug=skill_slug, skill__archived=False
+        )
+        if version is None:
+            found = versions.filter(yanked=False).order_by("-version_number").first()
+        else:
+            found = versions.filter(version_number=version).first()
+        if found is not None and (allow_yanked or not found.yanked):
+            return found
+    raise _unresolvable(skill_slug, version)
+
+
+def _is_version_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _unresolvable(skill_slug: Any, version: Any) -> ValidationError:
+    """Why ``resolve_version`` found nothing to run, as the error to raise."""
     skill = Skill.objects.filter(slug=skill_slug).first() if isinstance(skill_slug, str) else None
     if skill is None:
-        raise ValidationError({"skill": [f"No skill with slug {skill_slug!r}."]})
+        return ValidationError({"skill": [f"No skill with slug {skill_slug!r}."]})
     if skill.archived:
-        raise ValidationError({"skill": [f"The skill {skill_slug!r} is archived."]})
+        return ValidationError({"skill": [f"The skill {skill_slug!r} is archived."]})
     if version is None:
-        latest = SkillVersion.objects.latest_for(skill)
-        if latest is None:
-            raise ValidationError(
-                {"version": [f"The skill {skill_slug!r} has no version that is not yanked."]}
-            )
-        latest.skill = skill  # spare callers a query for what we already hold
-        return latest
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValidationError({"version": ["Must be a positive integer."]})
+        return ValidationError(
+            {"version": [f"The skill {skill_slug!r} has no version that is not yanked."]}
+        )
+    if not _is_version_number(version):
+        return ValidationError({"version": ["Must be a positive integer."]})
     found = SkillVersion.objects.filter(skill=skill, version_number=version).first()
     if found is None:
-        raise ValidationError({"version": [f"The skill {skill_slug!r} has no version {version}."]})
-    if found.yanked and not allow_yanked:
-        raise ValidationError(
+        return ValidationError({"version": [f"The skill {skill_slug!r} has no version {version}."]})
+    if found.yanked:
+        return ValidationError(
             {"version": [f"Version {version} of {skill_slug!r} is yanked: {found.yank_reason}"]}
         )
-    found.skill = skill
-    return found
+    return ValidationError({"version": ["The version changed while it was resolved; retry."]})
 
 
 def version_for_download(slug: str, version: int | None) -> SkillVersion:

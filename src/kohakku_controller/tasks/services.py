@@ -267,7 +267,9 @@ def create_task(
     skill_version = resolve_version(request["skill"], request["version"])
     now = timezone.now()
     try:
-        with transaction.atomic():
+        # A savepoint only where a lost idempotency race must be recovered from; without a
+        # key an error ends the caller's transaction anyway (two round trips saved).
+        with transaction.atomic(savepoint=idempotency_key is not None):
             task = Task.objects.create(
                 skill_version=skill_version,
                 input=request["input"],
