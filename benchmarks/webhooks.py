@@ -221,6 +221,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="open-loop duration")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="kohakku-bench-"))
@@ -248,8 +250,8 @@ def main() -> int:
             str(Path(sys.executable).parent / "gunicorn"),
             "example_project.wsgi:application",
             f"--bind=127.0.0.1:{port}",
-            f"--workers={1 if sqlite else 2}",
-            f"--threads={1 if sqlite else 4}",
+            f"--workers={1 if sqlite else args.workers}",
+            f"--threads={1 if sqlite else args.threads}",
             # gunicorn also reads example_project/gunicorn.conf.py: keep its access log quiet.
             "--access-logfile=/dev/null",
             "--log-level=warning",
@@ -291,7 +293,11 @@ def main() -> int:
             ("routed delivery", "open", deliveries("opened", open_count)),
             ("unrouted delivery", "open", deliveries("closed", open_count)),
         ]
-        shape = "1 worker x 1 thread, SQLite" if sqlite else "2 workers x 4 threads, PostgreSQL"
+        shape = (
+            "1 worker x 1 thread, SQLite"
+            if sqlite
+            else f"{args.workers} workers x {args.threads} threads, PostgreSQL"
+        )
         print(f"webhook ingest benchmark: gunicorn {shape}, {os.cpu_count()} CPUs")
         print(f"{'scenario':<24}{'load':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
         for name, mode, requests in scenarios:
