@@ -17,8 +17,8 @@ What it does, and undoes:
    ceiling) alternating with rounds of heartbeats from randomly chosen dispatchers;
 5. prints requests/s, p50/p99 latency, server CPU per request (gunicorn workers plus their
    PostgreSQL backends), peak memory, the heartbeat/ceiling ratio, and the CPU that 10,000
-   dispatchers beating every 60 s use (sent open loop at that rate, after the ceiling
-   endpoint at the same rate);
+   dispatchers beating every 60 s use (sent open loop at that rate, after a bare Django
+   view and the ceiling endpoint at the same rate);
 6. stops gunicorn and drops the database, also on Ctrl-C or failure.
 
 Timing depends on the machine; the ratio is what to compare between runs.
@@ -372,6 +372,9 @@ def main() -> int:
             _guid, token = rng.choice(pairs)
             return "/bench/ping/", body, _headers(token)
 
+        def plain_request(rng: random.Random) -> tuple[str, bytes, dict[str, str]]:
+            return "/bench/plain/", body, _headers("unused")
+
         def _headers(token: str) -> dict[str, str]:
             return {
                 "Authorization": f"Bearer {token}",
@@ -395,12 +398,17 @@ def main() -> int:
                     Round(name, args.requests, seconds, latencies, errors, web_used, db_used)
                 )
 
-        # A steady fleet: 10,000 dispatchers beating every 60 s, open loop; the ceiling
-        # endpoint at the same rate first, as the stack's own cost at that rate.
+        # A steady fleet: 10,000 dispatchers beating every 60 s, open loop; first a bare
+        # Django view and the ceiling endpoint at the same rate: the stack's own cost there.
         fleet_rate = FLEET_SIZE / FLEET_INTERVAL
         count = int(fleet_rate * args.fleet_seconds)
         fleet: dict[str, Round] = {}
-        for name, make in (("ping (ceiling)", ping_request), ("heartbeat", heartbeat_request)):
+        phases = (
+            ("plain view", plain_request),
+            ("ping (ceiling)", ping_request),
+            ("heartbeat", heartbeat_request),
+        )
+        for name, make in phases:
             workers, backends = children_of(server.pid), backend_pids(admin, database)
             web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
             seconds, latencies, errors = drive(port, count, args.concurrency, make, rate=fleet_rate)

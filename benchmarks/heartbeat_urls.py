@@ -1,10 +1,14 @@
 """The example project's URLs plus ``bench/ping/``, the ceiling the heartbeat is compared to.
 
 ``ping`` goes through the same middleware, authentication (an OAuth2 token lookup),
-permission, JSON parser and renderer as the heartbeat, and does nothing else.
+permission, JSON parser and renderer as the heartbeat, and does nothing else. ``plain`` is
+a bare Django view (middleware only: no DRF, no authentication, no database), the floor of
+the server and framework themselves.
 """
 
+from django.http import HttpResponse
 from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -21,4 +25,13 @@ class PingView(ControllerAPIView):
         return Response({"status": "ok", "dispatcher_guid": None})
 
 
-urlpatterns = [path("bench/ping/", PingView.as_view()), *example_urlpatterns]
+@csrf_exempt
+def plain(request):
+    return HttpResponse(b'{"status": "ok"}', content_type="application/json")
+
+
+urlpatterns = [
+    path("bench/ping/", PingView.as_view()),
+    path("bench/plain/", plain),
+    *example_urlpatterns,
+]
