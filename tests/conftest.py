@@ -164,17 +164,25 @@ def _database_vendor() -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """PostgreSQL-only tests (locking, SKIP LOCKED races) run in the real-services run.
 
-    Elsewhere they are deselected, not skipped, and the count is reported.
+    Elsewhere they are deselected, not skipped, and the count is reported; so are tests that
+    run a PostgreSQL server of their own on a machine without the server binaries.
     """
-    if _database_vendor() == "postgresql":
-        return
-    selected, deselected = [], []
+    from tests.pgserver import server_binaries
+
+    reasons: list[tuple[str, bool]] = [
+        ("postgres", _database_vendor() != "postgresql"),
+        ("postgres_server", server_binaries() is None),
+    ]
+    selected, deselected = [], {marker: 0 for marker, _ in reasons}
     for item in items:
-        (deselected if item.get_closest_marker("postgres") else selected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
-        config._kohakku_postgres_deselected = len(deselected)  # type: ignore[attr-defined]
+        unmet = [m for m, missing in reasons if missing and item.get_closest_marker(m)]
+        if unmet:
+            deselected[unmet[0]] += 1
+            config.hook.pytest_deselected(items=[item])
+        else:
+            selected.append(item)
+    items[:] = selected
+    config._kohakku_deselected = deselected  # type: ignore[attr-defined]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -190,9 +198,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    count = getattr(config, "_kohakku_postgres_deselected", 0)
-    if count:
+    deselected = getattr(config, "_kohakku_deselected", {})
+    if deselected.get("postgres"):
         terminalreporter.write_line(
-            f"kohakku: {count} PostgreSQL-only tests deselected on this database; "
-            "they run in the py313-django61-services environment."
+            f"kohakku: {deselected['postgres']} PostgreSQL-only tests deselected on this "
+            "database; they run in the py313-django61-services environment."
+        )
+    if deselected.get("postgres_server"):
+        terminalreporter.write_line(
+            f"kohakku: {deselected['postgres_server']} tests that restart a PostgreSQL server of "
+            "their own deselected: initdb and pg_ctl were not found on this machine."
         )

@@ -46,7 +46,8 @@ class DispatcherConfig:
     kill_grace: float = 5.0
     callback_backoff_initial: float = 1.0
     callback_backoff_max: float = 60.0
-    upload_attempts: int = 5
+    upload_attempts: int = 8
+    download_attempts: int = 8
     http_timeout: float = 30.0
     signature_tolerance: int = 300
     # How long a stop waits for queued callbacks to be delivered.
@@ -110,6 +111,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--callback-backoff-initial", "callback_backoff_initial", float, "first retry delay"),
     ("--callback-backoff-max", "callback_backoff_max", float, "longest retry delay"),
     ("--upload-attempts", "upload_attempts", int, "tries for a result upload"),
+    ("--download-attempts", "download_attempts", int, "tries for a skill package download"),
     ("--http-timeout", "http_timeout", float, "timeout of each HTTP call"),
     ("--shutdown-grace", "shutdown_grace", float, "seconds to deliver callbacks on stop"),
 ]

@@ -20,6 +20,13 @@ class PackageError(Exception):
     """The package cannot be used; the message is sent to the controller as the reason."""
 
 
+class TransientPackageError(PackageError):
+    """The download failed in a way that trying again may cure (no answer, 408, 429, 5xx)."""
+
+
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
 @dataclass(frozen=True)
 class PackageLimits:
     """Caps applied while downloading and extracting (counted, never read from headers)."""
@@ -45,7 +52,11 @@ def download_package(
             open(destination, "wb") as handle,
         ):
             if response.status_code != 200:
-                raise PackageError(f"package download failed with HTTP {response.status_code}")
+                transient = (
+                    response.status_code in _TRANSIENT_STATUSES or response.status_code >= 500
+                )
+                error = TransientPackageError if transient else PackageError
+                raise error(f"package download failed with HTTP {response.status_code}")
             for chunk in response.iter_bytes(_CHUNK):
                 size += len(chunk)
                 if size > limits.max_package_bytes:
@@ -54,6 +65,10 @@ def download_package(
                     )
                 digest.update(chunk)
                 handle.write(chunk)
+    except httpx.TransportError as exc:
+        raise TransientPackageError(
+            f"package download failed: {type(exc).__name__}: {exc}"
+        ) from exc
     except httpx.HTTPError as exc:
         raise PackageError(f"package download failed: {type(exc).__name__}: {exc}") from exc
     actual = digest.hexdigest()

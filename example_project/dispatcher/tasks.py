@@ -26,6 +26,7 @@ from dispatcher.controller import CallbackSender
 from dispatcher.package import (
     PackageError,
     PackageLimits,
+    TransientPackageError,
     download_package,
     extract_package,
     find_package_root,
@@ -369,7 +370,9 @@ class TaskManager:
         extracted.mkdir(mode=0o700)
         home.mkdir(mode=0o700)
         try:
-            download_package(self.http, push.download_url, push.content_hash, archive, self.limits)
+            self._download(push, archive, record.cancel_event)
+            if record.cancel_event.is_set():
+                return {"status": "cancelled", "error_message": "cancelled before it started"}
             extract_package(archive, extracted, self.limits)
             archive.unlink()
             root = find_package_root(extracted)
@@ -390,6 +393,32 @@ class TaskManager:
         )
         outcome = self.backends[push.backend].run(job)
         return self._judge(push, outcome)
+
+    def _download(self, push: TaskPush, archive: Path, cancelled: threading.Event) -> None:
+        """Fetch the package; failures that may pass are tried again, with the callbacks' backoff.
+
+        Such failures are a controller or its database restarting, or a network blip.
+        """
+        delay = self.config.callback_backoff_initial
+        for attempt in range(1, self.config.download_attempts + 1):
+            try:
+                download_package(
+                    self.http, push.download_url, push.content_hash, archive, self.limits
+                )
+                return
+            except TransientPackageError as exc:
+                if attempt == self.config.download_attempts:
+                    raise
+                logger.warning(
+                    "task %s: %s (attempt %d); retrying in %.1f s",
+                    push.task_guid,
+                    exc,
+                    attempt,
+                    delay,
+                )
+            if cancelled.wait(delay):
+                return  # the caller checks the cancellation
+            delay = min(delay * 2, self.config.callback_backoff_max)
 
     def _judge(self, push: TaskPush, outcome: RunOutcome) -> dict[str, Any]:
         """Turn a run outcome into the final callback fields (uploading a good result)."""

@@ -288,6 +288,9 @@ class FakeStore(_Service):
         self.packages: dict[str, bytes] = {}
         self.uploads: dict[str, Request] = {}
         self.downloads = 0
+        self.download_attempts = 0
+        # Statuses answered to the next package downloads instead of the package.
+        self.download_failures: list[int] = []
 
     def add_package(self, data: bytes) -> tuple[str, str]:
         """Store ``data``; return its download URL and sha256."""
@@ -301,6 +304,10 @@ class FakeStore(_Service):
     def route(self, request: Request) -> tuple[int, Any, dict]:
         path = request.path.split("?", 1)[0]
         if request.method == "GET" and path.startswith("/packages/"):
+            with self.lock:
+                self.download_attempts += 1
+                if self.download_failures:
+                    return self.download_failures.pop(0), {"detail": "unavailable"}, {}
             data = self.packages.get(path.removeprefix("/packages/").removesuffix(".zip"))
             if data is None:
                 return 404, {"detail": "no such package"}, {}

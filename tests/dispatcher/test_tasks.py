@@ -262,6 +262,38 @@ def test_package_with_the_wrong_hash_fails_without_running(controller, store, di
     assert not marker.exists()
 
 
+def test_package_download_is_retried_after_errors_that_may_pass(controller, store, dispatcher):
+    store.download_failures = [503, 502, 429]
+    body = task_body(controller, store, skill_zip("print('{}')"))
+    push(dispatcher.endpoint_url, body, secret(controller))
+
+    assert controller.final_callback(body["task_guid"])["status"] == "completed"
+    assert store.download_attempts == 4
+
+
+def test_package_download_gives_up_after_its_attempts(controller, store, make_dispatcher):
+    dispatcher = make_dispatcher(download_attempts=2)
+    store.download_failures = [503] * 5
+    body = task_body(controller, store, skill_zip("print('{}')"))
+    push(dispatcher.endpoint_url, body, secret(controller))
+
+    final = controller.final_callback(body["task_guid"])
+    assert final["status"] == "failed"
+    assert final["error_message"] == "package download failed with HTTP 503"
+    assert store.download_attempts == 2
+
+
+def test_package_download_refused_for_good_is_not_retried(controller, store, dispatcher):
+    store.download_failures = [403]
+    body = task_body(controller, store, skill_zip("print('{}')"))
+    push(dispatcher.endpoint_url, body, secret(controller))
+
+    final = controller.final_callback(body["task_guid"])
+    assert final["status"] == "failed"
+    assert final["error_message"] == "package download failed with HTTP 403"
+    assert store.download_attempts == 1
+
+
 def test_non_zero_exit_fails_with_the_exit_code_and_stderr_tail(controller, store, dispatcher):
     script = """
     import sys

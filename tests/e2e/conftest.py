@@ -212,10 +212,36 @@ def _log_tail(path: Path, size: int = 6000) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack_database() -> Iterator[str]:
+    """The database URL the stack's processes share (a module may override this fixture).
+
+    On the PostgreSQL server of ``DATABASE_URL``: a database of its own, dropped afterwards;
+    otherwise a temporary SQLite file.
+    """
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        workdir = Path(tempfile.mkdtemp(prefix="kohakku-e2e-db-"))
+        yield f"sqlite:///{workdir / 'e2e.sqlite3'}"
+        return
+    url, drop = _postgres_database(database_url)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture(scope="module")
+def stack_environment() -> dict[str, str]:
+    """Extra environment variables for every process of the stack (modules override it)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    request: pytest.FixtureRequest, stack_database: str, stack_environment: dict[str, str]
+) -> Iterator[Stack]:
     """Controller (gunicorn), scheduler and two dispatchers, seeded with the demo."""
     workdir = Path(tempfile.mkdtemp(prefix="kohakku-e2e-"))
-    cleanups: list[Callable[[], None]] = []
     port = free_port()
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     env = {
@@ -234,14 +260,10 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         "KOHAKKU_SCHEDULER_POLL_SECONDS": "0.5",
         "KOHAKKU_SCHEDULER_LEASE_SECONDS": "20",
         "KOHAKKU_PUSH_BACKOFF_BASE_SECONDS": "0.5",
+        "DATABASE_URL": stack_database,
+        **stack_environment,
     }
     (workdir / "var").mkdir()
-    database_url = os.environ.get("DATABASE_URL", "")
-    if database_url.startswith(("postgres://", "postgresql://")):
-        env["DATABASE_URL"], drop = _postgres_database(database_url)
-        cleanups.append(drop)
-    else:
-        env["DATABASE_URL"] = f"sqlite:///{workdir / 'var' / 'e2e.sqlite3'}"
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]
     if os.environ.get("KOHAKKU_TEST_S3") == "1":
@@ -327,8 +349,6 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         # Dispatchers first (they send their last callbacks), then the scheduler and web.
         for _name, process in reversed(processes):
             _stop(process)
-        for cleanup in cleanups:
-            cleanup()
 
 
 @pytest.fixture
