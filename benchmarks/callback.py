@@ -1,15 +1,20 @@
 """Callback throughput and latency beside the ceiling of a trivial endpoint, same server.
 
-Run: ``.venv/bin/python benchmarks/callback.py [--requests 1500] [--concurrency 16]``
+Run: ``.venv/bin/python benchmarks/callback.py [--requests 1500] [--rounds 3]``
 
-It creates a throw-away PostgreSQL database, claims ``--requests`` tasks for a dispatcher
-(so each has a callback token), serves the controller with gunicorn on loopback, then sends:
+It creates a throw-away PostgreSQL database, claims ``--requests`` x ``--rounds`` tasks for a
+dispatcher (so each has a callback token), serves the controller with gunicorn on loopback,
+then sends:
 
-1. ``GET /trivial/`` (a plain Django view: the ceiling of this server and client);
-2. one signed ``completed`` callback per task (token lookup, HMAC check, conditional
+1. ``GET /trivial/`` (a plain Django view: the floor of this server and client);
+2. ``POST /trivial/api/`` with the callback's body (the controller's stack doing nothing: a
+   DRF view, its JSON parser and renderer; the stack's own ceiling, as the heartbeat
+   benchmark's authenticated no-op is for the heartbeat);
+3. one signed ``completed`` callback per task (token lookup, HMAC check, conditional
    update, event insert).
 
-It prints requests/s and p50/p99 latency for both, the ratio, and peak memory.
+The three alternate over ``--rounds`` rounds; it prints the median requests/s and the
+p50/p99 latency of each, the callback's ratio to both ceilings, and peak memory.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -95,7 +101,8 @@ def load(requests: list, concurrency: int) -> tuple[float, list[float], dict[int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--requests", type=int, default=1500, help="per endpoint and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three endpoints")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -108,63 +115,84 @@ def main() -> None:
     from kohakku_controller.tasks.scheduler import Scheduler
     from kohakku_controller.tasks.services import create_task
 
+    total = args.requests * args.rounds
     make_skill()
     _, secret = make_dispatcher("bench", "http://127.0.0.1:9")
     with transaction.atomic():
-        for n in range(args.requests):
+        for n in range(total):
             create_task(skill="bench", input={"n": n})
     claims = []
     with Scheduler(name="bench-claimer", batch_size=500) as scheduler:
-        while len(claims) < args.requests:
+        while len(claims) < total:
             batch, _ = scheduler.claim_and_assign(timezone.now())
             claims += batch
+
+    body = json.dumps({"status": "completed", "exit_code": 0, "result_metadata": {}}).encode()
+
+    def json_headers(raw: bytes) -> dict[str, str]:
+        return {"Content-Type": "application/json"}
+
+    def signer(token: str):
+        def headers(raw: bytes) -> dict[str, str]:
+            return {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                **sign_request(secret, raw),
+            }
+
+        return headers
 
     port = free_port()
     server = start_server(port, args.workers)
     base = f"http://127.0.0.1:{port}"
+    plain = [("GET", f"{base}/trivial/", b"", None)] * args.requests
+    stack = [("POST", f"{base}/trivial/api/", body, json_headers)] * args.requests
+    callbacks = [
+        ("POST", f"{base}/api/v1/tasks/{c.task.guid}/callback/", body, signer(c.callback_token))
+        for c in claims
+    ]
+    names = ("plain Django view", "controller's stack", "callback")
+    results: dict[str, list[tuple[float, list[float], dict[int, int]]]] = {n: [] for n in names}
     try:
-        trivial = [("GET", f"{base}/trivial/", b"", None)] * args.requests
-        load(trivial[:100], args.concurrency)  # warm up the workers
-        ceiling_rate, ceiling_lat, ceiling_codes = load(trivial, args.concurrency)
-
-        body = json.dumps({"status": "completed", "exit_code": 0, "result_metadata": {}}).encode()
-
-        def signer(token: str):
-            def headers(raw: bytes) -> dict[str, str]:
-                return {
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json",
-                    **sign_request(secret, raw),
-                }
-
-            return headers
-
-        callbacks = [
-            ("POST", f"{base}/api/v1/tasks/{c.task.guid}/callback/", body, signer(c.callback_token))
-            for c in claims
-        ]
-        rate, latencies, codes = load(callbacks, args.concurrency)
+        load(plain[:100] + stack[:100], args.concurrency)  # warm up the workers
+        # Rounds alternate the endpoints, so a machine that speeds up or slows down during
+        # the run weighs on all three alike.
+        for number in range(args.rounds):
+            own = callbacks[number * args.requests : (number + 1) * args.requests]
+            for name, requests in zip(names, (plain, stack, own), strict=True):
+                results[name].append(load(requests, args.concurrency))
     finally:
         stop_processes([server])
-    own, child = peak_memory_mb()
+    own_rss, child_rss = peak_memory_mb()
     print(
-        f"callback benchmark: {args.requests} requests, concurrency {args.concurrency}, "
-        f"gunicorn {args.workers} workers x 4 threads, PostgreSQL"
+        f"callback benchmark: {args.rounds} rounds x {args.requests} requests per endpoint, "
+        f"concurrency {args.concurrency}, gunicorn {args.workers} workers x 4 threads, PostgreSQL"
     )
-    print(
-        f"  ceiling  GET /trivial/        : {ceiling_rate:7.0f} req/s  "
-        f"p50 {percentile(ceiling_lat, 50):6.1f} ms  p99 {percentile(ceiling_lat, 99):6.1f} ms  "
-        f"{ceiling_codes}"
-    )
-    print(
-        f"  callback POST …/callback/     : {rate:7.0f} req/s  "
-        f"p50 {percentile(latencies, 50):6.1f} ms  p99 {percentile(latencies, 99):6.1f} ms  "
-        f"{codes}"
-    )
-    print(f"  callback / ceiling            : {rate / ceiling_rate:6.0%}")
-    print(f"  peak RSS: benchmark process {own:.0f} MiB, largest child {child:.0f} MiB")
-    if codes != {200: args.requests}:
-        sys.exit("some callbacks were not answered 200")
+    paths = {
+        "plain Django view": "GET /trivial/",
+        "controller's stack": "POST /trivial/api/",
+        "callback": "POST …/callback/",
+    }
+    rates = {}
+    for name in names:
+        runs = results[name]
+        rates[name] = statistics.median(rate for rate, _, _ in runs)
+        latencies = [value for _, run_latencies, _ in runs for value in run_latencies]
+        codes: dict[int, int] = {}
+        for _, _, run_codes in runs:
+            for code, count in run_codes.items():
+                codes[code] = codes.get(code, 0) + count
+        each = ", ".join(f"{rate:.0f}" for rate, _, _ in runs)
+        print(
+            f"  {name:<19} {paths[name]:<20}: {rates[name]:6.0f} req/s (rounds: {each})  "
+            f"p50 {percentile(latencies, 50):6.1f} ms  p99 {percentile(latencies, 99):6.1f} ms  "
+            f"{codes}"
+        )
+        if name == "callback" and codes != {200: total}:
+            sys.exit("some callbacks were not answered 200")
+    for name in names[:2]:
+        print(f"  callback / {name:<19}: {rates['callback'] / rates[name]:6.0%}")
+    print(f"  peak RSS: benchmark process {own_rss:.0f} MiB, largest child {child_rss:.0f} MiB")
 
 
 if __name__ == "__main__":

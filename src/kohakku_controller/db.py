@@ -1,16 +1,18 @@
-"""Single-row reads assembled once, for the request paths every dispatcher hits.
+"""Statements assembled once, for the request paths every dispatcher hits.
 
 The ORM compiles a query to SQL on every call. On the hottest paths (the bearer-token
-lookup behind every OAuth2 request, the callback's task lookup, the heartbeat) that
-compilation costs more CPU than the database's own work. The helpers here build their
-statement once per database from the models' metadata, and turn rows into model
-instances exactly as the ORM does: the same columns, the database's and the fields'
-converters, then ``Model.from_db``.
+lookup behind every OAuth2 request, the callback's task lookup and state change, the
+heartbeat) that compilation costs more CPU than the database's own work. The helpers here
+build their statement once per database and shape from the models' metadata, prepare values
+through the fields exactly as the ORM does, and turn rows into model instances as the ORM
+does: the same columns, the database's and the fields' converters, then ``Model.from_db``.
+Like ``QuerySet.update()`` and ``bulk_create()``, they send no model signals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import connections, router
@@ -116,3 +118,171 @@ class JoinedLookup:
             f"FROM {quote(self.model._meta.db_table)} t0 {' '.join(joins)} "
             f"WHERE t0.{quote(self.key.column)} = %s"
         )
+
+
+def update_rows(
+    model: type[Model],
+    where: Mapping[str, Any],
+    changes: Mapping[str, Any],
+    *,
+    using: str | None = None,
+) -> int:
+    """``UPDATE`` the rows of ``model`` that match ``where``, setting ``changes``; the count.
+
+    ``where`` maps field names to a value (``=``; ``None`` means ``IS NULL``) or to a tuple,
+    list or set of values (``IN``). As ``QuerySet.filter(...).update(...)``, in one statement
+    assembled once per database and shape.
+    """
+    connection, sql, params = _update(model, where, changes, using, returning=False)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def update_returning(
+    model: type[Model],
+    where: Mapping[str, Any],
+    changes: Mapping[str, Any],
+    *,
+    using: str | None = None,
+) -> Model | None:
+    """As :func:`update_rows` for at most one row, returning it updated (or ``None``).
+
+    Needs ``UPDATE … RETURNING`` (PostgreSQL, SQLite); see :func:`supports_update_returning`.
+    """
+    connection, sql, params = _update(model, where, changes, using, returning=True)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return model_from_row(connection, model, model._meta.concrete_fields, row)
+
+
+def supports_update_returning(model: type[Model], *, using: str | None = None) -> bool:
+    connection = connections[using or router.db_for_write(model)]
+    # MySQL and MariaDB have no UPDATE ... RETURNING; SQLite has it from 3.35.
+    return connection.vendor in ("postgresql", "sqlite") and (
+        connection.features.can_return_columns_from_insert
+    )
+
+
+def insert_row(instance: Model, *, using: str | None = None) -> Model:
+    """``INSERT`` a new ``instance`` as ``save()`` would, in one statement; sets its key.
+
+    Values go through each field's ``pre_save`` and preparation, as with ``save()``.
+    """
+    model = type(instance)
+    meta = model._meta
+    alias = using or router.db_for_write(model)
+    connection = connections[alias]
+    params = [
+        field.get_db_prep_save(field.pre_save(instance, True), connection)
+        for field in _insert_fields(model)
+    ]
+    returning = connection.features.can_return_columns_from_insert
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(alias, model, returning), params)
+        if returning:
+            pk = cursor.fetchone()[0]
+        else:
+            pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+    if meta.auto_field is not None:
+        setattr(instance, meta.pk.attname, pk)
+    instance._state.adding = False
+    instance._state.db = alias
+    return instance
+
+
+def _update(
+    model: type[Model],
+    where: Mapping[str, Any],
+    changes: Mapping[str, Any],
+    using: str | None,
+    *,
+    returning: bool,
+) -> tuple[Any, str, list[Any]]:
+    alias = using or router.db_for_write(model)
+    connection = connections[alias]
+    meta = model._meta
+    params = [
+        _field(meta, name).get_db_prep_save(value, connection) for name, value in changes.items()
+    ]
+    # Each condition's shape: "=", "null", or the length of its IN list.
+    shape: list[tuple[str, str | int]] = []
+    for name, value in where.items():
+        field = _field(meta, name)
+        if value is None:
+            shape.append((name, "null"))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            values = list(value)
+            shape.append((name, len(values)))
+            params += [field.get_db_prep_value(item, connection) for item in values]
+        else:
+            shape.append((name, "="))
+            params.append(field.get_db_prep_value(value, connection))
+    sql = _update_sql(alias, model, tuple(changes), tuple(shape), returning)
+    return connection, sql, params
+
+
+def _field(meta: Any, name: str) -> Field:
+    return meta.pk if name == "pk" else meta.get_field(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(
+    alias: str,
+    model: type[Model],
+    columns: tuple[str, ...],
+    shape: tuple[tuple[str, str | int], ...],
+    returning: bool,
+) -> str:
+    meta = model._meta
+    quote = connections[alias].ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(_field(meta, name).column)
+
+    conditions = []
+    for name, kind in shape:
+        if kind == "=":
+            conditions.append(f"{column(name)} = %s")
+        elif kind == "null":
+            conditions.append(f"{column(name)} IS NULL")
+        elif kind == 0:
+            conditions.append("1 = 0")  # IN () matches nothing
+        else:
+            conditions.append(f"{column(name)} IN ({', '.join(['%s'] * kind)})")
+    assignments = ", ".join(f"{column(name)} = %s" for name in columns)
+    # Only quoted identifiers from the model's metadata; every value is a bound parameter.
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
+        f"WHERE {' AND '.join(conditions) or '1 = 1'}"
+    )
+    if returning:
+        sql += " RETURNING " + ", ".join(quote(f.column) for f in meta.concrete_fields)
+    return sql
+
+
+def _insert_fields(model: type[Model]) -> list[Field]:
+    meta = model._meta
+    return [
+        field
+        for field in meta.local_concrete_fields
+        if field is not meta.auto_field and not getattr(field, "generated", False)
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(alias: str, model: type[Model], returning: bool) -> str:
+    meta = model._meta
+    quote = connections[alias].ops.quote_name
+    fields = _insert_fields(model)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608
+        f"({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    if returning:
+        sql += f" RETURNING {quote(meta.pk.column)}"
+    return sql

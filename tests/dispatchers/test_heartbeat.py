@@ -227,7 +227,7 @@ def test_service_contract(dispatcher_client, oauth_client, register):
 def update_path(request, monkeypatch):
     """Run a test through UPDATE ... RETURNING and through the portable UPDATE + SELECT."""
     if request.param == "portable":
-        monkeypatch.setattr(services, "_UPDATE_RETURNING_VENDORS", frozenset())
+        monkeypatch.setattr(services, "supports_update_returning", lambda model: False)
     return request.param
 
 

@@ -9,7 +9,6 @@ Signing secrets are never logged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import uuid
@@ -17,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.exceptions import NotFound, PermissionDenied
 
 from .. import signals
 from ..conf import kohakku_settings
-from ..db import model_from_row
+from ..db import supports_update_returning, update_returning, update_rows
 from ..exceptions import Conflict
 from .models import Dispatcher
 from .secrets import encrypt_secret, generate_signing_secret
@@ -235,68 +234,18 @@ def record_heartbeat(
     }
     if running_task_guids is not None:
         changes["reported_task_guids"] = [str(task_guid) for task_guid in running_task_guids]
-    owner = _application_pk(application)
-    connection = connections[router.db_for_write(Dispatcher)]
-    if connection.vendor in _UPDATE_RETURNING_VENDORS and (
-        connection.features.can_return_columns_from_insert  # SQLite >= 3.35 has RETURNING
-    ):
-        dispatcher = _heartbeat_returning(connection, guid, owner, changes)
+    owned = {"guid": guid, "application": _application_pk(application)}
+    if supports_update_returning(Dispatcher):
+        # The controller's hottest write: one round trip, one statement assembled once.
+        dispatcher = update_returning(Dispatcher, owned, changes)
     else:
-        owned = Dispatcher.objects.filter(guid=guid, application_id=owner)
-        dispatcher = owned.first() if owned.update(**changes) else None
+        updated = update_rows(Dispatcher, owned, changes)
+        dispatcher = Dispatcher.objects.filter(**owned).first() if updated else None
     if dispatcher is None:
         if Dispatcher.objects.filter(guid=guid).exists():
             raise PermissionDenied("This dispatcher is registered by another client.")
         raise NotFound("No such dispatcher.")
     return dispatcher
-
-
-# Databases whose UPDATE takes a RETURNING clause (MySQL and MariaDB do not).
-_UPDATE_RETURNING_VENDORS = frozenset({"postgresql", "sqlite"})
-
-
-@functools.lru_cache(maxsize=32)
-def _heartbeat_sql(alias: str, columns: tuple[str, ...], owner_is_null: bool) -> str:
-    """The heartbeat's conditional ``UPDATE ... RETURNING``, built once per shape."""
-    meta = Dispatcher._meta
-    quote = connections[alias].ops.quote_name
-    assignments = ", ".join(f"{quote(column)} = %s" for column in columns)
-    owner = "IS NULL" if owner_is_null else "= %s"
-    returning = ", ".join(quote(field.column) for field in meta.concrete_fields)
-    # Only quoted identifiers from the model's metadata; every value is a bound parameter.
-    return (
-        f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
-        f"WHERE {quote(meta.get_field('guid').column)} = %s "
-        f"AND {quote(meta.get_field('application').column)} {owner} "
-        f"RETURNING {returning}"
-    )
-
-
-def _heartbeat_returning(
-    connection: Any, guid: uuid.UUID, owner: Any, changes: dict[str, Any]
-) -> Dispatcher | None:
-    """The heartbeat's update, returning the updated row, in one statement.
-
-    The heartbeat is the controller's hottest write: one round trip and a statement
-    assembled once (instead of an ORM UPDATE, then a SELECT) is most of its cost. Values
-    are prepared and read back through the fields exactly as the ORM does.
-    """
-    meta = Dispatcher._meta
-    fields = [meta.get_field(name) for name in changes]
-    sql = _heartbeat_sql(connection.alias, tuple(field.column for field in fields), owner is None)
-    params = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, changes.values(), strict=True)
-    ]
-    params.append(meta.get_field("guid").get_db_prep_value(guid, connection))
-    if owner is not None:
-        params.append(owner)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return model_from_row(connection, Dispatcher, meta.concrete_fields, row)
 
 
 def rotate_signing_secret(dispatcher: Dispatcher, *, grace_seconds: int | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The prepared single-row reads of the hot paths read exactly what the ORM reads."""
+"""The prepared statements of the hot paths read and write exactly what the ORM would."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 
-from kohakku_controller.db import JoinedLookup
+from kohakku_controller.db import JoinedLookup, insert_row, update_rows
 from kohakku_controller.oauth import create_or_reset_client
 from kohakku_controller.oauth_validators import ControllerOAuth2Validator
-from kohakku_controller.tasks.models import Task
+from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.services import create_task
 
 pytestmark = pytest.mark.django_db
@@ -103,3 +103,40 @@ def test_the_example_project_uses_the_controller_validator(settings):
         settings.OAUTH2_PROVIDER["OAUTH2_VALIDATOR_CLASS"]
         == "kohakku_controller.oauth_validators.ControllerOAuth2Validator"
     )
+
+
+def test_update_rows_matches_values_lists_and_nulls(skill_version, django_assert_num_queries):
+    first, second, third = (create_task(skill="code-review") for _ in range(3))
+    Task.objects.filter(pk=third.pk).update(status="running")
+    now = timezone.now()
+    with django_assert_num_queries(1):
+        count = update_rows(
+            Task,
+            {"status": ("queued", "dispatched"), "dispatcher": None, "attempt": 0},
+            {"status_reason": "held", "updated_at": now, "labels": {"pool": "a"}},
+        )
+    assert count == 2
+    held = Task.objects.filter(status_reason="held")
+    assert set(held.values_list("pk", flat=True)) == {first.pk, second.pk}
+    assert all(task.labels == {"pool": "a"} and task.updated_at == now for task in held)
+    assert update_rows(Task, {"pk": first.pk, "status": ()}, {"status_reason": "x"}) == 0
+    assert update_rows(Task, {"pk": third.pk}, {"status_reason": "one"}) == 1
+    assert Task.objects.get(pk=third.pk).status_reason == "one"
+
+
+def test_insert_row_writes_what_save_writes(skill_version, django_assert_num_queries):
+    task = create_task(skill="code-review")
+    made = {
+        "kind": "note",
+        "reason": "because",
+        "data": {"nested": [1, "two", None]},
+        "dispatcher_guid": uuid.uuid4(),
+        "created_at": timezone.now(),
+    }
+    inserted, saved = TaskEvent(task=task, **made), TaskEvent(task=task, **made)
+    with django_assert_num_queries(1):
+        insert_row(inserted)
+    saved.save()
+    assert inserted.pk is not None and not inserted._state.adding
+    by_insert, by_save = TaskEvent.objects.get(pk=inserted.pk), TaskEvent.objects.get(pk=saved.pk)
+    assert field_values(by_insert, skip=("id",)) == field_values(by_save, skip=("id",))
