@@ -8,7 +8,9 @@ GitHub ``pull_request`` deliveries with a 2 kB body:
 * closed loop: ``--requests`` requests from ``--concurrency`` client threads, as fast as
   the server answers (throughput ceiling);
 * open loop: ``--rate`` requests/s for ``--seconds`` s; latency is measured from each
-  request's scheduled send time, so a slow server cannot hide queueing delay.
+  request's scheduled send time, so a slow server cannot hide queueing delay. The load
+  generator's own lateness is printed beside it ("lag p99"); its threads and keep-alive
+  clients are all started before anything is measured.
 
 Each scenario runs beside the same measurement of the trivial endpoint ``GET /health/``
 (one ``SELECT 1``), the ceiling of this stack on this machine. Peak memory is the sum of
@@ -132,12 +134,31 @@ def signed_delivery(action: str, index: int) -> tuple[bytes, dict[str, str]]:
 
 
 class Load:
-    """Thread-local keep-alive clients sending prepared requests."""
+    """Keep-alive clients on threads started (and connected) before anything is measured.
 
-    def __init__(self, base: str) -> None:
+    Creating an ``httpx.Client`` loads the CA bundle: tens of milliseconds of CPU. Done by
+    each new pool thread during a measurement, it stalled the load generator itself at the
+    start of every scenario, and those stalls showed up as the server's tail latency.
+    """
+
+    def __init__(self, base: str, *, closed_threads: int, open_threads: int = 64) -> None:
         self.base = base
         self.local = threading.local()
         self.errors = 0
+        self.lags: list[float] = []
+        self.closed_pool = self._started_pool(closed_threads)
+        self.open_pool = self._started_pool(open_threads)
+
+    def _started_pool(self, size: int) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(size)
+        ready = threading.Barrier(size)
+
+        def start_thread(_: int) -> None:
+            self.client()
+            ready.wait()  # every thread of the pool exists, with its client
+
+        list(pool.map(start_thread, range(size)))
+        return pool
 
     def client(self) -> httpx.Client:
         if not hasattr(self.local, "client"):
@@ -155,7 +176,7 @@ class Load:
             if self.errors <= 3:
                 print(f"  ! {response.status_code} {response.text[:200]}", file=sys.stderr)
 
-    def closed_loop(self, requests: list, concurrency: int) -> tuple[float, list[float]]:
+    def closed_loop(self, requests: list) -> tuple[float, list[float]]:
         latencies: list[float] = []
 
         def one(request):
@@ -164,26 +185,33 @@ class Load:
             latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, requests))
+        list(self.closed_pool.map(one, requests))
         return len(requests) / (time.perf_counter() - started), latencies
 
     def open_loop(self, requests: list, rate: float) -> tuple[float, list[float]]:
         latencies: list[float] = []
+        self.lags = []
 
         def one(request, scheduled):
+            self.lags.append(time.perf_counter() - scheduled)
             self.send(request)
             latencies.append(time.perf_counter() - scheduled)
 
         start = time.perf_counter() + 0.2
-        with ThreadPoolExecutor(64) as pool:
-            for index, request in enumerate(requests):
-                scheduled = start + index / rate
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                pool.submit(one, request, scheduled)
+        futures = []
+        for index, request in enumerate(requests):
+            scheduled = start + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(self.open_pool.submit(one, request, scheduled))
+        for future in futures:
+            future.result()
         return len(requests) / (time.perf_counter() - start), latencies
+
+    def close(self) -> None:
+        self.closed_pool.shutdown()
+        self.open_pool.shutdown()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -273,13 +301,11 @@ def main() -> int:
                 return 1
             time.sleep(0.2)
 
-        load = Load(base)
+        load = Load(base, closed_threads=args.concurrency)
         load_at_start = os.getloadavg()[0]
         # Warm up every worker thread (imports, connections, compiled expressions).
-        load.closed_loop(
-            [("/api/v1/webhooks/", *signed_delivery("opened", -i)) for i in range(40)], 8
-        )
-        load.closed_loop([("/health/", None, {})] * 40, 8)
+        load.closed_loop([("/api/v1/webhooks/", *signed_delivery("opened", -i)) for i in range(40)])
+        load.closed_loop([("/health/", None, {})] * 40)
 
         def deliveries(action: str, count: int) -> list:
             return [("/api/v1/webhooks/", *signed_delivery(action, i)) for i in range(count)]
@@ -299,19 +325,24 @@ def main() -> int:
             else f"{args.workers} workers x {args.threads} threads, PostgreSQL"
         )
         print(f"webhook ingest benchmark: gunicorn {shape}, {os.cpu_count()} CPUs")
-        print(f"{'scenario':<24}{'load':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        # "client lag": how late the load generator itself sent (open loop), a part of p99.
+        print(
+            f"{'scenario':<24}{'load':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'lag p99 ms':>12}"
+        )
         for name, mode, requests in scenarios:
             errors_before = load.errors
             if mode == "closed":
-                rate, latencies = load.closed_loop(requests, args.concurrency)
+                rate, latencies = load.closed_loop(requests)
                 label = f"closed, {args.concurrency} clients"
             else:
                 rate, latencies = load.open_loop(requests, args.rate)
                 label = f"open, {args.rate:g} req/s"
             failed = load.errors - errors_before
+            lag = f"{percentile(load.lags, 99):>12.1f}" if mode == "open" else f"{'-':>12}"
             print(
                 f"{name:<24}{label:<22}{len(requests):>9}{rate:>9.1f}"
-                f"{percentile(latencies, 50):>9.1f}{percentile(latencies, 99):>9.1f}"
+                f"{percentile(latencies, 50):>9.1f}{percentile(latencies, 99):>9.1f}{lag}"
                 + (f"  ({failed} non-200)" if failed else "")
             )
         print(f"server peak RSS (master + workers): {peak_rss_mib(server.pid):.0f} MiB")
@@ -320,6 +351,7 @@ def main() -> int:
             f"{load_at_start:.2f} / {os.getloadavg()[0]:.2f} "
             "(client and server share the machine's CPUs)"
         )
+        load.close()
         return 1 if load.errors else 0
     finally:
         server.terminate()
