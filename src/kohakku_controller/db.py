@@ -42,8 +42,9 @@ class JoinedLookup:
     """``model`` by one unique field, with forward foreign keys joined, in one statement.
 
     ``related`` names foreign keys of ``model`` whose rows are read in the same statement
-    (a ``LEFT OUTER JOIN`` each, like ``select_related``); ``defer`` names fields of
-    ``model`` left unread. For example::
+    (a ``LEFT OUTER JOIN`` each, like ``select_related``); ``defer`` names fields left unread,
+    as ``QuerySet.defer()`` does (``"dispatcher__labels"`` for a field of a related row); a
+    deferred field is read by its own query if it is used after all. For example::
 
         task_with_dispatcher = JoinedLookup(Task, "guid", related=["dispatcher"], defer=["input"])
         task = task_with_dispatcher.get(guid)  # None when no row matches
@@ -61,8 +62,12 @@ class JoinedLookup:
         deferred = set(defer)
         self.model = model
         self.key = meta.get_field(field)
-        self.fields = [f for f in meta.concrete_fields if f.name not in deferred]
-        self.relations: list[ForeignKey] = [meta.get_field(name) for name in related]
+        self.fields = _read_fields(model, deferred, prefix="")
+        self.relations: list[tuple[ForeignKey, list[Field]]] = []
+        for name in related:
+            relation = meta.get_field(name)
+            fields = _read_fields(relation.related_model, deferred, prefix=f"{name}__")
+            self.relations.append((relation, fields))
         self._statements: dict[str, str] = {}
 
     def get(self, value: Any, *, using: str | None = None) -> Model | None:
@@ -81,12 +86,11 @@ class JoinedLookup:
             return None
         start = len(self.fields)
         instance = model_from_row(connection, self.model, self.fields, row[:start])
-        for relation in self.relations:
-            related_fields = relation.related_model._meta.concrete_fields
-            values = row[start : start + len(related_fields)]
-            start += len(related_fields)
+        for relation, fields in self.relations:
+            values = row[start : start + len(fields)]
+            start += len(fields)
             if getattr(instance, relation.attname) is not None:
-                related = model_from_row(connection, relation.related_model, related_fields, values)
+                related = model_from_row(connection, relation.related_model, fields, values)
                 relation.set_cached_value(instance, related)
         return instance
 
@@ -104,10 +108,10 @@ class JoinedLookup:
 
         selected = columns("t0", self.fields)
         joins = []
-        for number, relation in enumerate(self.relations, start=1):
+        for number, (relation, fields) in enumerate(self.relations, start=1):
             alias = f"t{number}"
             related_meta = relation.related_model._meta
-            selected += columns(alias, related_meta.concrete_fields)
+            selected += columns(alias, fields)
             joins.append(
                 f"LEFT OUTER JOIN {quote(related_meta.db_table)} {alias} "
                 f"ON {alias}.{quote(relation.target_field.column)} = t0.{quote(relation.column)}"
@@ -118,6 +122,15 @@ class JoinedLookup:
             f"FROM {quote(self.model._meta.db_table)} t0 {' '.join(joins)} "
             f"WHERE t0.{quote(self.key.column)} = %s"
         )
+
+
+def _read_fields(model: type[Model], deferred: set[str], *, prefix: str) -> list[Field]:
+    """The concrete fields of ``model`` that are read: all but the deferred (never the key)."""
+    return [
+        field
+        for field in model._meta.concrete_fields
+        if field.primary_key or f"{prefix}{field.name}" not in deferred
+    ]
 
 
 def update_rows(

@@ -45,6 +45,17 @@ def test_task_with_dispatcher_matches_the_orm(skill_version, dispatch, django_as
         assert found.input == {"diff": "x" * 50}
 
 
+def test_fields_of_related_rows_can_be_deferred(skill_version, dispatch, django_assert_num_queries):
+    task, _token = dispatch(create_task(skill="code-review"))
+    lookup = JoinedLookup(Task, "guid", related=["dispatcher"], defer=["dispatcher__labels"])
+    with django_assert_num_queries(1):
+        found = lookup.get(task.guid)
+        assert found.dispatcher.get_deferred_fields() == {"labels"}
+        assert found.dispatcher.name == task.dispatcher.name
+    with django_assert_num_queries(1):
+        assert found.dispatcher.labels == task.dispatcher.labels
+
+
 def test_missing_rows_and_empty_relations(skill_version, django_assert_num_queries):
     lookup = JoinedLookup(Task, "guid", related=["dispatcher"])
     assert lookup.get(uuid.uuid4()) is None

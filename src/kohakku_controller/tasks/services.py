@@ -500,8 +500,22 @@ def authenticate_task_token(guid: Any, authorization: str | None) -> Task:
 
 @functools.cache
 def _task_with_dispatcher() -> JoinedLookup:
-    # Every callback reads its task and dispatcher, never the input: one prepared statement.
-    return JoinedLookup(Task, "guid", related=["dispatcher"], defer=["input"])
+    # Every callback reads its task and dispatcher in one prepared statement, leaving out the
+    # JSON documents it never uses (decoding them was a tenth of a callback's CPU).
+    return JoinedLookup(
+        Task,
+        "guid",
+        related=["dispatcher"],
+        defer=[
+            "input",
+            "labels",
+            "result_metadata",
+            "dispatcher__backends",
+            "dispatcher__labels",
+            "dispatcher__metadata",
+            "dispatcher__reported_task_guids",
+        ],
+    )
 
 
 def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
@@ -673,16 +687,20 @@ def _refetch(task: Task) -> Task:
 
 def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
     with transaction.atomic():
-        updated = Task.objects.filter(
-            pk=task.pk,
-            status=TaskStatus.DISPATCHED,
-            attempt=task.attempt,
-            callback_token_hash=task.callback_token_hash,
-        ).update(
-            status=TaskStatus.RUNNING,
-            started_at=now,
-            updated_at=now,
-            status_reason=f"running on {task.dispatcher.name}",
+        updated = update_rows(
+            Task,
+            {
+                "pk": task.pk,
+                "status": TaskStatus.DISPATCHED,
+                "attempt": task.attempt,
+                "callback_token_hash": task.callback_token_hash,
+            },
+            {
+                "status": TaskStatus.RUNNING,
+                "started_at": now,
+                "updated_at": now,
+                "status_reason": f"running on {task.dispatcher.name}",
+            },
         )
         if updated:
             record_event(

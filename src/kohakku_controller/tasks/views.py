@@ -16,6 +16,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -163,6 +164,7 @@ class TaskCallbackView(ControllerAPIView):
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    renderer_classes = [JSONRenderer]  # a machine endpoint: no browsable page to negotiate
 
     def get_authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="kohakku-callback"'
