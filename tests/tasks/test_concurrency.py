@@ -244,6 +244,39 @@ def test_create_wakes_a_listening_scheduler(skill_version):
         waiter.close()
 
 
+def test_a_task_ending_wakes_a_listening_scheduler(skill_version, dispatch):
+    from kohakku_controller.tasks.scheduler import PostgresWaiter
+    from kohakku_controller.tasks.services import end_task
+
+    task, _token = dispatch(create_task(skill="code-review"))
+    waiter = PostgresWaiter()
+    stop = threading.Event()
+    try:
+        waiter.wait(0.01, stop)  # connects and LISTENs
+        woke = threading.Event()
+
+        def wait() -> None:
+            waiter.wait(30, stop)
+            woke.set()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.2)
+        # The update, its event and the NOTIFY are one statement on PostgreSQL.
+        assert end_task(task, "cancelled", reason="test", now=timezone.now())
+        thread.join(timeout=10)
+        assert woke.is_set()
+    finally:
+        stop.set()
+        waiter.close()
+    assert Task.objects.get(pk=task.pk).status == "cancelled"
+    assert list(
+        TaskEvent.objects.filter(task=task, kind="cancelled").values_list("reason", flat=True)
+    ) == ["test"]
+    assert not end_task(task, "failed", reason="again", now=timezone.now())
+    assert TaskEvent.objects.filter(task=task, kind="failed").count() == 0
+
+
 def test_scheduler_survives_its_database_connections_being_killed(
     skill_version, make_dispatcher, stub_dispatcher
 ):

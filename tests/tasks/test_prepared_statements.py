@@ -14,7 +14,7 @@ from django.utils import timezone
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_validators import OAuth2Validator
 
-from kohakku_controller.db import JoinedLookup, insert_row, update_rows
+from kohakku_controller.db import JoinedLookup, insert_row, update_and_log, update_rows
 from kohakku_controller.oauth import create_or_reset_client
 from kohakku_controller.oauth_validators import ControllerOAuth2Validator
 from kohakku_controller.tasks.models import Task, TaskEvent
@@ -151,3 +151,23 @@ def test_insert_row_writes_what_save_writes(skill_version, django_assert_num_que
     assert inserted.pk is not None and not inserted._state.adding
     by_insert, by_save = TaskEvent.objects.get(pk=inserted.pk), TaskEvent.objects.get(pk=saved.pk)
     assert field_values(by_insert, skip=("id",)) == field_values(by_save, skip=("id",))
+
+
+@pytest.mark.postgres
+def test_update_and_log_writes_the_event_only_for_a_changed_row(
+    skill_version, django_assert_num_queries
+):
+    task = create_task(skill="code-review")
+    now = timezone.now()
+    event = TaskEvent(task=task, kind="held", reason="r", data={"a": [1]}, created_at=now)
+    where = {"pk": task.pk, "status": ("queued",)}
+    with django_assert_num_queries(1):
+        changed = update_and_log(Task, where, {"status_reason": "held"}, event, link="task")
+    assert changed == 1
+    logged = TaskEvent.objects.get(task=task, kind="held")
+    assert (logged.reason, logged.data, logged.created_at) == ("r", {"a": [1]}, now)
+    assert logged.dispatcher_guid is None  # a typed NULL
+    assert Task.objects.get(pk=task.pk).status_reason == "held"
+    missed = {"pk": task.pk, "status": ("running",)}
+    assert update_and_log(Task, missed, {"status_reason": "x"}, event, link="task") == 0
+    assert TaskEvent.objects.filter(task=task, kind="held").count() == 1

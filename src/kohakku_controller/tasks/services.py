@@ -24,7 +24,7 @@ from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError
 
 from .. import signals
 from ..conf import kohakku_settings
-from ..db import JoinedLookup, insert_row, update_rows
+from ..db import JoinedLookup, insert_row, update_and_log, update_rows
 from ..dispatchers.labels import validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
@@ -103,15 +103,23 @@ def notify_scheduler() -> None:
     by the database itself). With a django-redis cache it is a pub/sub message published
     after commit. Otherwise schedulers find the work on their next poll.
     """
-    mode = kohakku_settings.SCHEDULER_WAKEUP
-    if connection.vendor == "postgresql" and mode in ("auto", "postgres"):
+    channel = _postgres_wakeup_channel()
+    if channel is not None:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [WAKEUP_CHANNEL])
+            cursor.execute("SELECT pg_notify(%s, '')", [channel])
         return
-    if mode in ("auto", "redis"):
+    if kohakku_settings.SCHEDULER_WAKEUP in ("auto", "redis"):
         channel = redis_wakeup_channel()
         if channel is not None:
             transaction.on_commit(lambda: _publish_redis_wakeup(channel))
+
+
+def _postgres_wakeup_channel() -> str | None:
+    """The ``LISTEN`` channel when schedulers are woken by PostgreSQL ``NOTIFY``, else None."""
+    mode = kohakku_settings.SCHEDULER_WAKEUP
+    if connection.vendor == "postgresql" and mode in ("auto", "postgres"):
+        return WAKEUP_CHANNEL
+    return None
 
 
 def redis_wakeup_channel() -> str | None:
@@ -641,33 +649,46 @@ def end_task(
     only if it changed the row: an event, a scheduler wake-up (capacity may be free) and the
     ``task_finished`` signal after commit. Returns whether this call ended the task.
     """
-    with transaction.atomic():
-        still_active = {"status": tuple(from_statuses), "attempt": task.attempt, **(match or {})}
-        updated = update_rows(
-            Task,
-            {"pk": task.pk, **still_active},
-            {
-                "status": status,
-                "finished_at": now,
-                "updated_at": now,
-                "lease_expires_at": None,
-                "status_reason": reason[:500],
-                **fields,
-            },
-        )
-        if updated:
-            record_event(
-                task,
-                status,
-                from_status=task.status,
-                to_status=status,
-                reason=reason,
-                data=event_data,
-                now=now,
-                dispatcher_guid=task.dispatcher.guid if task.dispatcher_id else None,
-            )
-            _send_finished_after_commit(task.pk)
+    where = {
+        "pk": task.pk,
+        "status": tuple(from_statuses),
+        "attempt": task.attempt,
+        **(match or {}),
+    }
+    changes = {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+        "status_reason": reason[:500],
+        **fields,
+    }
+    event = record_event(
+        task,
+        status,
+        from_status=task.status,
+        to_status=status,
+        reason=reason,
+        data=event_data,
+        now=now,
+        dispatcher_guid=task.dispatcher.guid if task.dispatcher_id else None,
+        save=False,
+    )
+    if connection.vendor == "postgresql":
+        # The hottest transition (every final callback): update, event and NOTIFY in one
+        # statement, atomic by itself; one round trip instead of five.
+        channel = _postgres_wakeup_channel()
+        updated = update_and_log(Task, where, changes, event, link="task", notify=channel)
+        if updated and channel is None:
             notify_scheduler()
+    else:
+        with transaction.atomic():
+            updated = update_rows(Task, where, changes)
+            if updated:
+                insert_row(event)
+                notify_scheduler()
+    if updated:
+        _send_finished_after_commit(task.pk)
     return bool(updated)
 
 
