@@ -89,7 +89,9 @@ def _start_seaweedfs(workdir: Path, timeout: float) -> tuple[subprocess.Popen, S
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=50",
+        # Every bucket is a collection that takes several volumes (files grow as written, so
+        # a high cap costs no disk); 50 ran out once the suite used ten buckets.
+        "-volume.max=400",
     ]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     log.close()

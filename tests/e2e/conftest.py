@@ -294,9 +294,10 @@ def stack(
     manage = [str(BIN / "python"), "manage.py"]
     try:
         for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
-            subprocess.run(
-                manage + command, cwd=EXAMPLE_PROJECT, env=env, check=True, capture_output=True
+            done = subprocess.run(
+                manage + command, cwd=EXAMPLE_PROJECT, env=env, capture_output=True, text=True
             )
+            assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout}\n{done.stderr}"
         credentials = json.loads((workdir / "var" / "demo-credentials.json").read_text())
         spawn("web", [str(BIN / "gunicorn"), "--config=gunicorn.conf.py"])
         spawn("scheduler", [*manage, "kohakku_scheduler"])
