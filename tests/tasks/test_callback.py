@@ -383,6 +383,14 @@ def test_token_of_an_earlier_attempt_is_401(api_client, running):
     assert response.status_code == 401
 
 
+def test_callback_answers_json_whatever_the_client_accepts(api_client, running):
+    task, token = running
+    response = callback(api_client, task, token, DONE, HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["task_status"] == "completed"
+
+
 def test_callback_query_budget(api_client, running, django_assert_num_queries):
     task, token = running
     # The task with its dispatcher (one prepared statement); then on PostgreSQL one statement
