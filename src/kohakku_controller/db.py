@@ -192,8 +192,10 @@ def update_and_log(
     """
     connection, update_sql, params = _update(model, where, changes, using, returning=False)
     log_model = type(log)
-    fields = [field for field in _insert_fields(log_model) if field.name != link]
-    params += [field.get_db_prep_save(field.pre_save(log, True), connection) for field in fields]
+    params += [
+        field.get_db_prep_save(field.pre_save(log, True), connection)
+        for field in _log_fields(log_model, link)
+    ]
     if notify is not None:
         params.append(notify)
     sql = _update_and_log_sql(connection.alias, update_sql, log_model, link, notify is not None)
@@ -210,7 +212,7 @@ def _update_and_log_sql(
     quote = connection.ops.quote_name
     meta = log_model._meta
     link_field = meta.get_field(link)
-    fields = [field for field in _insert_fields(log_model) if field.name != link]
+    fields = _log_fields(log_model, link)
     target = quote(link_field.target_field.column)
     # Typed placeholders: in INSERT ... SELECT an untyped NULL would be taken for text.
     values = ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in fields)
@@ -223,6 +225,11 @@ def _update_and_log_sql(
         f"SELECT changed.{target}, {values} FROM changed) "
         f"SELECT {result} FROM changed"
     )
+
+
+def _log_fields(log_model: type[Model], link: str) -> list[Field]:
+    """The fields ``update_and_log`` fills from the log instance: all but the link."""
+    return [field for field in _insert_fields(log_model) if field.name != link]
 
 
 def supports_update_returning(model: type[Model], *, using: str | None = None) -> bool:

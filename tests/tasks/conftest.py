@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -191,10 +192,34 @@ def callback(
     body = raw if raw is not None else json.dumps(payload).encode()
     headers = signed_headers(token, secret or task.signing_secret, body, timestamp)
     headers.update(extra)
+    return post_callback(client, task, body, headers)
+
+
+def post_callback(client: Any, task: Task, body: bytes, headers: dict[str, str]) -> Any:
+    """POST ``body`` to the task's callback URL with exactly ``headers``."""
     return client.generic(
-        "POST",
-        f"/api/v1/tasks/{task.guid}/callback/",
-        body,
-        content_type="application/json",
+        "POST", f"/api/v1/tasks/{task.guid}/callback/", body, content_type="application/json",
         **headers,
-    )
+    )  # fmt: skip
+
+
+def wakes(waiter: Any, action: Callable[[], Any]) -> bool:
+    """Whether ``action`` wakes a scheduler that waits on ``waiter`` (closed afterwards)."""
+    stop = threading.Event()
+    woke = threading.Event()
+    try:
+        waiter.wait(0.01, stop)  # connects and subscribes before the action
+
+        def wait() -> None:
+            waiter.wait(30, stop)
+            woke.set()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.2)
+        action()
+        thread.join(timeout=10)
+        return woke.is_set()
+    finally:
+        stop.set()
+        waiter.close()

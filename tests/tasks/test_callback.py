@@ -17,7 +17,7 @@ from kohakku_controller.dispatchers.secrets import encrypt_secret, generate_sign
 from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.services import create_task
 
-from .conftest import callback, signed_headers
+from .conftest import callback, post_callback, signed_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -130,13 +130,7 @@ def test_missing_token_is_401(api_client, running):
     body = json.dumps(DONE).encode()
     headers = signed_headers("x", task.dispatcher.secret, body)
     del headers["HTTP_AUTHORIZATION"]
-    response = api_client.generic(
-        "POST",
-        f"/api/v1/tasks/{task.guid}/callback/",
-        body,
-        content_type="application/json",
-        **headers,
-    )
+    response = post_callback(api_client, task, body, headers)
     assert response.status_code == 401
     assert "WWW-Authenticate" in response
     assert Task.objects.get(pk=task.pk).status == "dispatched"
@@ -196,13 +190,7 @@ def test_bad_or_missing_signature_is_401(api_client, running, mutate):
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
     mutate(headers)
-    response = api_client.generic(
-        "POST",
-        f"/api/v1/tasks/{task.guid}/callback/",
-        body,
-        content_type="application/json",
-        **headers,
-    )
+    response = post_callback(api_client, task, body, headers)
     assert response.status_code == 401
     assert Task.objects.get(pk=task.pk).status == "dispatched"
 
@@ -218,13 +206,7 @@ def test_body_changed_after_signing_is_401(api_client, running):
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
     tampered = json.dumps({**DONE, "exit_code": 1}).encode()
-    response = api_client.generic(
-        "POST",
-        f"/api/v1/tasks/{task.guid}/callback/",
-        tampered,
-        content_type="application/json",
-        **headers,
-    )
+    response = post_callback(api_client, task, tampered, headers)
     assert response.status_code == 401
 
 
@@ -265,13 +247,7 @@ def test_replay_after_window_is_401(api_client, running):
     task, token = running
     body = json.dumps({"status": "running"}).encode()
     headers = signed_headers(token, task.dispatcher.secret, body, timestamp=int(time.time()) - 400)
-    response = api_client.generic(
-        "POST",
-        f"/api/v1/tasks/{task.guid}/callback/",
-        body,
-        content_type="application/json",
-        **headers,
-    )
+    response = post_callback(api_client, task, body, headers)
     assert response.status_code == 401
     assert Task.objects.get(pk=task.pk).status == "dispatched"
 
@@ -281,9 +257,8 @@ def test_replay_inside_window_of_applied_final_state_is_harmless(api_client, run
     task, token = running
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
-    url = f"/api/v1/tasks/{task.guid}/callback/"
-    first = api_client.generic("POST", url, body, content_type="application/json", **headers)
-    replay = api_client.generic("POST", url, body, content_type="application/json", **headers)
+    first = post_callback(api_client, task, body, headers)
+    replay = post_callback(api_client, task, body, headers)
     assert first.status_code == replay.status_code == 200
     assert replay.json()["changed"] is False
     assert events_of(task).count("completed") == 1
@@ -408,7 +383,6 @@ def test_twenty_identical_final_callbacks_race_to_one_transition(skill_version, 
     task, token = dispatch(task)
     body = json.dumps(DONE).encode()
     headers = signed_headers(token, task.dispatcher.secret, body)
-    url = f"/api/v1/tasks/{task.guid}/callback/"
     barrier = threading.Barrier(20)
     results: list[tuple[int, bool]] = []
     lock = threading.Lock()
@@ -419,7 +393,7 @@ def test_twenty_identical_final_callbacks_race_to_one_transition(skill_version, 
         client = APIClient()
         barrier.wait()
         try:
-            response = client.generic("POST", url, body, content_type="application/json", **headers)
+            response = post_callback(client, task, body, headers)
             with lock:
                 results.append((response.status_code, response.json().get("changed")))
         finally:

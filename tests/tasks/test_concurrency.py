@@ -24,7 +24,7 @@ from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.scheduler import Scheduler
 from kohakku_controller.tasks.services import create_task
 
-from .conftest import signed_headers
+from .conftest import signed_headers, wakes
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -223,25 +223,7 @@ def test_concurrent_in_process_schedulers_never_exceed_capacity(
 def test_create_wakes_a_listening_scheduler(skill_version):
     from kohakku_controller.tasks.scheduler import PostgresWaiter
 
-    waiter = PostgresWaiter()
-    stop = threading.Event()
-    try:
-        waiter.wait(0.01, stop)  # connects and LISTENs
-        woke = threading.Event()
-
-        def wait() -> None:
-            waiter.wait(30, stop)
-            woke.set()
-
-        thread = threading.Thread(target=wait)
-        thread.start()
-        time.sleep(0.2)
-        create_task(skill="code-review")
-        thread.join(timeout=10)
-        assert woke.is_set()
-    finally:
-        stop.set()
-        waiter.close()
+    assert wakes(PostgresWaiter(), lambda: create_task(skill="code-review"))
 
 
 def test_a_task_ending_wakes_a_listening_scheduler(skill_version, dispatch):
@@ -249,26 +231,14 @@ def test_a_task_ending_wakes_a_listening_scheduler(skill_version, dispatch):
     from kohakku_controller.tasks.services import end_task
 
     task, _token = dispatch(create_task(skill="code-review"))
-    waiter = PostgresWaiter()
-    stop = threading.Event()
-    try:
-        waiter.wait(0.01, stop)  # connects and LISTENs
-        woke = threading.Event()
+    ended = []
 
-        def wait() -> None:
-            waiter.wait(30, stop)
-            woke.set()
-
-        thread = threading.Thread(target=wait)
-        thread.start()
-        time.sleep(0.2)
+    def end() -> None:
         # The update, its event and the NOTIFY are one statement on PostgreSQL.
-        assert end_task(task, "cancelled", reason="test", now=timezone.now())
-        thread.join(timeout=10)
-        assert woke.is_set()
-    finally:
-        stop.set()
-        waiter.close()
+        ended.append(end_task(task, "cancelled", reason="test", now=timezone.now()))
+
+    assert wakes(PostgresWaiter(), end)
+    assert ended == [True]
     assert Task.objects.get(pk=task.pk).status == "cancelled"
     assert list(
         TaskEvent.objects.filter(task=task, kind="cancelled").values_list("reason", flat=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from kohakku_controller.tasks.scheduler import PollWaiter, RedisWaiter, make_wakeup_waiter
 from kohakku_controller.tasks.services import create_task, redis_wakeup_channel
+
+from .conftest import wakes
 
 pytestmark = pytest.mark.django_db
 
@@ -19,24 +20,12 @@ def test_redis_wakeup_on_create(skill_version, settings, django_capture_on_commi
     settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_WAKEUP": "redis"}
     waiter = make_wakeup_waiter()
     assert isinstance(waiter, RedisWaiter)
-    stop = threading.Event()
-    woke = threading.Event()
-    try:
 
-        def wait() -> None:
-            waiter.wait(30, stop)
-            woke.set()
-
-        thread = threading.Thread(target=wait)
-        thread.start()
-        time.sleep(0.2)
+    def create() -> None:
         with django_capture_on_commit_callbacks(execute=True):
             create_task(skill="code-review")
-        thread.join(timeout=10)
-        assert woke.is_set()
-    finally:
-        stop.set()
-        waiter.close()
+
+    assert wakes(waiter, create)
 
 
 def test_poll_mode_waits_for_the_interval_or_stop(settings):

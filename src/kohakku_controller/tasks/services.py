@@ -384,9 +384,8 @@ def release_task(
         data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
     dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
     with transaction.atomic():
-        updated = Task.objects.filter(
-            pk=task.pk, status__in=list(from_statuses), attempt=task.attempt
-        ).update(status=to_status, **updates)
+        still_there = {"pk": task.pk, "status": tuple(from_statuses), "attempt": task.attempt}
+        updated = update_rows(Task, still_there, {"status": to_status, **updates})
         if not updated:
             return None
         record_event(
@@ -402,28 +401,18 @@ def release_task(
         if to_status == TaskStatus.QUEUED:
             notify_scheduler()
         else:
-            _send_finished_after_commit(task.pk)
+            _send_after_commit(signals.task_finished, task.pk)
     return to_status
 
 
-def _send_finished_after_commit(task_pk: int) -> None:
-    if not signals.task_finished.has_listeners(Task):
+def _send_after_commit(signal: Any, task_pk: int) -> None:
+    """Send ``signal`` (``task_started`` or ``task_finished``) once the transaction commits."""
+    if not signal.has_listeners(Task):
         return  # nobody listens: spare the hot path the query
 
     def send() -> None:
         task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
-        signals.task_finished.send(sender=Task, task=task)
-
-    transaction.on_commit(send)
-
-
-def _send_started_after_commit(task_pk: int) -> None:
-    if not signals.task_started.has_listeners(Task):
-        return
-
-    def send() -> None:
-        task = Task.objects.select_related("skill_version__skill", "dispatcher").get(pk=task_pk)
-        signals.task_started.send(sender=Task, task=task)
+        signal.send(sender=Task, task=task)
 
     transaction.on_commit(send)
 
@@ -688,7 +677,7 @@ def end_task(
                 insert_row(event)
                 notify_scheduler()
     if updated:
-        _send_finished_after_commit(task.pk)
+        _send_after_commit(signals.task_finished, task.pk)
     return bool(updated)
 
 
@@ -732,7 +721,7 @@ def _apply_running(task: Task, now: datetime) -> CallbackOutcome:
                 now=now,
                 dispatcher_guid=task.dispatcher.guid,
             )
-            _send_started_after_commit(task.pk)
+            _send_after_commit(signals.task_started, task.pk)
     if updated:
         task.status, task.started_at, task.updated_at = TaskStatus.RUNNING, now, now
         return CallbackOutcome(task, True)
