@@ -55,7 +55,7 @@ def test_real_services_from_environment():
             "KOHAKKU_CUSTOM_WEBHOOK_SECRET": "whsec_abc",
         }
     )
-    assert found["db"] == "django.db.backends.postgresql"
+    assert found["db"] == "kohakku_controller.postgresql"
     assert found["db_name"] == "kohakku"
     assert found["cache"] == "django_redis.cache.RedisCache"
     assert found["storage"] == "kohakku_controller.s3.S3Storage"

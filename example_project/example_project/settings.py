@@ -88,8 +88,14 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's PostgreSQL backend whose health check asks the socket, not the server.
+    DATABASES["default"]["ENGINE"] = "kohakku_controller.postgresql"
+    options = DATABASES["default"].setdefault("OPTIONS", {})
     # Fail fast instead of hanging when the server is unreachable.
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 3
+    options["connect_timeout"] = 3
+    # Parameters travel beside the statement instead of being quoted into it: less work
+    # per query. No named prepared statements, so PgBouncer in transaction mode still works.
+    options["server_side_binding"] = True
 
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:

@@ -19,23 +19,52 @@ from django.db import connections, router
 from django.db.models import Field, ForeignKey, Model
 
 
-def model_from_row(
-    connection: Any, model: type[Model], fields: Sequence[Field], values: Sequence[Any]
-) -> Model:
-    """An instance of ``model`` from raw database ``values`` of ``fields`` (in that order).
+class RowReader:
+    """Builds instances of ``model`` from raw database rows holding ``fields`` in order.
 
-    Fields left out are deferred, as with ``QuerySet.defer()``.
+    Values pass through the database's and the fields' converters, then ``Model.from_db``,
+    as the ORM does; fields left out are deferred, as with ``QuerySet.defer()``. Which
+    converters apply is worked out once per database, not once per row.
     """
-    table = model._meta.db_table
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        column = field.get_col(table)
-        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(
-            connection
-        ):
-            value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [field.attname for field in fields], converted)
+
+    def __init__(self, model: type[Model], fields: Sequence[Field]) -> None:
+        self.model = model
+        self.fields = tuple(fields)
+        self.attnames = [field.attname for field in self.fields]
+        self._converters: dict[str, list[tuple[int, Any, list[Any]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def instance(self, connection: Any, values: Sequence[Any]) -> Model:
+        converters = self._converters.get(connection.alias)
+        if converters is None:
+            converters = self._converters[connection.alias] = self._find_converters(connection)
+        if converters:
+            values = list(values)
+            for index, column, functions in converters:
+                value = values[index]
+                for function in functions:
+                    value = function(value, column, connection)
+                values[index] = value
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+    def _find_converters(self, connection: Any) -> list[tuple[int, Any, list[Any]]]:
+        table = self.model._meta.db_table
+        found = []
+        for index, field in enumerate(self.fields):
+            column = field.get_col(table)
+            functions = connection.ops.get_db_converters(column) + field.get_db_converters(
+                connection
+            )
+            if functions:
+                found.append((index, column, functions))
+        return found
+
+
+@functools.cache
+def _full_row_reader(model: type[Model]) -> RowReader:
+    return RowReader(model, model._meta.concrete_fields)
 
 
 class JoinedLookup:
@@ -62,12 +91,12 @@ class JoinedLookup:
         deferred = set(defer)
         self.model = model
         self.key = meta.get_field(field)
-        self.fields = _read_fields(model, deferred, prefix="")
-        self.relations: list[tuple[ForeignKey, list[Field]]] = []
+        self.reader = RowReader(model, _read_fields(model, deferred, prefix=""))
+        self.relations: list[tuple[ForeignKey, RowReader]] = []
         for name in related:
             relation = meta.get_field(name)
             fields = _read_fields(relation.related_model, deferred, prefix=f"{name}__")
-            self.relations.append((relation, fields))
+            self.relations.append((relation, RowReader(relation.related_model, fields)))
         self._statements: dict[str, str] = {}
 
     def get(self, value: Any, *, using: str | None = None) -> Model | None:
@@ -84,14 +113,13 @@ class JoinedLookup:
             row = cursor.fetchone()
         if row is None:
             return None
-        start = len(self.fields)
-        instance = model_from_row(connection, self.model, self.fields, row[:start])
-        for relation, fields in self.relations:
-            values = row[start : start + len(fields)]
-            start += len(fields)
+        start = len(self.reader)
+        instance = self.reader.instance(connection, row[:start])
+        for relation, reader in self.relations:
+            values = row[start : start + len(reader)]
+            start += len(reader)
             if getattr(instance, relation.attname) is not None:
-                related = model_from_row(connection, relation.related_model, fields, values)
-                relation.set_cached_value(instance, related)
+                relation.set_cached_value(instance, reader.instance(connection, values))
         return instance
 
     def _statement(self, connection: Any) -> str:
@@ -106,12 +134,12 @@ class JoinedLookup:
         def columns(alias: str, fields: Iterable[Field]) -> list[str]:
             return [f"{alias}.{quote(field.column)}" for field in fields]
 
-        selected = columns("t0", self.fields)
+        selected = columns("t0", self.reader.fields)
         joins = []
-        for number, (relation, fields) in enumerate(self.relations, start=1):
+        for number, (relation, reader) in enumerate(self.relations, start=1):
             alias = f"t{number}"
             related_meta = relation.related_model._meta
-            selected += columns(alias, fields)
+            selected += columns(alias, reader.fields)
             joins.append(
                 f"LEFT OUTER JOIN {quote(related_meta.db_table)} {alias} "
                 f"ON {alias}.{quote(relation.target_field.column)} = t0.{quote(relation.column)}"
@@ -169,7 +197,7 @@ def update_returning(
         row = cursor.fetchone()
     if row is None:
         return None
-    return model_from_row(connection, model, model._meta.concrete_fields, row)
+    return _full_row_reader(model).instance(connection, row)
 
 
 def update_and_log(
