@@ -13,6 +13,7 @@ django.setup()
 print(json.dumps({
     "db": settings.DATABASES["default"]["ENGINE"],
     "db_name": settings.DATABASES["default"]["NAME"],
+    "db_options": settings.DATABASES["default"].get("OPTIONS", {}),
     "cache": settings.CACHES["default"]["BACKEND"],
     "storage": settings.STORAGES["kohakku"]["BACKEND"],
     "storage_options": settings.STORAGES["kohakku"].get("OPTIONS", {}),
@@ -57,6 +58,11 @@ def test_real_services_from_environment():
     )
     assert found["db"] == "kohakku_controller.postgresql"
     assert found["db_name"] == "kohakku"
+    assert found["db_options"] == {
+        "connect_timeout": 3,
+        "server_side_binding": True,
+        "prepare_threshold": 5,
+    }
     assert found["cache"] == "django_redis.cache.RedisCache"
     assert found["storage"] == "kohakku_controller.s3.S3Storage"
     assert found["storage_options"]["bucket_name"] == "packages"
@@ -66,3 +72,11 @@ def test_real_services_from_environment():
         "slack": ["slack"],
         "custom": ["whsec_abc"],
     }
+
+
+def test_prepared_statements_can_be_turned_off_for_old_poolers():
+    database = "postgres://postgres@127.0.0.1:5432/kohakku"
+    off = _settings_with({"DATABASE_URL": database, "DJANGO_DB_PREPARE_THRESHOLD": ""})
+    assert off["db_options"]["prepare_threshold"] is None
+    eager = _settings_with({"DATABASE_URL": database, "DJANGO_DB_PREPARE_THRESHOLD": "0"})
+    assert eager["db_options"]["prepare_threshold"] == 0

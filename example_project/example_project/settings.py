@@ -9,7 +9,8 @@ liveness timings KOHAKKU_MISSED_HEARTBEATS, KOHAKKU_LOST_DISPATCHER_GRACE_SECOND
 KOHAKKU_CANCEL_GRACE_SECONDS, KOHAKKU_REPORTED_TASKS_GRACE_SECONDS,
 KOHAKKU_SCHEDULER_POLL_SECONDS, KOHAKKU_SCHEDULER_LEASE_SECONDS,
 KOHAKKU_PUSH_BACKOFF_BASE_SECONDS, DJANGO_SECRET_KEY,
-DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL and PORT.
+DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DJANGO_CONN_MAX_AGE, DJANGO_DB_PREPARE_THRESHOLD,
+KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL and PORT.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Parameters travel beside the statement instead of being quoted into it: less work
     # per query. No named prepared statements, so PgBouncer in transaction mode still works.
     options["server_side_binding"] = True
+    # A statement a connection runs this many times (a heartbeat's token lookup and update, a
+    # callback's) is prepared: the server parses and plans it once per connection. Behind
+    # PgBouncer in transaction mode this needs PgBouncer 1.21+ with max_prepared_statements
+    # set; an empty value turns preparing off.
+    prepare_threshold = os.environ.get("DJANGO_DB_PREPARE_THRESHOLD", "5").strip()
+    options["prepare_threshold"] = int(prepare_threshold) if prepare_threshold else None
 
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:

@@ -62,11 +62,6 @@ class RowReader:
         return found
 
 
-@functools.cache
-def _full_row_reader(model: type[Model]) -> RowReader:
-    return RowReader(model, model._meta.concrete_fields)
-
-
 class JoinedLookup:
     """``model`` by one unique field, with forward foreign keys joined, in one statement.
 
@@ -174,30 +169,10 @@ def update_rows(
     list or set of values (``IN``). As ``QuerySet.filter(...).update(...)``, in one statement
     assembled once per database and shape.
     """
-    connection, sql, params = _update(model, where, changes, using, returning=False)
+    connection, sql, params = _update(model, where, changes, using)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
-
-
-def update_returning(
-    model: type[Model],
-    where: Mapping[str, Any],
-    changes: Mapping[str, Any],
-    *,
-    using: str | None = None,
-) -> Model | None:
-    """As :func:`update_rows` for at most one row, returning it updated (or ``None``).
-
-    Needs ``UPDATE … RETURNING`` (PostgreSQL, SQLite); see :func:`supports_update_returning`.
-    """
-    connection, sql, params = _update(model, where, changes, using, returning=True)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return _full_row_reader(model).instance(connection, row)
 
 
 def update_and_log(
@@ -218,7 +193,7 @@ def update_and_log(
     transaction block, one round trip instead of five (BEGIN, UPDATE, INSERT, NOTIFY,
     COMMIT). Returns how many rows changed.
     """
-    connection, update_sql, params = _update(model, where, changes, using, returning=False)
+    connection, update_sql, params = _update(model, where, changes, using)
     log_model = type(log)
     params += [
         field.get_db_prep_save(field.pre_save(log, True), connection)
@@ -260,14 +235,6 @@ def _log_fields(log_model: type[Model], link: str) -> list[Field]:
     return [field for field in _insert_fields(log_model) if field.name != link]
 
 
-def supports_update_returning(model: type[Model], *, using: str | None = None) -> bool:
-    connection = connections[using or router.db_for_write(model)]
-    # MySQL and MariaDB have no UPDATE ... RETURNING; SQLite has it from 3.35.
-    return connection.vendor in ("postgresql", "sqlite") and (
-        connection.features.can_return_columns_from_insert
-    )
-
-
 def insert_row(instance: Model, *, using: str | None = None) -> Model:
     """``INSERT`` a new ``instance`` as ``save()`` would, in one statement; sets its key.
 
@@ -300,8 +267,6 @@ def _update(
     where: Mapping[str, Any],
     changes: Mapping[str, Any],
     using: str | None,
-    *,
-    returning: bool,
 ) -> tuple[Any, str, list[Any]]:
     alias = using or router.db_for_write(model)
     connection = connections[alias]
@@ -322,7 +287,7 @@ def _update(
         else:
             shape.append((name, "="))
             params.append(field.get_db_prep_value(value, connection))
-    sql = _update_sql(alias, model, tuple(changes), tuple(shape), returning)
+    sql = _update_sql(alias, model, tuple(changes), tuple(shape))
     return connection, sql, params
 
 
@@ -336,7 +301,6 @@ def _update_sql(
     model: type[Model],
     columns: tuple[str, ...],
     shape: tuple[tuple[str, str | int], ...],
-    returning: bool,
 ) -> str:
     meta = model._meta
     quote = connections[alias].ops.quote_name
@@ -356,13 +320,10 @@ def _update_sql(
             conditions.append(f"{column(name)} IN ({', '.join(['%s'] * kind)})")
     assignments = ", ".join(f"{column(name)} = %s" for name in columns)
     # Only quoted identifiers from the model's metadata; every value is a bound parameter.
-    sql = (
+    return (
         f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
         f"WHERE {' AND '.join(conditions) or '1 = 1'}"
     )
-    if returning:
-        sql += " RETURNING " + ", ".join(quote(f.column) for f in meta.concrete_fields)
-    return sql
 
 
 def _insert_fields(model: type[Model]) -> list[Field]:

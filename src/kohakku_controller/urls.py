@@ -38,6 +38,9 @@ class SwaggerUIView(SpectacularSwaggerView):
 
 
 router = SimpleRouter()
+# Dispatchers first: their heartbeat is the most frequent request, and URL resolution tries
+# the patterns in order (no pattern of another prefix can match a dispatcher's URL).
+router.register("dispatchers", DispatcherViewSet, basename="dispatcher")
 router.register(
     r"skills/(?P<skill_slug>[^/.]+)/versions",
     skill_views.SkillVersionViewSet,
@@ -51,7 +54,6 @@ router.register("webhooks/deliveries", DeliveryViewSet, basename="delivery")
 webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
 ]
-router.register("dispatchers", DispatcherViewSet, basename="dispatcher")
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -68,8 +70,8 @@ task_urlpatterns: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns: list[URLPattern | URLResolver] = [
-    *schema_urlpatterns,
     *task_urlpatterns,
-    *webhook_urlpatterns,
     *router.urls,
+    *webhook_urlpatterns,
+    *schema_urlpatterns,
 ]

@@ -38,6 +38,16 @@ def test_heartbeat_answers_the_seed_body_and_stamps_server_time(dispatcher_clien
     assert dispatcher.status() == "online"
 
 
+def test_heartbeat_answers_the_canonical_guid_however_the_url_spells_it(
+    dispatcher_client, register
+):
+    dispatcher = register()
+    for spelling in (str(dispatcher.guid).upper(), dispatcher.guid.hex):
+        response = dispatcher_client.post(f"/api/v1/dispatchers/{spelling}/heartbeat/")
+        assert response.status_code == 200, response.content
+        assert response.json() == {"status": "ok", "dispatcher_guid": str(dispatcher.guid)}
+
+
 def test_heartbeat_stores_running_tasks_and_free_capacity(dispatcher_client, register):
     dispatcher = register()
     tasks = [str(uuid.uuid4()), str(uuid.uuid4()).upper()]
@@ -194,73 +204,40 @@ def test_refused_heartbeats_cost_at_most_three_queries(
         assert dispatcher_client.post(heartbeat_url(uuid.uuid4())).status_code == 404
 
 
-def test_service_contract(dispatcher_client, oauth_client, register):
-    dispatcher = register()
-    task = uuid.uuid4()
-    returned = services.record_heartbeat(
-        guid=str(dispatcher.guid),
-        application=dispatcher_client.application,
-        running_task_guids=[task],
-        free_capacity=3,
-    )
-    assert returned.pk == dispatcher.pk
-    assert returned.guid == dispatcher.guid  # a UUID, converted like any ORM read
-    assert returned.application_id == dispatcher_client.application.pk
-    assert returned.labels == {} and returned.backends == ["local"]
-    assert returned.enabled is True and returned.draining is False
-    assert returned.last_heartbeat_at.tzinfo is not None
-    assert returned.lost_at is None
-    assert returned.status() == "online"
-    assert returned.reported_task_guids == [str(task)]
-    assert returned.reported_free_capacity == 3
-    from rest_framework.exceptions import NotFound, PermissionDenied
-
-    with pytest.raises(NotFound):
-        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
-    with pytest.raises(PermissionDenied):
-        services.record_heartbeat(
-            guid=dispatcher.guid, application=oauth_client("dispatchers").application
-        )
-
-
-@pytest.fixture(params=["returning", "portable"])
-def update_path(request, monkeypatch):
-    """Run a test through UPDATE ... RETURNING and through the portable UPDATE + SELECT."""
-    if request.param == "portable":
-        monkeypatch.setattr(services, "supports_update_returning", lambda model: False)
-    return request.param
-
-
-def test_both_update_paths_store_and_return_the_same(
-    update_path, dispatcher_client, oauth_client, register
-):
+def test_service_contract(dispatcher_client, oauth_client, register, django_assert_num_queries):
     dispatcher = register()
     _age(dispatcher, 3600)
     task = uuid.uuid4()
-    returned = services.record_heartbeat(
-        guid=dispatcher.guid,
-        application=dispatcher_client.application,
-        running_task_guids=[task],
-        free_capacity=2,
-    )
+    with django_assert_num_queries(1):  # one conditional UPDATE, nothing read back
+        returned = services.record_heartbeat(
+            guid=str(dispatcher.guid),
+            application=dispatcher_client.application,
+            running_task_guids=[task],
+            free_capacity=3,
+        )
+    assert returned is None
     stored = Dispatcher.objects.get(pk=dispatcher.pk)
-    for dispatcher_row in (returned, stored):
-        assert dispatcher_row.guid == dispatcher.guid
-        assert dispatcher_row.reported_task_guids == [str(task)]
-        assert dispatcher_row.reported_free_capacity == 2
-        assert dispatcher_row.status() == "online"
-    assert returned.last_heartbeat_at == stored.last_heartbeat_at
+    assert stored.last_heartbeat_at.tzinfo is not None
+    assert timezone.now() - stored.last_heartbeat_at < timedelta(seconds=5)
+    assert stored.lost_at is None
+    assert stored.status() == "online"
+    assert stored.reported_task_guids == [str(task)]
+    assert stored.reported_free_capacity == 3
+    assert stored.labels == {} and stored.backends == ["local"]  # untouched
     from rest_framework.exceptions import NotFound, PermissionDenied
 
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid="not-a-uuid", application=dispatcher_client.application)
     with pytest.raises(PermissionDenied):
         services.record_heartbeat(
             guid=dispatcher.guid, application=oauth_client("dispatchers").application
         )
-    with pytest.raises(NotFound):
-        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+    assert Dispatcher.objects.get(pk=dispatcher.pk).reported_free_capacity == 3
 
 
-def test_dispatcher_without_an_owner(update_path, dispatcher_client):
+def test_dispatcher_without_an_owner(dispatcher_client):
     """Checked in by the controller itself (application=None): only such callers may beat."""
     from rest_framework.exceptions import PermissionDenied
 
@@ -268,7 +245,8 @@ def test_dispatcher_without_an_owner(update_path, dispatcher_client):
 
     dispatcher = services.checkin(application=None, data=checkin_body("system")).dispatcher
     assert dispatcher.application_id is None
-    assert services.record_heartbeat(guid=dispatcher.guid, application=None).pk == dispatcher.pk
+    services.record_heartbeat(guid=dispatcher.guid, application=None)
+    assert Dispatcher.objects.get(pk=dispatcher.pk).last_heartbeat_at is not None
     with pytest.raises(PermissionDenied):
         services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
     assert dispatcher_client.post(heartbeat_url(dispatcher.guid)).status_code == 403

@@ -23,7 +23,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 
 from .. import signals
 from ..conf import kohakku_settings
-from ..db import supports_update_returning, update_returning, update_rows
+from ..db import update_rows
 from ..exceptions import Conflict
 from .models import Dispatcher
 from .secrets import encrypt_secret, generate_signing_secret
@@ -215,13 +215,14 @@ def record_heartbeat(
     application: Any,
     running_task_guids: list[Any] | None = None,
     free_capacity: int | None = None,
-) -> Dispatcher:
+) -> None:
     """Stamp a heartbeat (server clock) for the dispatcher ``guid`` owned by ``application``.
 
     Clears ``lost_at``. Stores ``free_capacity`` (``None`` when not reported) and, when
-    given, the guids of the tasks the dispatcher runs. One statement on PostgreSQL and
-    SQLite (a conditional ``UPDATE ... RETURNING``), two elsewhere. Raises ``NotFound`` for an
-    unknown guid and ``PermissionDenied`` when another application owns the dispatcher.
+    given, the guids of the tasks the dispatcher runs. The controller's most frequent write
+    is one conditional ``UPDATE`` that reads nothing back; load the dispatcher yourself if
+    you need it. Raises ``NotFound`` for an unknown guid and ``PermissionDenied`` when
+    another application owns the dispatcher.
     """
     try:
         guid = uuid.UUID(str(guid))
@@ -235,17 +236,11 @@ def record_heartbeat(
     if running_task_guids is not None:
         changes["reported_task_guids"] = [str(task_guid) for task_guid in running_task_guids]
     owned = {"guid": guid, "application": _application_pk(application)}
-    if supports_update_returning(Dispatcher):
-        # The controller's hottest write: one round trip, one statement assembled once.
-        dispatcher = update_returning(Dispatcher, owned, changes)
-    else:
-        updated = update_rows(Dispatcher, owned, changes)
-        dispatcher = Dispatcher.objects.filter(**owned).first() if updated else None
-    if dispatcher is None:
-        if Dispatcher.objects.filter(guid=guid).exists():
-            raise PermissionDenied("This dispatcher is registered by another client.")
-        raise NotFound("No such dispatcher.")
-    return dispatcher
+    if update_rows(Dispatcher, owned, changes):
+        return
+    if Dispatcher.objects.filter(guid=guid).exists():
+        raise PermissionDenied("This dispatcher is registered by another client.")
+    raise NotFound("No such dispatcher.")
 
 
 def rotate_signing_secret(dispatcher: Dispatcher, *, grace_seconds: int | None = None) -> str:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django_filters.rest_framework import DjangoFilterBackend
@@ -116,13 +117,14 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
     def heartbeat(self, request: Request, guid: str | None = None) -> Response:
         serializer = HeartbeatSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        dispatcher = services.record_heartbeat(
+        services.record_heartbeat(
             guid=guid,
             application=request.auth.application,
             running_task_guids=serializer.validated_data.get("running_tasks"),
             free_capacity=serializer.validated_data.get("free_capacity"),
         )
-        return Response({"status": "ok", "dispatcher_guid": str(dispatcher.guid)})
+        # The guid is known good now; answer it in canonical form, as the dispatcher has it.
+        return Response({"status": "ok", "dispatcher_guid": str(uuid.UUID(guid))})
 
     @extend_schema(
         summary="Change an operator switch: enabled, draining or capacity",
