@@ -240,11 +240,14 @@ def drive(
     concurrency: int,
     make_request: Any,
     rate: float | None = None,
+    reconnect: bool = False,
 ) -> tuple[float, list[float], int]:
     """Send ``requests`` requests from ``concurrency`` threads; return wall time and latencies.
 
     Without ``rate`` every thread sends as fast as answers come (closed loop, saturation).
     With ``rate`` request ``i`` is sent at ``start + i / rate`` (open loop, a steady fleet).
+    With ``reconnect`` each request opens its own connection, as a client that calls once a
+    minute does when nothing in front of the server keeps connections alive.
     """
     counter = iter(range(requests))
     started = [0.0]
@@ -275,7 +278,7 @@ def drive(
                 response = connection.getresponse()
                 response.read()
                 ok = response.status == 200
-                if response.getheader("Connection", "").lower() == "close":
+                if reconnect or response.getheader("Connection", "").lower() == "close":
                     connection.close()
             except (OSError, http.client.HTTPException):
                 ok = False
@@ -310,6 +313,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
         "--fleet-seconds", type=float, default=15, help="length of the steady-fleet phase"
+    )
+    parser.add_argument(
+        "--fleet-reconnect",
+        action="store_true",
+        help="open a new connection for every request of the steady-fleet phase",
     )
     parser.add_argument("--seed-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -411,7 +419,9 @@ def main() -> int:
         for name, make in phases:
             workers, backends = children_of(server.pid), backend_pids(admin, database)
             web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
-            seconds, latencies, errors = drive(port, count, args.concurrency, make, rate=fleet_rate)
+            seconds, latencies, errors = drive(
+                port, count, args.concurrency, make, rate=fleet_rate, reconnect=args.fleet_reconnect
+            )
             fleet[name] = Round(
                 name,
                 count,
@@ -502,7 +512,8 @@ def report(
     )
     print(
         f"steady fleet: {FLEET_SIZE:,} dispatchers every {FLEET_INTERVAL} s, sent at "
-        f"{FLEET_SIZE / FLEET_INTERVAL:.0f}/s for {fleet['heartbeat'].seconds:.0f} s"
+        f"{FLEET_SIZE / FLEET_INTERVAL:.0f}/s for {fleet['heartbeat'].seconds:.0f} s, "
+        + ("a new connection per request" if args.fleet_reconnect else "keep-alive connections")
     )
     for name, run in fleet.items():
         busy = (run.web_cpu_seconds + run.db_cpu_seconds) / run.seconds
