@@ -51,3 +51,53 @@ def test_bad_page_number_is_json_404(staff_client):
     response = staff_client.get(f"{URL}?page=abc")
     assert response.status_code == 404
     assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        (
+            b'{"scopes": ["a\\u0000b"]}',
+            {"scopes": ["The string at scopes[0] contains a NUL character (\\u0000), "
+                        "which text cannot hold."]},
+        ),
+        (
+            b'{"scopes": {"k": {"\\u0000": 1}}}',
+            {"scopes": ["A key in scopes.k contains a NUL character (\\u0000), "
+                        "which text cannot hold."]},
+        ),
+        (
+            b'{"scopes": ["\\udc00"]}',
+            {"scopes": ["The string at scopes[0] contains half of a surrogate pair, "
+                        "which is not Unicode."]},
+        ),
+        (
+            b'"\\ud800"',
+            {"detail": "JSON parse error - the string at the top level contains half of a "
+                       "surrogate pair, which is not Unicode"},
+        ),
+        (
+            b'{"\\u0000": 1}',
+            {"detail": "JSON parse error - a key in the top-level object contains a NUL "
+                       "character (\\u0000), which text cannot hold"},
+        ),
+    ],
+)  # fmt: skip
+def test_text_no_column_can_hold_is_400_naming_the_field(staff_client, body, errors):
+    """PostgreSQL refuses NUL in text and jsonb; half a surrogate pair is not Unicode."""
+    response = staff_client.post(URL, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == errors
+
+
+def test_escaped_backslash_and_whole_surrogate_pairs_are_fine(staff_client):
+    body = b'{"scopes": ["\\\\u0000", "\\ud83d\\ude80"]}'
+    response = staff_client.post(URL, body, content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert response.json()["echo"] == {"scopes": ["\\u0000", "\U0001f680"]}
+
+
+def test_nul_in_a_url_lookup_is_json_404(staff_client):
+    response = staff_client.get("/api/v1/skills/a%00b/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import mixins, parsers, renderers, viewsets
+from rest_framework.exceptions import NotFound
 from rest_framework.views import APIView
 
 from .auth import ScopedPermission
@@ -43,6 +44,13 @@ class ControllerViewMixin:
 
     def get_exception_handler(self) -> Any:
         return exception_handler
+
+    def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # No stored key holds a NUL character (PostgreSQL refuses one in text), so a URL
+        # with one names nothing; it must not reach the database as a lookup.
+        if any("\x00" in str(value) for value in kwargs.values()):
+            raise NotFound()
 
 
 class ControllerAPIView(ControllerViewMixin, APIView):

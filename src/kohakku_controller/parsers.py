@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
 
 from .conf import kohakku_settings
 from .exceptions import PayloadTooLarge
@@ -28,10 +29,94 @@ class BoundedJSONParser(parsers.JSONParser):
         if not raw:
             return {}
         try:
-            return json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            raise ParseError(f"JSON parse error - {reason}") from None
+            return load_json(raw)
+        except ValueError as exc:
+            raise json_error(exc) from None
+
+
+def json_error(exc: ValueError) -> ParseError | ValidationError:
+    """The 400 for a body :func:`load_json` refused: a field error when a field is to blame."""
+    if isinstance(exc, UnstorableText) and exc.field is not None:
+        return ValidationError({exc.field: [exc.sentence]})
+    return ParseError(f"JSON parse error - {exc}")
+
+
+class UnstorableText(ValueError):
+    """A decoded document holds a string no text column can hold.
+
+    ``field`` is the top-level key it sits under (``None`` when the document is not an
+    object); ``sentence`` is the reason as a sentence, for a field error.
+    """
+
+    def __init__(self, reason: str, field: str | None) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.sentence = f"{reason[0].upper()}{reason[1:]}."
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Decode JSON from the network, refusing what the controller could not store.
+
+    Beyond ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not JSON), nesting
+    deep enough to exhaust the parser is refused, and so are strings that no text column
+    can hold: a NUL character (``\\u0000``; PostgreSQL refuses it in text and ``jsonb``)
+    or half of a surrogate pair (not Unicode), as :class:`UnstorableText`. Raises
+    ``ValueError`` saying what and where.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    # Such strings can only come from \u escapes: skip the walk when the text has none.
+    if _SUSPECT_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode()):
+        found = _find_unstorable(value, "")
+        if found is not None:
+            raise UnstorableText(found[1], found[0])
+    return value
+
+
+def find_unstorable_text(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (decoded JSON, or a dict of form fields) cannot be stored, or ``None``.
+
+    Names the first string or key holding a NUL character or an unpaired surrogate, by its
+    path under ``where`` (``input.files[2]``).
+    """
+    found = _find_unstorable(value, where)
+    return None if found is None else found[1]
+
+
+def _find_unstorable(value: Any, where: str) -> tuple[str | None, str] | None:
+    """(the top-level key it is under, the reason) for the first unstorable string."""
+    pending: list[tuple[Any, str, str | None]] = [(value, where, None)]
+    while pending:
+        item, path, top = pending.pop()
+        if isinstance(item, str):
+            problem = _text_problem(item)
+            if problem:
+                return top, f"the string at {path or 'the top level'} {problem}"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                field = key if top is None else top
+                problem = _text_problem(key)
+                if problem:
+                    return top, f"a key in {path or 'the top-level object'} {problem}"
+                pending.append((child, f"{path}.{key}" if path else key, field))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]", top) for index, child in enumerate(item))
+    return None
+
+
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text_problem(text: str) -> str | None:
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000), which text cannot hold"
+    return "contains half of a surrogate pair, which is not Unicode"
 
 
 def _reject_constant(name: str) -> Any:

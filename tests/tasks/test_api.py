@@ -257,3 +257,21 @@ def test_list_query_budget(staff_client, skill_version, dispatch, django_assert_
     with django_assert_max_num_queries(4):
         response = staff_client.get("/api/v1/tasks/")
     assert len(response.json()) == 5
+
+
+@pytest.mark.parametrize(
+    ("task_input", "where"),
+    [
+        ({"log": "a\x00b"}, "The string at input.log contains a NUL character"),
+        ({"files": ["ok", "\ud800"]}, "The string at input.files[1] contains half of a surrogate"),
+        ({"\x00": 1}, "A key in input contains a NUL character"),
+    ],
+)
+def test_create_task_refuses_text_no_column_can_hold(skill_version, task_input, where):
+    """Host code calling the service directly gets the API's answer, not a database error."""
+    from rest_framework.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        create_task(skill="code-review", input=task_input)
+    assert any(where in str(message) for message in caught.value.detail["input"])
+    assert not Task.objects.exists()

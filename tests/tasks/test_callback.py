@@ -429,3 +429,17 @@ def test_callback_after_the_deadline_times_the_task_out(api_client, running, sta
     assert events_of(task) == ["created", "dispatched", "timed_out"]
     assert callback(api_client, task, token, body).status_code == 409
     assert events_of(task) == ["created", "dispatched", "timed_out"]
+
+
+def test_text_no_column_can_hold_is_400_and_changes_nothing(api_client, running):
+    task, token = running
+    raw = b'{"status": "completed", "result_metadata": {"log": "a\\u0000b"}}'
+    response = callback(api_client, task, token, None, raw=raw)
+    assert response.status_code == 400
+    assert response.json() == {
+        "result_metadata": [
+            "The string at result_metadata.log contains a NUL character (\\u0000), "
+            "which text cannot hold."
+        ]
+    }
+    assert Task.objects.get(pk=task.pk).status == "dispatched"

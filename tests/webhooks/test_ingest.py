@@ -293,7 +293,10 @@ class TestRejections:
             (b'{"n": NaN}', "application/json"),
             (b"[" * 100_000 + b"]" * 100_000, "application/json"),
             (b"\xff\xfe\x00garbage", "application/json"),
+            (b'{"ref": "main\\u0000"}', "application/json"),
+            (b'{"title": "\\ud83d"}', "application/json"),
             (b"payload=%7Bnot-json", "application/x-www-form-urlencoded"),
+            (b"command=%2Fdeploy&text=a%00b", "application/x-www-form-urlencoded"),
             (b"a=%ff%fe", "application/x-www-form-urlencoded"),
         ],
     )

@@ -20,7 +20,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError, ValidationError
+from rest_framework.exceptions import AuthenticationFailed, NotFound, ValidationError
 
 from .. import signals
 from ..conf import kohakku_settings
@@ -28,6 +28,7 @@ from ..db import JoinedLookup, insert_row, update_and_log, update_rows
 from ..dispatchers.labels import validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
+from ..parsers import find_unstorable_text, json_error, load_json
 from ..signing import SignatureError, verify_signature
 from ..skills.services import resolve_version
 from ..storage import get_cache
@@ -55,8 +56,26 @@ CALLBACK_STATUSES = (
 )
 
 
-def compact_json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+def json_document_problem(value: Any, field: str, max_bytes: int) -> str | None:
+    """Why the JSON document ``value`` of ``field`` cannot be stored, or ``None``.
+
+    Too large (over ``max_bytes`` as compact UTF-8 JSON), or holding a string no text
+    column can hold (a NUL character, half of a surrogate pair), named by its path.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # half of a surrogate pair
+        size = len(text.encode("utf-8", "surrogatepass"))
+        suspect = True
+    else:
+        suspect = "\\u0000" in text  # how JSON writes a NUL character
+    problem = find_unstorable_text(value, field) if suspect else None
+    if problem:
+        return f"{problem[0].upper()}{problem[1:]}."
+    if size > max_bytes:
+        return f"Larger than {max_bytes} bytes of JSON."
+    return None
 
 
 def _is_int(value: Any) -> bool:
@@ -166,8 +185,8 @@ def _validate_creation(
         input = {}
     if not isinstance(input, dict):
         errors["input"] = ["Must be a JSON object."]
-    elif compact_json_size(input) > settings.TASK_INPUT_MAX_BYTES:
-        errors["input"] = [f"Larger than {settings.TASK_INPUT_MAX_BYTES} bytes of JSON."]
+    elif problem := json_document_problem(input, "input", settings.TASK_INPUT_MAX_BYTES):
+        errors["input"] = [problem]
     if not isinstance(backend, str) or not _NAME_RE.match(backend):
         errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
     try:
@@ -537,10 +556,10 @@ def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
         metadata = {}
     if not isinstance(metadata, dict):
         errors["result_metadata"] = ["Must be a JSON object."]
-    elif compact_json_size(metadata) > kohakku_settings.RESULT_METADATA_MAX_BYTES:
-        errors["result_metadata"] = [
-            f"Larger than {kohakku_settings.RESULT_METADATA_MAX_BYTES} bytes of JSON."
-        ]
+    elif problem := json_document_problem(
+        metadata, "result_metadata", kohakku_settings.RESULT_METADATA_MAX_BYTES
+    ):
+        errors["result_metadata"] = [problem]
     error_message = payload.get("error_message")
     if error_message is None:
         error_message = ""
@@ -606,9 +625,9 @@ def apply_callback(
     except SignatureError as exc:
         raise AuthenticationFailed(f"Bad signature ({exc.reason}): {exc}") from None
     try:
-        payload = json.loads(body, parse_constant=_reject_constant) if body else None
-    except (ValueError, RecursionError):
-        raise ParseError("The body is not valid JSON.") from None
+        payload = load_json(body) if body else None
+    except ValueError as exc:
+        raise json_error(exc) from None
     data = _validate_callback_payload(task, payload)
     if task.deadline_at is not None and now > task.deadline_at:
         # The deadline passed before the scheduler's next pass noticed: the task ends
@@ -685,10 +704,6 @@ def time_out_task(task: Task, now: datetime) -> bool:
     """End an active task ``timed_out``; used for overdue tasks and late callbacks."""
     reason = f"ran longer than its timeout of {task.timeout_seconds} s"
     return end_task(task, TaskStatus.TIMED_OUT, reason=reason, now=now, error_message=reason)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _refetch(task: Task) -> Task:

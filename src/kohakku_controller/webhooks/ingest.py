@@ -6,10 +6,11 @@ Pure functions over headers (a case-insensitive mapping) and the raw body.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
+
+from ..parsers import find_unstorable_text, load_json
 
 SOURCES = ("github", "slack", "custom")
 #: Most fields a form-encoded body may have.
@@ -61,11 +62,9 @@ def parse_payload(body: bytes, content_type: str) -> Any:
 
 def _parse_json(raw: bytes | str, where: str) -> Any:
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise BodyError(f"Malformed JSON in {where}: nested too deeply.") from None
+        return load_json(raw)
     except ValueError as exc:
-        raise BodyError(f"Malformed JSON in {where}: {exc}") from None
+        raise BodyError(f"Malformed JSON in {where}: {exc}.") from None
 
 
 def _parse_form(body: bytes) -> Any:
@@ -81,11 +80,10 @@ def _parse_form(body: bytes) -> Any:
     fields = dict(pairs)
     if list(fields) == ["payload"]:
         return _parse_json(fields["payload"], "the form field 'payload'")
+    problem = find_unstorable_text(fields)
+    if problem:
+        raise BodyError(f"Malformed form body: {problem}.")
     return fields
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def event_name(source: str, headers: Mapping[str, str], payload: Any) -> str:
