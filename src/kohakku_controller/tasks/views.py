@@ -38,7 +38,6 @@ from .serializers import (
     TaskSerializer,
 )
 
-UUID_REGEX = "[0-9a-fA-F-]{36}"
 _CHUNK = 64 * 1024
 
 
@@ -53,7 +52,6 @@ class TaskViewSet(
     queryset = Task.objects.select_related("skill_version__skill", "dispatcher")
     serializer_class = TaskSerializer
     lookup_field = "guid"
-    lookup_value_regex = UUID_REGEX
     filter_backends = [DjangoFilterBackend]
     filterset_class = TaskFilter
     read_scope = "tasks:read"
