@@ -51,7 +51,7 @@ class UnstorableText(ValueError):
     def __init__(self, reason: str, field: str | None) -> None:
         super().__init__(reason)
         self.field = field
-        self.sentence = f"{reason[0].upper()}{reason[1:]}."
+        self.sentence = as_sentence(reason)
 
 
 def load_json(raw: bytes | str) -> Any:
@@ -67,8 +67,9 @@ def load_json(raw: bytes | str) -> Any:
         value = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    # Such strings can only come from \u escapes: skip the walk when the text has none.
-    if _SUSPECT_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode()):
+    # In UTF-8 bytes such strings can only come from \u escapes: skip the walk when there
+    # are none. Text (a form field's JSON) is always walked.
+    if isinstance(raw, str) or _SUSPECT_ESCAPE.search(raw):
         found = _find_unstorable(value, "")
         if found is not None:
             raise UnstorableText(found[1], found[0])
@@ -117,6 +118,11 @@ def _text_problem(text: str) -> str | None:
     if found.group() == "\x00":
         return "contains a NUL character (\\u0000), which text cannot hold"
     return "contains half of a surrogate pair, which is not Unicode"
+
+
+def as_sentence(reason: str) -> str:
+    """``reason`` (as :func:`find_unstorable_text` words it) as a sentence of a field error."""
+    return f"{reason[0].upper()}{reason[1:]}."
 
 
 def _reject_constant(name: str) -> Any:

@@ -28,7 +28,7 @@ from ..db import JoinedLookup, insert_row, update_and_log, update_rows
 from ..dispatchers.labels import validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
-from ..parsers import find_unstorable_text, json_error, load_json
+from ..parsers import as_sentence, find_unstorable_text, json_error, load_json
 from ..signing import SignatureError, verify_signature
 from ..skills.services import resolve_version
 from ..storage import get_cache
@@ -72,7 +72,7 @@ def json_document_problem(value: Any, field: str, max_bytes: int) -> str | None:
         suspect = "\\u0000" in text  # how JSON writes a NUL character
     problem = find_unstorable_text(value, field) if suspect else None
     if problem:
-        return f"{problem[0].upper()}{problem[1:]}."
+        return as_sentence(problem)
     if size > max_bytes:
         return f"Larger than {max_bytes} bytes of JSON."
     return None
