@@ -21,7 +21,7 @@ class PackageError(Exception):
 
 
 class TransientPackageError(PackageError):
-    """The download failed in a way that trying again may cure (no answer, 408, 429, 5xx)."""
+    """The download failed in a way that trying again may cure (no answer, 408, 425, 429, 5xx)."""
 
 
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
