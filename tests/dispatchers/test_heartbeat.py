@@ -7,9 +7,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 
 from kohakku_controller.dispatchers import services
 from kohakku_controller.dispatchers.models import Dispatcher
@@ -180,7 +181,7 @@ def test_body_over_the_cap_is_413(dispatcher_client, register):
 
 
 def test_heartbeat_costs_two_queries(dispatcher_client, register, django_assert_num_queries):
-    # The issue's budget is three; it costs two: the token lookup and one UPDATE ... RETURNING.
+    # The issue's budget is three; it costs two: the token lookup and one UPDATE.
     for index in range(20):
         register(f"other-{index}")
     dispatcher = register()
@@ -235,6 +236,51 @@ def test_service_contract(dispatcher_client, oauth_client, register, django_asse
             guid=dispatcher.guid, application=oauth_client("dispatchers").application
         )
     assert Dispatcher.objects.get(pk=dispatcher.pk).reported_free_capacity == 3
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeat_outside_a_transaction_stamps_the_row(dispatcher_client, register):
+    """The heartbeat's own statement (on PostgreSQL, committed without waiting for the disk)."""
+    dispatcher, other = register(), register("other")
+    _age(dispatcher, 3600)
+    _age(other, 3600)
+    assert not connection.in_atomic_block
+    services.record_heartbeat(
+        guid=dispatcher.guid, application=dispatcher_client.application, free_capacity=2
+    )
+    stored = Dispatcher.objects.get(pk=dispatcher.pk)
+    assert timezone.now() - stored.last_heartbeat_at < timedelta(seconds=5)
+    assert stored.reported_free_capacity == 2
+    untouched = Dispatcher.objects.get(pk=other.pk)
+    assert timezone.now() - untouched.last_heartbeat_at > timedelta(seconds=3000)
+    with pytest.raises(NotFound):
+        services.record_heartbeat(guid=uuid.uuid4(), application=dispatcher_client.application)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_asynchronous_commit_does_not_outlive_the_heartbeat(dispatcher_client, register):
+    """Statements after a heartbeat, on the same connection, commit synchronously again."""
+    dispatcher = register()
+    assert _synchronous_commit() == "on"
+    services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
+    assert _synchronous_commit() == "on"
+
+
+@pytest.mark.postgres
+def test_a_heartbeat_inside_a_transaction_leaves_its_commit_synchronous(
+    dispatcher_client, register
+):
+    dispatcher = register()
+    with transaction.atomic():
+        services.record_heartbeat(guid=dispatcher.guid, application=dispatcher_client.application)
+        assert _synchronous_commit() == "on"
 
 
 def test_dispatcher_without_an_owner(dispatcher_client):

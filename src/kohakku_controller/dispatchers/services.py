@@ -236,7 +236,9 @@ def record_heartbeat(
     if running_task_guids is not None:
         changes["reported_task_guids"] = [str(task_guid) for task_guid in running_task_guids]
     owned = {"guid": guid, "application": _application_pk(application)}
-    if update_rows(Dispatcher, owned, changes):
+    # Heartbeats are rewritten every interval: losing the last second of them in a database
+    # crash only makes dispatchers look a second older, so they need not wait for the disk.
+    if update_rows(Dispatcher, owned, changes, asynchronous_commit=True):
         return
     if Dispatcher.objects.filter(guid=guid).exists():
         raise PermissionDenied("This dispatcher is registered by another client.")
