@@ -28,6 +28,48 @@ def test_malformed_or_unknown_credentials_get_401(api_client, header):
     assert "detail" in response.json()
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{", "application/json"),  # malformed
+        (b"[" * 100_000, "application/json"),  # nested too deeply, and over the size cap
+        (b"anything", "text/plain"),  # a media type the API does not take
+    ],
+)
+def test_bodies_of_unauthenticated_requests_are_not_read(api_client, body, content_type):
+    """Authentication comes first: an anonymous client cannot make the server parse a body."""
+    for path in (URL, "/api/v1/dispatchers/checkin/", "/api/v1/tasks/"):
+        response = api_client.post(path, body, content_type=content_type)
+        assert response.status_code == 401, (path, response.content)
+        assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_bodies_of_authenticated_requests_are_still_checked(oauth_client):
+    client = oauth_client("tasks:write")
+    response = client.post(URL, b"{", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("JSON parse error")
+    response = client.post(URL, b"scopes=1", content_type="text/plain")
+    assert response.status_code == 415
+
+
+def test_oauth2_backend_reads_form_bodies_only(rf):
+    from oauth2_provider.oauth2_backends import get_oauthlib_core
+
+    from kohakku_controller.oauth_validators import ControllerOAuthLibCore
+
+    core = get_oauthlib_core()
+    assert isinstance(core, ControllerOAuthLibCore)
+    form = rf.post("/o/token/", {"grant_type": "client_credentials", "scope": "dispatchers"})
+    assert sorted(core.extract_body(form)) == [
+        ("grant_type", "client_credentials"),
+        ("scope", "dispatchers"),
+    ]
+    document = rf.post("/api/v1/tasks/", b'{"skill": "x"}', content_type="application/json")
+    assert core.extract_body(document) == []
+    assert document.body == b'{"skill": "x"}'  # left for the view to parse
+
+
 def test_expired_oauth2_token_gets_401(oauth_client):
     response = oauth_client("tasks:read", expired=True).get(URL)
     assert response.status_code == 401

@@ -101,3 +101,65 @@ def test_nul_in_a_url_lookup_is_json_404(staff_client):
     response = staff_client.get("/api/v1/skills/a%00b/")
     assert response.status_code == 404
     assert response.json() == {"detail": "Not found."}
+
+
+# --- the host-level handlers: JSON 404/500 under the API's URLs --------------------------------
+
+
+@pytest.fixture
+def host_with_handlers(settings):
+    settings.ROOT_URLCONF = "tests.error_handler_urls"
+    settings.DEBUG = False
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/", "/api/v1/nope/", "/api/v1/dispatchers/x/y/z/", "/outer/schema-only/nope/"],
+)
+def test_unknown_api_url_is_json_404(client, host_with_handlers, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize("path", ["/nope/", "/api/v2/nope/", "/outer/nope/", "/site/nope/"])
+def test_unknown_host_url_keeps_the_hosts_page(client, host_with_handlers, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_host_routes_under_the_api_prefix_are_not_shadowed(client, host_with_handlers):
+    response = client.get("/api/v1/host-extra/")
+    assert response.status_code == 200
+    assert response.content == b"host page"
+
+
+def test_unexpected_error_under_the_api_is_json_500(host_with_handlers, monkeypatch):
+    from django.test import Client
+
+    from kohakku_controller.urls import SwaggerUIView
+
+    def broken(self, request, *args, **kwargs):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(SwaggerUIView, "get", broken)
+    client = Client(raise_request_exception=False)
+    response = client.get("/api/v1/docs/")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Server error."}
+    assert b"secret detail" not in response.content
+    # Outside the API the host's own error page answers.
+    response = client.get("/site/broken/")
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_example_project_answers_json_404_under_the_api(client, settings):
+    settings.ROOT_URLCONF = "example_project.urls"
+    settings.DEBUG = False
+    response = client.get("/api/v1/nope/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+    assert client.get("/nope/")["Content-Type"].startswith("text/html")

@@ -176,6 +176,7 @@ OAUTH2_PROVIDER = {
     "SCOPES": dict(SCOPES),
     "SCOPES_BACKEND_CLASS": "kohakku_controller.oauth.ClientScopesBackend",
     "OAUTH2_VALIDATOR_CLASS": "kohakku_controller.oauth_validators.ControllerOAuth2Validator",
+    "OAUTH2_BACKEND_CLASS": "kohakku_controller.oauth_validators.ControllerOAuthLibCore",
     "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
 }
 

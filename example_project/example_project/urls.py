@@ -7,3 +7,7 @@ urlpatterns = [
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),
 ]
+
+# Unknown URLs and unexpected errors under the API answer JSON, like the API's own errors.
+handler404 = "kohakku_controller.exceptions.not_found"
+handler500 = "kohakku_controller.exceptions.server_error"

@@ -1,4 +1,5 @@
-"""Errors the API raises, and the handler that turns every client fault into JSON."""
+"""Errors the API raises, the handler that turns every client fault into JSON, and the
+host-level 404 and 500 handlers that answer JSON under the API's URLs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.db import InterfaceError, OperationalError
-from django.http import UnreadablePostError
+from django.http import HttpRequest, HttpResponse, UnreadablePostError
+from django.urls import URLResolver, get_resolver, get_urlconf
 from django.utils.translation import gettext_lazy as _
+from django.views import defaults
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -65,3 +69,58 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         response.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return response
+
+
+#: The application namespace of the API's URLconf (``kohakku_controller.urls``).
+API_APP_NAME = "kohakku_controller"
+
+
+def is_api_path(path_info: str, urlconf: str | None = None) -> bool:
+    """True when ``path_info`` lies under a mount of the API's URLconf.
+
+    Walks the host's URL patterns the way Django resolves them, so it follows any prefix
+    (``api/v1/``, a regex, nested includes) and any partial include of the API.
+    """
+
+    def under_api(patterns: Any, remaining: str) -> bool:
+        for pattern in patterns:
+            if not isinstance(pattern, URLResolver):
+                continue
+            match = pattern.pattern.match(remaining)
+            if match is None:
+                continue
+            if pattern.app_name == API_APP_NAME or under_api(pattern.url_patterns, match[0]):
+                return True
+        return False
+
+    resolver = get_resolver(urlconf or get_urlconf())
+    match = resolver.pattern.match(path_info)
+    return match is not None and under_api(resolver.url_patterns, match[0])
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A ``handler404`` for host projects: JSON under the API's URLs, Django's page elsewhere.
+
+    A URL under the API that matches no endpoint (``/api/v1/nope/``, ``/api/v1/``) then
+    answers ``{"detail": "Not found."}`` like the API's own 404s, instead of an HTML page.
+    Set it in the host's root URLconf: ``handler404 = "kohakku_controller.exceptions.not_found"``.
+    """
+    if is_api_path(request.path_info):
+        return _json_error(str(exceptions.NotFound.default_detail), status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """A ``handler500`` for host projects: JSON under the API's URLs, Django's page elsewhere.
+
+    No detail of the error reaches the client; it is logged by Django as usual.
+    """
+    if is_api_path(request.path_info):
+        return _json_error("Server error.", status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return defaults.server_error(request)
+
+
+def _json_error(detail: str, code: int) -> HttpResponse:
+    """``{"detail": ...}`` rendered as the API renders its own errors."""
+    body = JSONRenderer().render({"detail": detail})
+    return HttpResponse(body, status=code, content_type="application/json")
