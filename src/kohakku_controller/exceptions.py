@@ -75,7 +75,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 API_APP_NAME = "kohakku_controller"
 
 
-def is_api_path(path_info: str, urlconf: str | None = None) -> bool:
+def is_api_path(path_info: str) -> bool:
     """True when ``path_info`` lies under a mount of the API's URLconf.
 
     Walks the host's URL patterns the way Django resolves them, so it follows any prefix
@@ -93,7 +93,7 @@ def is_api_path(path_info: str, urlconf: str | None = None) -> bool:
                 return True
         return False
 
-    resolver = get_resolver(urlconf or get_urlconf())
+    resolver = get_resolver(get_urlconf())
     match = resolver.pattern.match(path_info)
     return match is not None and under_api(resolver.url_patterns, match[0])
 
