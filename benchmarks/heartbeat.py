@@ -521,14 +521,24 @@ def report(
         f"{FLEET_SIZE / FLEET_INTERVAL:.0f}/s for {fleet['heartbeat'].seconds:.0f} s, "
         + ("a new connection per request" if args.fleet_reconnect else "keep-alive connections")
     )
+    cores = {
+        name: (run.web_cpu_seconds + run.db_cpu_seconds) / run.seconds
+        for name, run in fleet.items()
+    }
     for name, run in fleet.items():
-        busy = (run.web_cpu_seconds + run.db_cpu_seconds) / run.seconds
         print(
             f"  {name:<15} {run.rate:.0f} req/s, p50 {run.percentile(0.5):.2f} ms, "
-            f"p99 {run.percentile(0.99):.2f} ms, {run.errors} errors; CPU {busy:.2f} of one core "
+            f"p99 {run.percentile(0.99):.2f} ms, {run.errors} errors; "
+            f"CPU {cores[name]:.2f} of one core "
             f"(web workers {run.web_cpu_seconds / run.seconds:.2f}, PostgreSQL "
             f"{run.db_cpu_seconds / run.seconds:.2f}; {run.cpu_ms_per_request:.2f} ms per request)"
         )
+    print(
+        f"  of the heartbeat's {cores['heartbeat']:.2f} cores: the server and Django "
+        f"{cores['plain view']:.2f}, authentication and DRF "
+        f"{cores['ping (ceiling)'] - cores['plain view']:.2f}, the heartbeat's own work "
+        f"{cores['heartbeat'] - cores['ping (ceiling)']:.2f}"
+    )
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: gunicorn worker {worker_peak:.0f} MiB, load generator {own_peak:.0f} MiB")
 
