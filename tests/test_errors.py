@@ -7,7 +7,9 @@ pytestmark = pytest.mark.django_db
 URL = "/test-api/echo/"
 
 
-@pytest.mark.parametrize("body", [b"{", b"{'a': 1}", b"[1,]", b"NaN", b'{"a": Infinity}'])
+@pytest.mark.parametrize(
+    "body", [b"{", b"{'a': 1}", b"[1,]", b"NaN", b'{"a": Infinity}', b'{"a": -1e400}']
+)
 def test_malformed_json_is_400(staff_client, body):
     response = staff_client.post(URL, body, content_type="application/json")
     assert response.status_code == 400

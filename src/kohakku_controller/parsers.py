@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -57,14 +58,16 @@ class UnstorableText(ValueError):
 def load_json(raw: bytes | str) -> Any:
     """Decode JSON from the network, refusing what the controller could not store.
 
-    Beyond ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not JSON), nesting
+    Beyond ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not JSON), and so
+    is a number too large for a float (``1e400`` would decode to infinity, which no JSON
+    answer or ``jsonb`` column can hold); nesting
     deep enough to exhaust the parser is refused, and so are strings that no text column
     can hold: a NUL character (``\\u0000``; PostgreSQL refuses it in text and ``jsonb``)
     or half of a surrogate pair (not Unicode), as :class:`UnstorableText`. Raises
     ``ValueError`` saying what and where.
     """
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     # In UTF-8 bytes such strings can only come from \u escapes: skip the walk when there
@@ -127,3 +130,10 @@ def as_sentence(reason: str) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value

@@ -265,9 +265,11 @@ def test_list_query_budget(staff_client, skill_version, dispatch, django_assert_
         ({"log": "a\x00b"}, "The string at input.log contains a NUL character"),
         ({"files": ["ok", "\ud800"]}, "The string at input.files[1] contains half of a surrogate"),
         ({"\x00": 1}, "A key in input contains a NUL character"),
+        ({"ratio": float("inf")}, "Holds NaN or an infinite number"),
+        ({"ratio": [float("nan")]}, "Holds NaN or an infinite number"),
     ],
 )
-def test_create_task_refuses_text_no_column_can_hold(skill_version, task_input, where):
+def test_create_task_refuses_what_no_json_column_can_hold(skill_version, task_input, where):
     """Host code calling the service directly gets the API's answer, not a database error."""
     from rest_framework.exceptions import ValidationError
 

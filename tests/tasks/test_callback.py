@@ -443,3 +443,12 @@ def test_text_no_column_can_hold_is_400_and_changes_nothing(api_client, running)
         ]
     }
     assert Task.objects.get(pk=task.pk).status == "dispatched"
+
+
+def test_number_too_large_for_json_is_400_and_changes_nothing(api_client, running):
+    task, token = running
+    raw = b'{"status": "completed", "result_metadata": {"ratio": 1e400}}'
+    response = callback(api_client, task, token, None, raw=raw)
+    assert response.status_code == 400
+    assert response.json() == {"detail": "JSON parse error - the number 1e400 is too large"}
+    assert Task.objects.get(pk=task.pk).status == "dispatched"

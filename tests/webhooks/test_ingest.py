@@ -295,6 +295,7 @@ class TestRejections:
             (b"\xff\xfe\x00garbage", "application/json"),
             (b'{"ref": "main\\u0000"}', "application/json"),
             (b'{"title": "\\ud83d"}', "application/json"),
+            (b'{"score": 1e400}', "application/json"),
             (b"payload=%7Bnot-json", "application/x-www-form-urlencoded"),
             (b"command=%2Fdeploy&text=a%00b", "application/x-www-form-urlencoded"),
             (b"payload=%7B%22a%22%3A%22%5Cu0000%22%7D", "application/x-www-form-urlencoded"),

@@ -59,10 +59,14 @@ CALLBACK_STATUSES = (
 def json_document_problem(value: Any, field: str, max_bytes: int) -> str | None:
     """Why the JSON document ``value`` of ``field`` cannot be stored, or ``None``.
 
-    Too large (over ``max_bytes`` as compact UTF-8 JSON), or holding a string no text
-    column can hold (a NUL character, half of a surrogate pair), named by its path.
+    Too large (over ``max_bytes`` as compact UTF-8 JSON), holding a number JSON cannot
+    write (NaN, infinity: possible from host code), or holding a string no text column can
+    hold (a NUL character, half of a surrogate pair), named by its path.
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return "Holds NaN or an infinite number, which JSON cannot hold."
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:  # half of a surrogate pair
