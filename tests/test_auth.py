@@ -1,9 +1,11 @@
 """Who may call what: DRF tokens for operators, OAuth2 client credentials with scopes."""
 
 import base64
+import io
 
 import pytest
 from django.test import Client
+from django.urls import resolve
 
 from kohakku_controller.oauth import create_or_reset_client
 
@@ -34,11 +36,19 @@ def test_malformed_or_unknown_credentials_get_401(api_client, header):
         (b"{", "application/json"),  # malformed
         (b"[" * 100_000, "application/json"),  # nested too deeply, and over the size cap
         (b"anything", "text/plain"),  # a media type the API does not take
+        (b"garbage", "multipart/form-data"),  # no boundary
+        (b"--b\r\ngarbage", "multipart/form-data; boundary=b"),  # a truncated upload
     ],
 )
 def test_bodies_of_unauthenticated_requests_are_not_read(api_client, body, content_type):
     """Authentication comes first: an anonymous client cannot make the server parse a body."""
-    for path in (URL, "/api/v1/dispatchers/checkin/", "/api/v1/tasks/"):
+    paths = (
+        "/api/v1/dispatchers/checkin/",
+        "/api/v1/tasks/",
+        "/api/v1/skills/x/upload/",
+        "/api/v1/workflows/",
+    )
+    for path in paths:
         response = api_client.post(path, body, content_type=content_type)
         assert response.status_code == 401, (path, response.content)
         assert response["WWW-Authenticate"].startswith("Bearer")
@@ -60,7 +70,11 @@ def test_oauth2_backend_reads_form_bodies_only(rf):
 
     core = get_oauthlib_core()
     assert isinstance(core, ControllerOAuthLibCore)
-    form = rf.post("/o/token/", {"grant_type": "client_credentials", "scope": "dispatchers"})
+    form = rf.post(
+        "/o/token/",
+        "grant_type=client_credentials&scope=dispatchers",
+        content_type="application/x-www-form-urlencoded",
+    )
     assert sorted(core.extract_body(form)) == [
         ("grant_type", "client_credentials"),
         ("scope", "dispatchers"),
@@ -68,6 +82,16 @@ def test_oauth2_backend_reads_form_bodies_only(rf):
     document = rf.post("/api/v1/tasks/", b'{"skill": "x"}', content_type="application/json")
     assert core.extract_body(document) == []
     assert document.body == b'{"skill": "x"}'  # left for the view to parse
+    # Multipart bodies carry no OAuth2 parameter (RFC 6749 section 3.2): an upload is left
+    # for the view, which reads it only once the caller is authenticated.
+    upload = rf.post("/api/v1/skills/x/upload/", {"file": io.BytesIO(b"zip")})
+    upload.resolver_match = resolve("/api/v1/skills/x/upload/")
+    assert core.extract_body(upload) == []
+    assert not upload._read_started
+    # Elsewhere (the token endpoint) multipart forms are read, as django-oauth-toolkit does.
+    multipart = rf.post("/o/token/", {"grant_type": "client_credentials"})
+    multipart.resolver_match = resolve("/o/token/")
+    assert core.extract_body(multipart) == [("grant_type", "client_credentials")]
 
 
 def test_expired_oauth2_token_gets_401(oauth_client):

@@ -24,6 +24,28 @@ def test_deeply_nested_json_is_400(staff_client):
     assert "nested too deeply" in response.json()["detail"]
 
 
+def test_nesting_past_max_json_depth_is_400(staff_client):
+    def nested(depth):
+        return b'{"scopes": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_DEPTH": 5}):
+        deep = staff_client.post(URL, nested(6), content_type="application/json")
+        at_limit = staff_client.post(URL, nested(5), content_type="application/json")
+    assert deep.status_code == 400
+    assert "more than 5 levels" in deep.json()["detail"]
+    # Five levels parse; the serializer then judges the shape.
+    assert "nested too deeply" not in at_limit.content.decode()
+
+
+def test_chunked_body_is_411(staff_client):
+    """A body without Content-Length would read as empty: it is refused, not misread."""
+    response = staff_client.generic(
+        "POST", URL, b"", content_type="application/json", headers={"Transfer-Encoding": "chunked"}
+    )
+    assert response.status_code == 411
+    assert "Content-Length" in response.json()["detail"]
+
+
 def test_unsupported_content_type_is_415(staff_client):
     response = staff_client.post(URL, b"scopes=1", content_type="text/plain")
     assert response.status_code == 415
@@ -49,8 +71,11 @@ def test_unknown_object_is_json_404(staff_client):
     assert response.json() == {"detail": "No ClientScopes matches the given query."}
 
 
-def test_bad_page_number_is_json_404(staff_client):
+def test_bad_page_number_is_json_400_and_a_page_past_the_end_json_404(staff_client):
     response = staff_client.get(f"{URL}?page=abc")
+    assert response.status_code == 400
+    assert response.json() == {"page": ["Must be a positive integer."]}
+    response = staff_client.get(f"{URL}?page=99")
     assert response.status_code == 404
     assert "detail" in response.json()
 

@@ -32,3 +32,31 @@ def test_page_size_is_capped(staff_client):
     with override_settings(KOHAKKU_CONTROLLER={"PAGE_SIZE": 1, "MAX_PAGE_SIZE": 2}):
         response = staff_client.get("/test-api/echo/?page_size=100")
     assert len(response.json()) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("page=abc", "page"),
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=1.5", "page"),
+        ("page=%C2%B2", "page"),
+        ("page_size=abc", "page_size"),
+        ("page_size=0", "page_size"),
+        ("page_size=-5", "page_size"),
+        ("page_size=10000000000", "page_size"),
+    ],
+)
+def test_malformed_page_parameters_are_400_naming_them(staff_client, query, field):
+    response = staff_client.get(f"/test-api/echo/?{query}")
+    assert response.status_code == 400
+    assert response.json() == {field: ["Must be a positive integer."]}
+
+
+def test_empty_parameters_mean_the_defaults_and_a_page_past_the_end_is_404(staff_client):
+    create_or_reset_client("client-0", [])
+    with override_settings(KOHAKKU_CONTROLLER={"PAGE_SIZE": 1}):
+        assert len(staff_client.get("/test-api/echo/?page=&page_size=").json()) == 1
+        assert staff_client.get("/test-api/echo/?page=last").status_code == 200
+        assert staff_client.get("/test-api/echo/?page=2").status_code == 404

@@ -26,6 +26,8 @@ def test_operations_document_auth_and_errors(client):
     assert {"oauth2", "tokenAuth"} <= set(schemes)
     ready = document["paths"]["/ready/"]["get"]
     assert {"200", "503"} <= set(ready["responses"])
+    create_task = document["paths"]["/api/v1/tasks/"]["post"]
+    assert {"400", "401", "403", "411", "413", "415"} <= set(create_task["responses"])
 
 
 def test_swagger_ui_renders_with_local_assets(client):

@@ -76,3 +76,19 @@ def test_schema_and_docs_ui_with_their_static_files(served):
     assert bundle.status_code == 200
     admin_css = httpx.get(f"{served}/static/admin/css/base.css")
     assert admin_css.status_code == 200
+
+
+def test_a_chunked_body_is_refused_not_read_as_empty(served):
+    """Under a real server a chunked body reaches Django without Content-Length."""
+
+    def chunks():
+        yield b'{"zen": '
+        yield b'"chunked"}'
+
+    response = httpx.post(
+        f"{served}/api/v1/webhooks/",
+        content=chunks(),
+        headers={"X-GitHub-Event": "ping", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 411
+    assert "Content-Length" in response.json()["detail"]

@@ -45,6 +45,10 @@ def test_previous_secret_still_verifies_during_rotation():
         (None, "sha256=00", "missing"),
         ("1700000000", None, "missing"),
         ("soon", "sha256=00", "malformed"),
+        ("9" * 400, "sha256=00", "malformed"),  # beyond a float: was an OverflowError
+        ("1_700_000_000", "sha256=00", "malformed"),
+        ("\u0661\u0667\u0660\u0660", "sha256=00", "malformed"),  # Arabic-Indic digits
+        ("-1700000000", "sha256=00", "malformed"),
         ("1700000000", "md5=00", "malformed"),
         ("1700000000", "sha256=" + "0" * 64, "mismatch"),
     ],

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from .auth import ScopedPermission
 from .conf import kohakku_settings
-from .exceptions import exception_handler
+from .exceptions import LengthRequired, exception_handler
 from .parsers import BoundedJSONParser
 from .schema import ControllerAutoSchema
 
@@ -47,6 +47,11 @@ class ControllerViewMixin:
 
     def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        # Django reads a body only as far as Content-Length says: a chunked body would be
+        # read as empty and, say, store an empty file or fail its signature. Refuse it.
+        meta = request._request.META
+        if "HTTP_TRANSFER_ENCODING" in meta and not meta.get("CONTENT_LENGTH"):
+            raise LengthRequired()
         # No stored key holds a NUL character (PostgreSQL refuses one in text), so a URL
         # with one names nothing; it must not reach the database as a lookup.
         if any("\x00" in str(value) for value in kwargs.values()):

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAGE_SIZE": 500,
     # Largest JSON request body the API parses, in bytes (uploads have their own cap).
     "MAX_JSON_BODY_BYTES": 1024 * 1024,
+    # Deepest nesting of objects and arrays in a JSON document from the network (request
+    # bodies and webhook payloads).
+    "MAX_JSON_DEPTH": 64,
     # --- health ----------------------------------------------------------------
     # Seconds each readiness check may take before it counts as failed.
     "HEALTH_CHECK_TIMEOUT": 2.0,

@@ -18,9 +18,9 @@ from typing import Any
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_backends import OAuthLibCore
 from oauth2_provider.oauth2_validators import OAuth2Validator
-from rest_framework.request import is_form_media_type
 
 from .db import JoinedLookup
+from .exceptions import API_APP_NAME
 
 
 class ControllerOAuth2Validator(OAuth2Validator):
@@ -44,19 +44,30 @@ def _access_token_lookup() -> JoinedLookup:
 
 
 class ControllerOAuthLibCore(OAuthLibCore):
-    """django-oauth-toolkit's backend, except that it leaves bodies that are not forms unread.
+    """django-oauth-toolkit's backend, except that API requests' bodies are read only if
+    they are URL-encoded forms.
 
-    OAuth2 parameters only ever travel in form bodies (RFC 6749 section 3.2, RFC 6750
-    section 2.2). The stock backend reads ``request.POST`` on every request, which on an API
-    view parses the whole body, JSON included, before the caller is authenticated: an
-    anonymous client could make the server parse a body of the maximum size, and a
-    malformed one answered 400 instead of 401. This one reads form bodies as before and
-    leaves the others to the view, which parses them after authentication and permission
-    checks. For a body that is not a form ``request.POST`` is empty anyway, so what
-    django-oauth-toolkit sees is unchanged.
+    On a request to the API an OAuth2 parameter can only travel in an
+    ``application/x-www-form-urlencoded`` body (RFC 6750 section 2.2). The stock backend
+    reads ``request.POST`` on every request, which on an API view parses the whole body,
+    JSON or multipart included, before the caller is authenticated: an anonymous client
+    could make the server parse (and, for a multipart upload, spool to disk) a body of the
+    maximum size, and a malformed one answered 400 instead of 401. This one leaves such
+    bodies to the view, which parses them after authentication and permission checks. A
+    JSON body's ``request.POST`` is empty anyway and an upload carries no OAuth2 parameter,
+    so what django-oauth-toolkit sees is unchanged. Elsewhere (the token endpoint) forms are
+    read as before, multipart included, for clients that send their token requests so.
     """
 
     def extract_body(self, request: Any) -> list[tuple[str, str]]:
-        if not is_form_media_type(request.META.get("CONTENT_TYPE", "")):
-            return []
-        return super().extract_body(request)
+        media_type = request.META.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if media_type == "application/x-www-form-urlencoded" or (
+            media_type == "multipart/form-data" and not _is_api_request(request)
+        ):
+            return super().extract_body(request)
+        return []
+
+
+def _is_api_request(request: Any) -> bool:
+    match = getattr(request, "resolver_match", None)
+    return match is not None and API_APP_NAME in match.app_names

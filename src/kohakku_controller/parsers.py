@@ -60,16 +60,22 @@ def load_json(raw: bytes | str) -> Any:
 
     Beyond ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not JSON), and so
     is a number too large for a float (``1e400`` would decode to infinity, which no JSON
-    answer or ``jsonb`` column can hold); nesting
-    deep enough to exhaust the parser is refused, and so are strings that no text column
-    can hold: a NUL character (``\\u0000``; PostgreSQL refuses it in text and ``jsonb``)
-    or half of a surrogate pair (not Unicode), as :class:`UnstorableText`. Raises
-    ``ValueError`` saying what and where.
+    answer or ``jsonb`` column can hold); objects and arrays nested deeper than
+    ``MAX_JSON_DEPTH`` are refused (the code that later encodes, stores or evaluates the
+    document recurses too), and so are strings that no text column can hold: a NUL
+    character (``\\u0000``; PostgreSQL refuses it in text and ``jsonb``) or half of a
+    surrogate pair (not Unicode), as :class:`UnstorableText`. Raises ``ValueError`` saying
+    what and where.
     """
+    limit = kohakku_settings.MAX_JSON_DEPTH
     try:
         value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise ValueError(_too_deep(limit)) from None
+    # Only a document with more brackets than the limit can be nested past it.
+    opening = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
+    if raw.count(opening[0]) + raw.count(opening[1]) > limit and _deeper_than(value, limit):
+        raise ValueError(_too_deep(limit))
     # In UTF-8 bytes such strings can only come from \u escapes: skip the walk when there
     # are none. Text (a form field's JSON) is always walked.
     if isinstance(raw, str) or _SUSPECT_ESCAPE.search(raw):
@@ -77,6 +83,22 @@ def load_json(raw: bytes | str) -> Any:
         if found is not None:
             raise UnstorableText(found[1], found[0])
     return value
+
+
+def _too_deep(limit: int) -> str:
+    return f"nested too deeply (more than {limit} levels of objects and arrays)"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True if ``value`` nests objects and arrays more than ``limit`` levels deep."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def find_unstorable_text(value: Any, where: str = "") -> str | None:

@@ -20,6 +20,7 @@ _ERROR_DESCRIPTIONS = {
     "401": "No valid credential was sent.",
     "403": "The credential lacks the scope or permission for this action.",
     "404": "No such object.",
+    "411": "The body was sent without Content-Length (chunked); send its length.",
     "413": "The request body is larger than allowed.",
     "415": "Unsupported content type.",
 }
@@ -31,7 +32,7 @@ class ControllerAutoSchema(AutoSchema):
     def error_codes(self) -> list[str]:
         codes = []
         if self.method in ("POST", "PUT", "PATCH"):
-            codes += ["400", "413", "415"]
+            codes += ["400", "411", "413", "415"]
         if self.view.get_authenticators():
             codes += ["401", "403"]
         if "{" in self.path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable
 
@@ -35,6 +36,7 @@ TIMESTAMP_HEADER = "X-Kohakku-Timestamp"
 SIGNATURE_HEADER = "X-Kohakku-Signature"
 SIGNATURE_PREFIX = "sha256="
 DEFAULT_TOLERANCE_SECONDS = 300
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 
 
 class SignatureError(Exception):
@@ -85,10 +87,12 @@ def verify_signature(
     """
     if not timestamp or not signature:
         raise SignatureError("missing", "signature headers are missing")
-    try:
-        ts = int(timestamp.strip())
-    except ValueError:
-        raise SignatureError("malformed", "timestamp is not an integer") from None
+    timestamp = timestamp.strip()
+    # Unix seconds in ASCII digits; int() alone would also take "1_700", other scripts'
+    # digits and numbers too large for any clock.
+    if not _TIMESTAMP_RE.fullmatch(timestamp):
+        raise SignatureError("malformed", "timestamp is not an integer of Unix seconds")
+    ts = int(timestamp)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance:
         raise SignatureError("expired", f"timestamp is outside the {tolerance} s window")

@@ -258,6 +258,7 @@ BAD_INPUT = [
     ("labels", {"x" * 64: "v"}, None),
     ("labels", {"gpu": "x" * 256}, None),
     ("labels", {"gpu": "a\nb"}, None),
+    ("labels", {"gpu\n": "a100"}, None),
     ("labels", {f"k{i}": "v" for i in range(65)}, None),
     ("heartbeat_interval_seconds", 4, None),
     ("heartbeat_interval_seconds", 3601, None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
+from kohakku_controller.skills import services
 from kohakku_controller.skills.models import Skill
 
 SEED_LIST_KEYS = ["guid", "name", "slug", "category", "description"]
@@ -224,3 +225,46 @@ def test_operator_needs_model_permissions(token_client, make_skill):
     assert viewer.post("/api/v1/skills/", {"name": "x"}, format="json").status_code == 403
     creator = token_client("creator", perms=("kohakku_controller.add_skill",))
     assert creator.post("/api/v1/skills/", {"name": "x"}, format="json").status_code == 201
+
+
+def test_reading_versions_needs_view_skill_and_yanking_change_skillversion(
+    token_client, skill, upload
+):
+    upload(skill.slug)
+    versions = f"/api/v1/skills/{skill.slug}/versions/"
+    viewer = token_client("viewer", perms=("kohakku_controller.view_skill",))
+    assert viewer.get(versions).status_code == 200
+    assert viewer.get(f"{versions}1/").json()["version_number"] == 1
+    assert viewer.post(f"{versions}1/yank/", {"reason": "x"}, format="json").status_code == 403
+    yanker = token_client(
+        "yanker",
+        perms=("kohakku_controller.view_skill", "kohakku_controller.change_skillversion"),
+    )
+    assert yanker.post(f"{versions}1/yank/", {"reason": "x"}, format="json").status_code == 200
+    assert token_client("nobody").get(versions).status_code == 403
+
+
+@pytest.mark.parametrize("query", ["", "?archived=", "?archived=false"])
+def test_archived_skills_are_left_out_by_default(staff_client, make_skill, query):
+    make_skill("kept")
+    services.set_skill_archived(make_skill("gone"), True)
+    response = staff_client.get(f"/api/v1/skills/{query}")
+    assert response.status_code == 200
+    assert [item["slug"] for item in response.json()] == ["kept"]
+
+
+def test_create_refuses_unknown_fields(staff_client, db):
+    response = staff_client.post(
+        "/api/v1/skills/", {"name": "My Skill", "slug": "mine", "owner": "me"}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"slug": ["Unknown field."], "owner": ["Unknown field."]}
+    assert not Skill.objects.exists()
+
+
+def test_schema_documents_conflicts_and_download_errors(client, db):
+    schema = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    paths = schema.json()["paths"]
+    assert "409" in paths["/api/v1/skills/"]["post"]["responses"]
+    download = paths["/api/v1/skills/{slug}/download/"]["get"]["responses"]
+    assert {"200", "302", "304", "400", "404", "503"} <= set(download)

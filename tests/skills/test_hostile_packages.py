@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +14,14 @@ from django.test import override_settings
 from kohakku_controller.skills.models import SkillVersion
 
 from .conftest import stored_names
-from .zips import build_zip, manifest_text, package, point_entry_at, set_encrypted_flag
+from .zips import (
+    build_zip,
+    declare_size,
+    manifest_text,
+    package,
+    point_entry_at,
+    set_encrypted_flag,
+)
 
 Builder = Callable[[str], bytes]
 
@@ -44,6 +52,22 @@ def _corrupt_data(slug: str) -> bytes:
     return bytes(data)
 
 
+def _raw_front_matter(text: bytes) -> Builder:
+    return lambda slug: build_zip({"SKILL.md": text.replace(b"SLUG", slug.encode())})
+
+
+def _misdeclared(real: int, declared: int, compression: int = zipfile.ZIP_DEFLATED) -> Builder:
+    """``data.bin`` holds ``real`` bytes; its headers declare ``declared`` bytes, with the
+    CRC of what zipfile would read (the first ``declared`` bytes), so zipfile accepts it."""
+    content = bytes(range(256)) * (real // 256)
+
+    def build(slug: str) -> bytes:
+        data = _with_manifest(slug, {"data.bin": content}, compression=compression)
+        return declare_size(data, "data.bin", declared, zlib.crc32(content[:declared]))
+
+    return build
+
+
 def _deep_yaml(slug: str) -> bytes:
     nested = (
         "metadata:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, 12)) + "  " * 12 + "x: 1\n"
@@ -65,6 +89,27 @@ CASES: dict[str, tuple[Builder, str]] = {
     "symlink": (
         lambda slug: _with_manifest(slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}),
         "symbolic link",
+    ),
+    "symlink-in-a-zip-made-on-fat": (
+        lambda slug: _with_manifest(
+            slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}, create_system=0
+        ),
+        "symbolic link",
+    ),
+    "symlink-in-a-zip-made-on-macos": (
+        lambda slug: _with_manifest(
+            slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}, create_system=19
+        ),
+        "symbolic link",
+    ),
+    "entry-larger-than-declared": (_misdeclared(real=4096, declared=1000), "'data.bin'"),
+    "stored-entry-larger-than-declared": (
+        _misdeclared(real=4096, declared=1000, compression=zipfile.ZIP_STORED),
+        "'data.bin'",
+    ),
+    "entry-smaller-than-declared": (
+        _misdeclared(real=4096, declared=5000),
+        "'data.bin' decompresses to 4096 bytes but its header says 5000",
     ),
     "fifo": (
         lambda slug: _with_manifest(slug, {"pipe": ""}, mode_bits={"pipe": 0o010644}),
@@ -136,6 +181,44 @@ CASES: dict[str, tuple[Builder, str]] = {
         "anchors or aliases",
     ),
     "yaml-too-deep": (_deep_yaml, "nested deeper"),
+    "nul-in-a-value": (
+        _front_matter('---\nname: SLUG\ndescription: "a\\0b"\n---\n'),
+        "the string at description contains a NUL character",
+    ),
+    "lone-surrogate-in-a-value": (
+        _front_matter('---\nname: SLUG\ndescription: x\nnotes: "\\ud800"\n---\n'),
+        "the string at notes contains half of a surrogate pair",
+    ),
+    "nul-in-a-key": (
+        _front_matter('---\nname: SLUG\ndescription: x\n"a\\0b": 1\n---\n'),
+        "a key in the top-level object contains a NUL character",
+    ),
+    "lone-surrogate-in-nested-metadata": (
+        _front_matter('---\nname: SLUG\ndescription: x\nmetadata:\n  tags: [a, "\\udc00"]\n---\n'),
+        "the string at metadata.tags[1] contains half of a surrogate pair",
+    ),
+    "nul-in-entrypoint": (
+        _front_matter('---\nname: SLUG\ndescription: x\nmetadata:\n  entrypoint: "run\\0"\n---\n'),
+        "the string at metadata.entrypoint contains a NUL character",
+    ),
+    "lone-surrogate-in-entrypoint": (
+        _front_matter(
+            '---\nname: SLUG\ndescription: x\nmetadata:\n  entrypoint: "run \\udfff"\n---\n'
+        ),
+        "the string at metadata.entrypoint contains half of a surrogate pair",
+    ),
+    "front-matter-not-utf8": (
+        _raw_front_matter(b"---\nname: SLUG\ndescription: caf\xe9\n---\n"),
+        "front matter is not UTF-8 text (line 3)",
+    ),
+    "name-with-bytes-not-utf8": (
+        _raw_front_matter(b"---\nname: SLUG\xff\ndescription: x\n---\n"),
+        "front matter is not UTF-8 text (line 2)",
+    ),
+    "encoded-surrogate-in-front-matter": (
+        _raw_front_matter(b"---\nname: SLUG\ndescription: \xed\xa0\x80\n---\n"),
+        "not UTF-8",
+    ),
     "yaml-too-large": (
         _front_matter("---\nname: SLUG\ndescription: x\nnotes: " + "y" * (70 * 1024) + "\n---\n"),
         "larger than",
@@ -244,3 +327,23 @@ def test_unknown_slug_is_404(db, upload):
     response = upload("no-such-skill")
     assert response.status_code == 404
     assert stored_names("no-such-skill") == []
+
+
+# Windows tools leave the mode bits 0; Python on Windows writes st_mode there.
+@pytest.mark.parametrize("mode_bits", [0, 0o100666], ids=["no-mode", "regular-file"])
+def test_zips_made_on_windows_are_accepted(skill, upload, mode_bits):
+    files = {"SKILL.md": manifest_text(skill.slug), "run.py": "print(1)\n"}
+    data = build_zip(files, mode_bits=dict.fromkeys(files, mode_bits), create_system=0)
+    response = upload(skill.slug, data)
+    assert response.status_code == 201, response.content
+
+
+@pytest.mark.parametrize("padding", ["", "x"])
+def test_a_character_cut_off_after_the_front_matter_is_tolerated(skill, upload, padding):
+    # Only the head of a large SKILL.md is read; it may end inside a two-byte character.
+    body = padding + "é" * 50_000
+    response = upload(skill.slug, build_zip({"SKILL.md": manifest_text(skill.slug) + body}))
+    assert response.status_code == 201, response.content
+    assert SkillVersion.objects.get(skill=skill).manifest["description"] == (
+        "Reviews code for quality."
+    )

@@ -7,10 +7,12 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from django.core.files.base import ContentFile
 from django.db import DatabaseError
 
 from kohakku_controller.skills import services
 from kohakku_controller.skills.models import SkillVersion, SkillVersionQuerySet
+from kohakku_controller.skills.packages import UploadDigest
 from kohakku_controller.storage import get_storage
 
 from .conftest import stored_names, upload_file
@@ -97,8 +99,9 @@ def test_blob_written_by_a_failed_transaction_is_removed(skill, monkeypatch):
 
 def test_orphan_blob_is_reused_and_kept_when_the_transaction_fails(skill, monkeypatch):
     data = package(skill.slug)
-    ref = services.storage_ref_for(skill.slug, hashlib.sha256(data).hexdigest())
-    services._store_blob(ref, upload_file(data))
+    digest = UploadDigest(hashlib.sha256(data).hexdigest(), len(data))
+    ref = services.storage_ref_for(skill.slug, digest.content_hash)
+    services._store_blob(ref, upload_file(data), digest)
 
     monkeypatch.setattr(
         SkillVersionQuerySet, "create", lambda self, **kw: (_ for _ in ()).throw(DatabaseError("x"))
@@ -111,6 +114,38 @@ def test_orphan_blob_is_reused_and_kept_when_the_transaction_fails(skill, monkey
     result = services.upload_package(skill, upload_file(data))
     assert result.version.storage_ref == ref
     assert stored_names(skill.slug) == [ref.rsplit("/", 1)[1]]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[: len(data) // 2], lambda data: data[::-1]],
+    ids=["truncated", "same-size-other-bytes"],
+)
+def test_a_damaged_object_at_the_content_address_is_rewritten(skill, upload, staff_client, damage):
+    """An object a crash cut short is not trusted: the next upload of the bytes replaces it."""
+    data = package(skill.slug)
+    ref = services.storage_ref_for(skill.slug, hashlib.sha256(data).hexdigest())
+    assert get_storage().save(ref, ContentFile(damage(data))) == ref
+
+    response = upload(skill.slug, data)
+
+    assert response.status_code == 201, response.content
+    download = staff_client.get(f"/api/v1/skills/{skill.slug}/download/")
+    assert _body(download) == data
+    with get_storage().open(ref, "rb") as stored:
+        assert stored.read() == data
+    assert stored_names(skill.slug) == [ref.rsplit("/", 1)[1]]
+
+
+def test_a_whole_object_at_the_content_address_is_reused(skill, monkeypatch):
+    data = package(skill.slug)
+    ref = services.storage_ref_for(skill.slug, hashlib.sha256(data).hexdigest())
+    get_storage().save(ref, ContentFile(data))
+    monkeypatch.setattr(
+        type(get_storage()), "save", lambda *a, **kw: pytest.fail("the object was written again")
+    )
+    result = services.upload_package(skill, upload_file(data))
+    assert result.version.storage_ref == ref
 
 
 # --- download ---------------------------------------------------------------------------------
@@ -195,13 +230,35 @@ def test_download_query_budget(two_versions, staff_client, django_assert_num_que
 
 @pytest.mark.parametrize(
     ("query", "status"),
-    [("?version=9", 404), ("?version=x", 400), ("?version=0", 400), ("?version=-1", 400)],
+    [
+        ("?version=9", 404),
+        ("?version=x", 400),
+        ("?version=0", 400),
+        ("?version=-1", 400),
+        ("?version=%C2%B2", 400),  # superscript two: a digit to str.isdigit(), not to int()
+        ("?version=%D9%A1", 400),  # Arabic-Indic one
+        ("?version=%EF%BC%91", 400),  # full-width one
+        ("?version=1.0", 400),
+        ("?version=%201", 400),
+        ("?version=2147483648", 400),
+        ("?version=" + "9" * 5000, 400),
+    ],
 )
 def test_download_bad_version(two_versions, staff_client, query, status):
     skill, _, _ = two_versions
     response = staff_client.get(f"/api/v1/skills/{skill.slug}/download/{query}")
     assert response.status_code == status
     assert response["Content-Type"] == "application/json"
+    if status == 400:
+        assert response.json() == {"version": ["Must be a positive integer."]}
+
+
+def test_empty_version_is_the_latest(two_versions, staff_client):
+    skill, _, second = two_versions
+    response = staff_client.get(f"/api/v1/skills/{skill.slug}/download/?version=")
+    assert response.status_code == 200
+    assert _body(response) == second
+    assert response["Cache-Control"] == "private, no-cache"
 
 
 def test_download_unknown_skill_or_no_version(skill, staff_client):

@@ -21,8 +21,12 @@ def build_zip(
     *,
     compression: int = zipfile.ZIP_DEFLATED,
     mode_bits: dict[str, int] | None = None,
+    create_system: int = 3,
 ) -> bytes:
-    """A zip of ``files`` (name -> content); ``mode_bits`` sets Unix st_mode per name."""
+    """A zip of ``files`` (name -> content); ``mode_bits`` sets Unix st_mode per name.
+
+    ``create_system`` is the system the headers say made the zip (3 Unix, 0 FAT, 19 macOS).
+    """
     buffer = io.BytesIO()
     items = files.items() if isinstance(files, dict) else files
     with warnings.catch_warnings():
@@ -31,7 +35,7 @@ def build_zip(
             for name, content in items:
                 info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
                 info.compress_type = compression
-                info.create_system = 3
+                info.create_system = create_system
                 mode = (mode_bits or {}).get(name, 0o100644)
                 info.external_attr = mode << 16
                 data = content.encode() if isinstance(content, str) else content
@@ -82,4 +86,18 @@ def point_entry_at(data: bytes, name: str, target: str) -> bytes:
         offsets[entry_name] = record
     (target_offset,) = struct.unpack_from("<L", data, offsets[target] + 42)
     struct.pack_into("<L", out, offsets[name] + 42, target_offset)
+    return bytes(out)
+
+
+def declare_size(data: bytes, name: str, file_size: int, crc: int) -> bytes:
+    """Make both headers (local and central) of ``name`` declare ``file_size`` and ``crc``."""
+    out = bytearray(data)
+    for record in _central_records(data):
+        name_length = struct.unpack_from("<H", data, record + 28)[0]
+        if data[record + 46 : record + 46 + name_length] != name.encode():
+            continue
+        (local,) = struct.unpack_from("<L", data, record + 42)
+        for crc_offset, size_offset in ((record + 16, record + 24), (local + 14, local + 22)):
+            struct.pack_into("<L", out, crc_offset, crc)
+            struct.pack_into("<L", out, size_offset, file_size)
     return bytes(out)

@@ -85,13 +85,50 @@ def test_create_full_pinned_body(oauth_client, skill_version):
         ({"skill": "code-review", "max_attempts": 0}, "max_attempts"),
         ({"skill": "code-review", "max_attempts": 1000}, "max_attempts"),
         ({"skill": "code-review", "backend": ""}, "backend"),
-        ({"skill": "code-review", "surprise": 1}, "non_field_errors"),
+        ({"skill": "code-review", "surprise": 1}, "surprise"),
     ],
 )
 def test_create_rejects_bad_input_naming_the_field(staff_client, skill_version, body, field):
     response = post(staff_client, body)
     assert response.status_code == 400, response.content
     assert field in response.json()
+    assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", "5"),
+        ("priority", 5.0),
+        ("priority", True),
+        ("version", "1"),
+        ("version", 1.0),
+        ("timeout_seconds", "60"),
+        ("timeout_seconds", 60.0),
+        ("max_attempts", "2"),
+        ("backend", 5),
+        ("backend", "local\n"),
+        ("backend", " local"),
+        ("skill", 5),
+        ("skill", ["code-review"]),
+    ],
+)
+def test_create_refuses_wrong_json_types_instead_of_converting(
+    staff_client, skill_version, field, value
+):
+    response = post(staff_client, {"skill": "code-review", field: value})
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == [field]
+    assert not Task.objects.exists()
+
+
+def test_create_names_every_faulty_and_unknown_field_at_once(staff_client, skill_version):
+    body = {"skill": 5, "priority": "5", "version": 1.0, "colour": "red", "Skill": "x"}
+    response = post(staff_client, body)
+    assert response.status_code == 400, response.content
+    errors = response.json()
+    assert sorted(errors) == ["Skill", "colour", "priority", "skill", "version"]
+    assert errors["colour"] == ["Unknown field."]
     assert not Task.objects.exists()
 
 
@@ -193,6 +230,22 @@ def test_list_is_bare_array_with_filters(staff_client, skill_version, make_dispa
     assert staff_client.get("/api/v1/tasks/?created_after=yesterday").status_code == 400
 
 
+def test_version_filter_takes_positive_integers_only(staff_client, skill_version):
+    SkillVersion.objects.create(
+        skill=skill_version.skill, version_number=2, content_hash="b" * 64, size=1, storage_ref="x"
+    )
+    first = create_task(skill="code-review", version=1)
+    second = create_task(skill="code-review", version=2)
+    for query, expected in (("1", first), ("2", second), ("01", first)):
+        response = staff_client.get(f"/api/v1/tasks/?version={query}")
+        assert response.status_code == 200, response.content
+        assert [t["guid"] for t in response.json()] == [str(expected.guid)]
+    for bad in ("1.9", "0.5", "1.0", "0", "-1", "1e0", "one", "9" * 30):
+        response = staff_client.get(f"/api/v1/tasks/?version={bad}")
+        assert response.status_code == 400, (bad, response.content)
+        assert list(response.json()) == ["version"], bad
+
+
 def test_retrieve_and_events(staff_client, skill_version, dispatch):
     task = create_task(skill="code-review")
     dispatch(task)
@@ -259,14 +312,23 @@ def test_list_query_budget(staff_client, skill_version, dispatch, django_assert_
     assert len(response.json()) == 5
 
 
+def _nested_lists(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("task_input", "where"),
     [
         ({"log": "a\x00b"}, "The string at input.log contains a NUL character"),
         ({"files": ["ok", "\ud800"]}, "The string at input.files[1] contains half of a surrogate"),
         ({"\x00": 1}, "A key in input contains a NUL character"),
-        ({"ratio": float("inf")}, "Holds NaN or an infinite number"),
-        ({"ratio": [float("nan")]}, "Holds NaN or an infinite number"),
+        ({"ratio": float("inf")}, "Holds a number JSON cannot hold"),
+        ({"ratio": [float("nan")]}, "Holds a number JSON cannot hold"),
+        ({"count": 10**5000}, "Holds a number JSON cannot hold"),
+        ({"tree": _nested_lists(5000)}, "Nested too deeply to be stored"),
     ],
 )
 def test_create_task_refuses_what_no_json_column_can_hold(skill_version, task_input, where):
@@ -276,4 +338,18 @@ def test_create_task_refuses_what_no_json_column_can_hold(skill_version, task_in
     with pytest.raises(ValidationError) as caught:
         create_task(skill="code-review", input=task_input)
     assert any(where in str(message) for message in caught.value.detail["input"])
+    assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"backend": "local\n"}, "backend"), ({"labels": {"gpu\n": "a100"}}, "labels")],
+)
+def test_create_task_from_host_code_refuses_a_final_newline(skill_version, options, field):
+    """A regex anchored with "$" alone lets a final newline through; the rules do not."""
+    from rest_framework.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        create_task(skill="code-review", **options)
+    assert field in caught.value.detail
     assert not Task.objects.exists()

@@ -410,6 +410,43 @@ def test_twenty_identical_final_callbacks_race_to_one_transition(skill_version, 
     assert Task.objects.get(pk=task.pk).status == "completed"
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_twenty_retries_of_an_applied_final_callback_after_the_deadline_are_unchanged(
+    skill_version, dispatch
+):
+    task, token = dispatch(create_task(skill="code-review"))
+    body = json.dumps(DONE).encode()
+    first = post_callback(APIClient(), task, body, signed_headers(token, task.signing_secret, body))
+    assert first.status_code == 200 and first.json()["changed"] is True
+    Task.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=2))
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, bool]] = []
+    lock = threading.Lock()
+
+    def retry() -> None:
+        from django.db import connection as thread_connection
+
+        client = APIClient()
+        headers = signed_headers(token, task.signing_secret, body)
+        barrier.wait()
+        try:
+            response = post_callback(client, task, body, headers)
+            with lock:
+                results.append((response.status_code, response.json().get("changed")))
+        finally:
+            thread_connection.close()
+
+    threads = [threading.Thread(target=retry) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [(200, False)] * 20
+    assert Task.objects.get(pk=task.pk).status == "completed"
+    assert events_of(task) == ["created", "dispatched", "completed"]
+
+
 @pytest.mark.parametrize("status", ["running", "failed", "completed"])
 def test_callback_after_the_deadline_times_the_task_out(api_client, running, status):
     # The dispatcher's own timer starts after the controller's deadline: its report can
@@ -429,6 +466,43 @@ def test_callback_after_the_deadline_times_the_task_out(api_client, running, sta
     assert events_of(task) == ["created", "dispatched", "timed_out"]
     assert callback(api_client, task, token, body).status_code == 409
     assert events_of(task) == ["created", "dispatched", "timed_out"]
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_final_callback_repeated_after_the_deadline_is_200_unchanged(api_client, running, status):
+    # The dispatcher lost the answer to its final callback and retries (freshly signed)
+    # once the deadline has passed: the task had ended before it, so this is a repeat.
+    task, token = running
+    body = {**DONE, "status": status}
+    first = callback(api_client, task, token, body)
+    assert first.status_code == 200 and first.json()["changed"] is True
+    Task.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=2))
+
+    retry = callback(api_client, task, token, body)
+
+    assert retry.status_code == 200, retry.content
+    assert retry.json() == {
+        "status": "ok",
+        "task_guid": str(task.guid),
+        "task_status": status,
+        "changed": False,
+    }
+    assert Task.objects.get(pk=task.pk).status == status
+    assert events_of(task) == ["created", "dispatched", status]
+
+
+def test_other_callbacks_after_the_deadline_of_an_ended_task_are_409_and_change_nothing(
+    api_client, running
+):
+    task, token = running
+    assert callback(api_client, task, token, DONE).status_code == 200
+    Task.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=2))
+    for status in ("failed", "running"):
+        response = callback(api_client, task, token, {"status": status})
+        assert response.status_code == 409, response.content
+        assert "completed" in response.json()["detail"]
+    assert Task.objects.get(pk=task.pk).status == "completed"
+    assert events_of(task) == ["created", "dispatched", "completed"]
 
 
 def test_text_no_column_can_hold_is_400_and_changes_nothing(api_client, running):

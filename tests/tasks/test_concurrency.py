@@ -220,6 +220,112 @@ def test_concurrent_in_process_schedulers_never_exceed_capacity(
     assert len(stub.pushes) == 7
 
 
+def _together(*jobs) -> None:
+    """Run the callables in threads that start at once; each closes its connection."""
+    barrier = threading.Barrier(len(jobs))
+
+    def run(job) -> None:
+        try:
+            barrier.wait()
+            job()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_schedulers_racing_over_unreported_tasks_requeue_each_once_after_the_grace(
+    skill_version, make_dispatcher, stub_dispatcher, settings
+):
+    from kohakku_controller.dispatchers.services import record_heartbeat
+
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "REPORTED_TASKS_GRACE_SECONDS": 1,
+    }
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url, capacity=100)
+    tasks = [create_task(skill="code-review", input={"n": n}) for n in range(30)]
+    listed, dropped = tasks[:15], tasks[15:]
+    with Scheduler(name="a") as first, Scheduler(name="b") as second:
+        first.run_pass()
+        # Started long ago: the grace counts from the first heartbeat without them.
+        Task.objects.update(status="running", started_at=timezone.now() - timedelta(seconds=60))
+        released: list[int] = []
+
+        def heartbeat_then_race() -> None:
+            record_heartbeat(
+                guid=dispatcher.guid,
+                application=None,
+                running_task_guids=[task.guid for task in listed],
+            )
+            now = timezone.now()
+            _together(
+                *[
+                    lambda s=s: released.append(s.release_tasks_not_reported(now))
+                    for s in (first, second)
+                ]
+            )
+
+        heartbeat_then_race()  # the first heartbeat without them: the grace starts
+        assert sum(released) == 0
+        assert Task.objects.filter(status="running").count() == 30
+        time.sleep(1.1)
+        heartbeat_then_race()
+    assert sum(released) == 15
+    for task in dropped:
+        reasons = list(
+            TaskEvent.objects.filter(task=task, kind="requeued").values_list("reason", flat=True)
+        )
+        assert len(reasons) == 1 and "no longer reports this task" in reasons[0]
+        assert Task.objects.get(pk=task.pk).status == "queued"
+    for task in listed:
+        task.refresh_from_db()
+        assert (task.status, task.unreported_since) == ("running", None)
+
+
+def test_late_callbacks_racing_scheduler_passes_time_out_once_and_get_a_cancel(
+    skill_version, make_dispatcher, stub_dispatcher
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url, capacity=100)
+    tasks = [create_task(skill="code-review", timeout_seconds=5) for _ in range(20)]
+    codes: Counter[int] = Counter()
+    lock = threading.Lock()
+    with Scheduler(name="a") as first, Scheduler(name="b") as second:
+        first.run_pass()
+        tokens = {p["body"]["task_guid"]: p["body"]["callback_token"] for p in stub.pushes}
+        Task.objects.update(deadline_at=timezone.now() - timedelta(seconds=1))
+
+        def late_callback(task) -> None:
+            body = json.dumps({"status": "completed", "exit_code": 0}).encode()
+            headers = signed_headers(tokens[str(task.guid)], dispatcher.secret, body)
+            response = APIClient().generic(
+                "POST",
+                f"/api/v1/tasks/{task.guid}/callback/",
+                body,
+                content_type="application/json",
+                **headers,
+            )
+            with lock:
+                codes[response.status_code] += 1
+
+        _together(*[lambda t=t: late_callback(t) for t in tasks], first.run_pass, second.run_pass)
+        first.run_pass()  # sends what the racing passes found before the callbacks ended
+    assert codes == Counter({409: 20})
+    cancelled = Counter(c["body"]["task_guid"] for c in stub.cancels)
+    for task in tasks:
+        assert Task.objects.get(pk=task.pk).status == "timed_out"
+        kinds = Counter(TaskEvent.objects.filter(task=task).values_list("kind", flat=True))
+        assert (kinds["timed_out"], kinds["cancel_sent"]) == (1, 1)
+        assert cancelled[str(task.guid)] >= 1
+    assert {c["body"]["reason"] for c in stub.cancels} == {"timed out"}
+
+
 def test_create_wakes_a_listening_scheduler(skill_version):
     from kohakku_controller.tasks.scheduler import PostgresWaiter
 

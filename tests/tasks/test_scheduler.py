@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from kohakku_controller import signals
+from kohakku_controller.dispatchers import services as dispatcher_services
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.signing import verify_signature
 from kohakku_controller.storage import storage_is_remote
@@ -314,6 +315,63 @@ def test_timeout_marks_timed_out_and_asks_dispatcher_to_cancel(
     assert late.status_code == 409
 
 
+@pytest.mark.parametrize("noticed_by", ["scheduler", "late callback"])
+def test_timed_out_task_gets_one_cancel_request_however_the_timeout_was_noticed(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client, noticed_by
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", timeout_seconds=5)
+    scheduler.run_pass()
+    token = stub.pushes[0]["body"]["callback_token"]
+    task = Task.objects.select_related("dispatcher").get(pk=task.pk)
+    after_deadline = timezone.now() + timedelta(seconds=6)
+    if noticed_by == "late callback":
+        Task.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+        task.signing_secret = dispatcher.secret
+        late = callback(api_client, task, token, {"status": "completed", "exit_code": 0})
+        assert late.status_code == 409
+        assert Task.objects.get(pk=task.pk).status == "timed_out"
+    report = scheduler.run_pass(now=after_deadline)
+    assert report.timed_out == (1 if noticed_by == "scheduler" else 0)
+    assert report.cancels_sent == 1
+    assert [(c["path"], c["body"]) for c in stub.cancels] == [
+        (
+            f"/tasks/{task.guid}/cancel/",
+            {"task_guid": str(task.guid), "attempt": 1, "reason": "timed out"},
+        )
+    ]
+    verify_signature(
+        [dispatcher.secret],
+        stub.cancels[0]["raw"],
+        stub.cancels[0]["headers"]["X-Kohakku-Timestamp"],
+        stub.cancels[0]["headers"]["X-Kohakku-Signature"],
+    )
+    assert scheduler.run_pass(now=after_deadline).cancels_sent == 0
+    assert len(stub.cancels) == 1  # sent once
+    assert kinds(task)[-2:] == ["timed_out", "cancel_sent"]
+    assert Task.objects.get(pk=task.pk).status == "timed_out"
+
+
+def test_failed_cancel_of_a_timed_out_task_is_retried_until_the_grace_ends(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", timeout_seconds=5)
+    scheduler.run_pass()
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
+    timed_out_at = timezone.now() + timedelta(seconds=6)
+    report = scheduler.run_pass(now=timed_out_at)
+    assert (report.timed_out, report.cancels_sent) == (1, 0)  # refused connection
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)
+    assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=61)).cancels_sent == 0
+    assert stub.cancels == []  # the grace is over
+    assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=30)).cancels_sent == 1
+    assert [c["body"]["reason"] for c in stub.cancels] == ["timed out"]
+    assert kinds(task)[-2:] == ["timed_out", "cancel_sent"]
+
+
 def test_cancel_of_running_task(
     skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
 ):
@@ -360,7 +418,11 @@ def test_tasks_a_dispatcher_no_longer_reports_are_requeued(
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         last_heartbeat_at=timezone.now(), reported_task_guids=[str(kept.guid)]
     )
-    released = scheduler.release_tasks_not_reported(timezone.now())
+    # The first heartbeat seen without it starts the grace; it does not end it.
+    assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+    later = timezone.now() + timedelta(seconds=61)
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(last_heartbeat_at=later)
+    released = scheduler.release_tasks_not_reported(later)
     assert released == 1
     assert Task.objects.get(pk=kept.pk).status == "running"
     dropped.refresh_from_db()
@@ -375,6 +437,108 @@ def test_recently_started_tasks_are_not_reconciled(skill_version, make_dispatche
     Task.objects.filter(pk=task.pk).update(status="running", started_at=timezone.now())
     Dispatcher.objects.filter(pk=dispatcher.pk).update(reported_task_guids=[])
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+
+
+class HeartbeatClock:
+    """Sends heartbeats through the heartbeat service at chosen server times."""
+
+    def __init__(self, dispatcher, monkeypatch, start):
+        self.dispatcher, self.start = dispatcher, start
+        self.monkeypatch = monkeypatch
+
+    def beat(self, second, running):
+        at = self.start + timedelta(seconds=second)
+        with self.monkeypatch.context() as patch:
+            patch.setattr(dispatcher_services.timezone, "now", lambda: at)
+            dispatcher_services.record_heartbeat(
+                guid=self.dispatcher.guid,
+                application=None,
+                running_task_guids=[str(task.guid) for task in running],
+            )
+
+    def at(self, second):
+        return self.start + timedelta(seconds=second)
+
+
+@pytest.fixture
+def running_task(skill_version, make_dispatcher, dispatch, api_client):
+    """A task its dispatcher reported as started (callback ``running``)."""
+    dispatcher = make_dispatcher()
+    task, token = dispatch(create_task(skill="code-review"), dispatcher)
+    assert callback(api_client, task, token, {"status": "running"}).status_code == 200
+    return dispatcher, Task.objects.get(pk=task.pk)
+
+
+def requeues(task):
+    return list(
+        TaskEvent.objects.filter(task=task, kind="requeued").values_list("reason", flat=True)
+    )
+
+
+def test_running_task_is_requeued_only_after_missing_from_heartbeats_for_the_grace(
+    running_task, scheduler, settings, monkeypatch
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "REPORTED_TASKS_GRACE_SECONDS": 20,
+    }
+    dispatcher, task = running_task
+    clock = HeartbeatClock(dispatcher, monkeypatch, timezone.now())
+    for second in range(5, 31, 5):
+        clock.beat(second, [task])
+        scheduler.run_pass(now=clock.at(second + 1))
+    clock.beat(35, [])  # the first heartbeat without it
+    scheduler.run_pass(now=clock.at(36))
+    assert Task.objects.get(pk=task.pk).status == "running"
+    for second in (40, 45, 50):
+        clock.beat(second, [])
+        scheduler.run_pass(now=clock.at(second + 1))
+    assert Task.objects.get(pk=task.pk).status == "running"
+    assert requeues(task) == []
+    clock.beat(55, [])  # missing from the heartbeats for 20 s
+    scheduler.run_pass(now=clock.at(56))
+    assert requeues(task) == [
+        f"dispatcher {dispatcher.name} no longer reports this task "
+        "(missing from its heartbeats for 20 s)"
+    ]
+    task.refresh_from_db()
+    assert task.attempt == 2  # taken back and handed out again
+
+
+def test_a_task_listed_again_starts_a_new_grace_when_it_drops_out(
+    running_task, scheduler, settings, monkeypatch
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "REPORTED_TASKS_GRACE_SECONDS": 20,
+    }
+    dispatcher, task = running_task
+    clock = HeartbeatClock(dispatcher, monkeypatch, timezone.now())
+    for second, running in ((5, []), (10, []), (15, [task]), (20, []), (25, []), (30, [])):
+        clock.beat(second, running)
+        scheduler.run_pass(now=clock.at(second + 1))
+    clock.beat(35, [])  # 30 s after the first miss, but only 15 s after the last one
+    assert scheduler.release_tasks_not_reported(clock.at(36)) == 0
+    clock.beat(40, [])
+    assert scheduler.release_tasks_not_reported(clock.at(41)) == 1
+    assert Task.objects.get(pk=task.pk).status == "queued"
+
+
+def test_a_task_never_listed_gets_the_grace_from_the_first_heartbeat_after_its_start(
+    running_task, scheduler, settings, monkeypatch
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "REPORTED_TASKS_GRACE_SECONDS": 20,
+    }
+    dispatcher, task = running_task
+    clock = HeartbeatClock(dispatcher, monkeypatch, timezone.now())
+    for second in (5, 10, 15, 20):
+        clock.beat(second, [])
+        assert scheduler.release_tasks_not_reported(clock.at(second + 1)) == 0
+    clock.beat(25, [])
+    assert scheduler.release_tasks_not_reported(clock.at(26)) == 1
+    assert Task.objects.get(pk=task.pk).status == "queued"
 
 
 def test_dispatcher_deleting_receiver_counts_and_requeues(

@@ -182,6 +182,18 @@ class TestReplay:
         assert response.status_code == 409
         assert Delivery.objects.count() == 3
 
+    def test_verified_but_rejected_delivery_cannot_be_replayed(
+        self, staff_client, post_webhook, make_workflow
+    ):
+        make_workflow("everything", event="*")
+        body = as_body({})
+        rejected = post_webhook(body, github_headers(body, "e" * 101)).json()
+        assert rejected["reason"] == "malformed_event"
+        response = staff_client.post(f"{LIST}{rejected['delivery_id']}/replay/")
+        assert response.status_code == 409
+        assert "rejected" in response.json()["detail"].lower()
+        assert (Delivery.objects.count(), Task.objects.count()) == (1, 0)
+
     def test_truncated_delivery_cannot_be_replayed(self, staff_client, deliveries):
         Delivery.objects.filter(guid=deliveries["routed"]).update(body_truncated=True)
         assert staff_client.post(f"{LIST}{deliveries['routed']}/replay/").status_code == 409

@@ -349,6 +349,41 @@ class TestRejections:
         }
         assert post_webhook(body, github_headers(body, "push")).status_code == 200
 
+    def test_absurd_declared_length_is_413_and_recorded(self, post_webhook):
+        body = b"{}"
+        for declared in (2**63, 10**30):
+            response = post_webhook(
+                body, {**github_headers(body, "push"), "Content-Length": str(declared)}
+            )
+            assert response.status_code == 413
+            assert response.json()["reason"] == "too_large"
+        assert list(Delivery.objects.values_list("body_size", flat=True)) == [2**63 - 1] * 2
+
+    def test_chunked_body_is_411_and_not_recorded(self, post_webhook):
+        # Django cannot read a body sent without Content-Length: it would look empty.
+        response = post_webhook(b"", {"X-GitHub-Event": "push", "Transfer-Encoding": "chunked"})
+        assert response.status_code == 411
+        assert "Content-Length" in response.json()["detail"]
+        assert not Delivery.objects.exists()
+
+    @pytest.mark.parametrize("depth", [65, 950])
+    def test_payload_nested_past_the_limit_is_400(self, post_webhook, make_workflow, depth):
+        make_workflow("deep", source="custom", event="deep", input_template="payload")
+        body = b'{"type": "deep", "a": ' + b"[" * depth + b"]" * depth + b"}"
+        response = post_webhook(body, custom_headers(body))
+        assert response.status_code == 400
+        assert response.json()["reason"] == "malformed_body"
+        assert "more than 64 levels" in response.json()["detail"]
+        assert not Task.objects.exists()
+
+    def test_payload_at_the_nesting_limit_is_routed(self, post_webhook, make_workflow):
+        make_workflow("deep", source="custom", event="deep", input_template="payload")
+        depth = 63  # and the payload object itself: 64 levels
+        body = b'{"type": "deep", "a": ' + b"[" * depth + b"]" * depth + b"}"
+        response = post_webhook(body, custom_headers(body))
+        assert response.json()["routed_to"] == "deep"
+        assert Task.objects.count() == 1
+
     def test_overlong_event_name_is_400(self, post_webhook):
         body = b"{}"
         assert post_webhook(body, github_headers(body, "e" * 101)).status_code == 400
@@ -493,6 +528,23 @@ class TestCustomSender:
         assert second["duplicate"] is True
         assert second["task_guid"] == first["task_guid"]
         assert Task.objects.count() == 1
+
+    def test_long_ids_that_differ_past_the_kept_part_are_two_deliveries(
+        self, post_webhook, make_workflow
+    ):
+        make_workflow("builds", source="custom", event="*")
+        prefix = "msg_" + "x" * 300
+        answers = []
+        for suffix, kind in (("1", "a"), ("2", "b")):
+            body = as_body({"type": kind})
+            answers.append(post_webhook(body, custom_headers(body, msg_id=prefix + suffix)).json())
+        assert [answer.get("duplicate", False) for answer in answers] == [False, False]
+        assert Task.objects.count() == 2
+        # The same long id again is still a duplicate.
+        body = as_body({"type": "a"})
+        again = post_webhook(body, custom_headers(body, msg_id=prefix + "1")).json()
+        assert again["duplicate"] is True
+        assert Task.objects.count() == 2
 
 
 class TestGitHubDedupe:

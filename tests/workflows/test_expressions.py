@@ -69,7 +69,28 @@ def test_render_input_must_be_an_object(template, kind):
         render_input(template, DOC)
 
 
-@pytest.mark.parametrize("expression", ["", "   ", "payload.[", "foo(", "a" * 5000])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"payload": {"x": "1e999"}},  # ceil() of infinity
+        {"payload": {"x": [10**400, 10**400]}},  # avg() of integers beyond a float
+    ],
+)
+def test_arithmetic_failures_are_falsy_with_the_error(document):
+    expression = (
+        "ceil(to_number(payload.x)) > `0`"
+        if isinstance(document["payload"]["x"], str)
+        else "avg(payload.x) > `0`"
+    )
+    results = check_conditions([expression], document)
+    assert results[0].truthy is False
+    assert results[0].error
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["", "   ", "payload.[", "foo(", "a" * 5000, "(" * 2000 + "a" + ")" * 2000, "!" * 4000 + "a"],
+)
 def test_compile_errors(expression):
     with pytest.raises(ExpressionError):
         compile_expression(expression)

@@ -95,6 +95,15 @@ class TestCreate:
             ({"slug": "dry-run"}, "slug"),
             ({"name": ""}, "name"),
             ({"name": "!!!", "slug": None}, "slug"),
+            ({"name": "a\u0001b"}, "name"),
+            ({"event": "push\nmerge"}, "event"),
+            ({"conditions": ["(" * 2000 + "a" + ")" * 2000]}, "conditions"),
+            ({"input_template": "[" * 1500 + "a" + "]" * 1500}, "input_template"),
+            # What every task of the workflow would be refused for is refused at once.
+            ({"task_priority": 5000}, "task_priority"),
+            ({"backend": "bad name!"}, "backend"),
+            ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels"),
+            ({"bogus": 1}, "bogus"),
         ],
     )
     def test_invalid_fields_are_400_naming_the_field(self, staff_client, skill, change, field):
@@ -113,6 +122,20 @@ class TestCreate:
         assert response.status_code == 400
         assert field in response.json()
         assert Workflow.objects.count() == 0
+
+    def test_task_settings_follow_the_task_settings(self, staff_client, skill, settings):
+        settings.KOHAKKU_CONTROLLER = {
+            **settings.KOHAKKU_CONTROLLER,
+            "TASK_MAX_TIMEOUT_SECONDS": 60,
+        }
+        response = staff_client.post(URL, PINNED, format="json")  # timeout_seconds 600
+        assert response.status_code == 400
+        assert response.json()["timeout_seconds"] == ["Must be an integer from 1 to 60."]
+
+    def test_a_resource_read_back_can_be_sent_back(self, staff_client, skill):
+        created = staff_client.post(URL, PINNED, format="json").json()
+        response = staff_client.put(f"{URL}triage-prs/", created, format="json")
+        assert response.status_code == 200, response.json()
 
     def test_bad_condition_is_named_by_index(self, staff_client, skill):
         body = {**PINNED, "conditions": ["payload.action == 'opened'", "payload.[", "ok"]}
@@ -245,6 +268,41 @@ class TestDryRun:
         assert data["matched"] is True
         assert data["input"] is None
         assert "must yield a JSON object" in data["input_error"]
+
+    @pytest.mark.parametrize(
+        ("template", "payload"),
+        [
+            ("{x: to_number(payload.x)}", {"x": "inf"}),
+            ("{x: sum(payload.a)}", {"a": [1e308, 1e308]}),
+        ],
+    )
+    def test_input_no_task_could_hold_is_an_input_error(
+        self, staff_client, make_workflow, template, payload
+    ):
+        make_workflow("calc", input_template=template)
+        event = {"payload": payload}
+        response = staff_client.post(f"{URL}calc/dry-run/", event, format="json")
+        assert response.status_code == 200
+        data = response.json()
+        assert (data["matched"], data["input"]) == (True, None)
+        assert data["input_error"].startswith("The task input cannot be stored")
+
+    @pytest.mark.parametrize(
+        ("condition", "payload", "truthy"),
+        [
+            ("to_number(payload.x)", {"x": "nan"}, True),
+            ("ceil(to_number(payload.x)) > `0`", {"x": "1e999"}, False),
+        ],
+    )
+    def test_condition_values_json_cannot_hold(
+        self, staff_client, make_workflow, condition, payload, truthy
+    ):
+        make_workflow("calc", conditions=[condition])
+        response = staff_client.post(f"{URL}calc/dry-run/", {"payload": payload}, format="json")
+        assert response.status_code == 200
+        result = response.json()["conditions"][0]
+        assert (result["truthy"], result["value"]) == (truthy, None)
+        assert "JSON cannot hold" in result["reason"] or result["error"]
 
     def test_event_mismatch(self, staff_client, triage):
         data = staff_client.post(

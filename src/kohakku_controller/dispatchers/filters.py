@@ -27,7 +27,7 @@ class LabelSelectorField(forms.Field):
         selector: dict[str, str] = {}
         for item in value:
             key, sep, label_value = item.partition("=")
-            if not sep or not LABEL_KEY_RE.match(key):
+            if not sep or not LABEL_KEY_RE.fullmatch(key):
                 raise forms.ValidationError(
                     f"{item!r} is not a label selector; use key=value, e.g. label=gpu=a100."
                 )

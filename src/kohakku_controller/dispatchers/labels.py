@@ -33,7 +33,7 @@ def validate_labels(data: Any, *, max_labels: int = MAX_LABELS) -> dict[str, str
         raise ValidationError(f"At most {max_labels} labels are allowed.")
     errors: dict[str, list[str]] = {}
     for key, value in data.items():
-        if not LABEL_KEY_RE.match(key):
+        if not LABEL_KEY_RE.fullmatch(key):
             errors[key[:70]] = [
                 "Label keys are 1-63 characters: letters, digits, '.', '_', '/' and '-', "
                 "starting and ending with a letter or digit."

@@ -89,13 +89,20 @@ class RejectUnknownFieldsMixin:
     """A body may only hold the serializer's writable fields; anything else is a 400."""
 
     unknown_field_message = "Unknown field."
+    #: Let read-only fields through (ignored), so that a resource read with GET can be sent
+    #: back with PUT as it is.
+    read_only_fields_accepted = False
 
     def to_internal_value(self, data: Any) -> Any:
         errors: dict[str, Any] = {}
         if isinstance(data, Mapping):
-            writable = {name for name, field in self.fields.items() if not field.read_only}
+            known = {
+                name
+                for name, field in self.fields.items()
+                if self.read_only_fields_accepted or not field.read_only
+            }
             for name in data:
-                if name not in writable:
+                if name not in known:
                     errors[str(name)] = [self.unknown_field_message]
         try:
             value = super().to_internal_value(data)
@@ -150,7 +157,7 @@ class BackendsField(serializers.ListField):
         values = super().to_internal_value(data)
         errors = {}
         for index, value in enumerate(values):
-            if not SHORT_NAME_RE.match(value):
+            if not SHORT_NAME_RE.fullmatch(value):
                 errors[index] = [f"{value!r} is not a short name ({SHORT_NAME_HELP})."]
             elif value in values[:index]:
                 errors[index] = [f"{value!r} is listed twice."]
@@ -231,7 +238,7 @@ class CheckinSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
     def validate_cloud(self, value: str) -> str:
-        if value and not CLOUD_RE.match(value):
+        if value and not CLOUD_RE.fullmatch(value):
             raise serializers.ValidationError(
                 "1-64 characters: letters, digits, '.', '_' and '-', starting with a letter "
                 "or digit."

@@ -11,7 +11,10 @@ from .models import Skill
 
 
 class SkillFilter(django_filters.FilterSet):
-    """Archived skills are left out unless ``?archived=true`` (or ``false``) is given."""
+    """Archived skills are left out unless ``?archived=true`` (or ``false``) is given.
+
+    An empty ``?archived=`` is the same as none.
+    """
 
     category = django_filters.CharFilter(field_name="category")
     search = django_filters.CharFilter(method="filter_search", max_length=200)
@@ -32,6 +35,6 @@ class SkillFilter(django_filters.FilterSet):
         return queryset.filter(archived=value == "true")
 
     def filter_queryset(self, queryset: QuerySet) -> Any:
-        if "archived" not in self.data:
+        if not self.data.get("archived"):
             queryset = queryset.filter(archived=False)
         return super().filter_queryset(queryset)

@@ -13,6 +13,7 @@ on the ``file`` field.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import itertools
@@ -28,6 +29,7 @@ from typing import IO, Any
 import yaml
 
 from ..conf import kohakku_settings
+from ..parsers import find_unstorable_text
 
 CHUNK_SIZE = 64 * 1024
 MANIFEST_NAME = "SKILL.md"
@@ -43,7 +45,6 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 _DATA_DESCRIPTOR_FLAG = 0x08
 _ENCRYPTED_FLAG = 0x01
-_UNIX_SYSTEM = 3
 
 
 class PackageError(ValueError):
@@ -173,13 +174,14 @@ def _check_entry_header(info: zipfile.ZipInfo) -> None:
     name = info.filename
     if info.flag_bits & _ENCRYPTED_FLAG:
         raise PackageError(f"Entry {name!r} is encrypted; encrypted packages are refused.")
-    if info.create_system == _UNIX_SYSTEM:
-        mode = info.external_attr >> 16
-        kind = stat.S_IFMT(mode)
-        if stat.S_ISLNK(mode):
-            raise PackageError(f"Entry {name!r} is a symbolic link; links are refused.")
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise PackageError(f"Entry {name!r} is not a regular file or folder.")
+    # Unix mode bits, whatever system the header claims: extractors on Unix honour them even
+    # in zips marked as made on FAT or macOS. Zips made on Windows leave them 0.
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if stat.S_ISLNK(mode):
+        raise PackageError(f"Entry {name!r} is a symbolic link; links are refused.")
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        raise PackageError(f"Entry {name!r} is not a regular file or folder.")
 
 
 def _check_names(entries: list[zipfile.ZipInfo]) -> None:
@@ -254,11 +256,16 @@ def _decompress_counting(
     """Decompress one entry in chunks, counting real output against the limits.
 
     Returns the bytes written and, when ``keep`` > 0, the entry's first ``keep`` bytes.
+    The whole stream is read, and must yield exactly the size the header declares.
     """
     max_ratio = kohakku_settings.SKILL_PACKAGE_MAX_COMPRESSION_RATIO
     written = 0
     head = bytearray()
-    with archive.open(info) as member:
+    # zipfile stops at the declared size; declaring more than the limits allow lets it read
+    # on to the real end of the stream (the limits below stop it first).
+    unbounded = copy.copy(info)
+    unbounded.file_size = max_total + 1
+    with archive.open(unbounded) as member:
         while chunk := member.read(CHUNK_SIZE):
             written += len(chunk)
             if total_so_far + written > max_total:
@@ -270,6 +277,11 @@ def _decompress_counting(
                 )
             if len(head) < keep:
                 head += chunk[: keep - len(head)]
+    if written != info.file_size:
+        raise PackageError(
+            f"Entry {info.filename!r} decompresses to {written} bytes but its header says "
+            f"{info.file_size}; the archive is corrupt."
+        )
     return written, bytes(head)
 
 
@@ -294,12 +306,9 @@ def _manifest_root(entries: list[zipfile.ZipInfo]) -> str:
 def parse_manifest(content: bytes, *, slug: str) -> dict[str, Any]:
     """Parse and check the YAML front matter of a ``SKILL.md``; return it as JSON-safe data."""
     max_bytes = kohakku_settings.SKILL_MANIFEST_MAX_BYTES
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        # The kept head may end inside a multi-byte character; the front matter must not.
-        text = content.decode("utf-8", errors="ignore")
-    text = text.removeprefix("\ufeff")
+    # Bytes that are not UTF-8 become lone surrogates, refused below if in the front matter:
+    # the kept head may end inside a multi-byte character of the text after it.
+    text = content.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     lines = text.splitlines(keepends=True)
     if not lines or lines[0].rstrip("\r\n") != "---":
         raise PackageError(f"{MANIFEST_NAME} must start with YAML front matter ('---').")
@@ -311,7 +320,14 @@ def parse_manifest(content: bytes, *, slug: str) -> dict[str, Any]:
             )
         raise PackageError(f"The {MANIFEST_NAME} front matter has no closing '---'.")
     front = "".join(lines[1:closing])
-    if len(front.encode("utf-8")) > max_bytes:
+    try:
+        front_size = len(front.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        line = front.count("\n", 0, exc.start) + 2
+        raise PackageError(
+            f"The {MANIFEST_NAME} front matter is not UTF-8 text (line {line})."
+        ) from None
+    if front_size > max_bytes:
         raise PackageError(f"The {MANIFEST_NAME} front matter is larger than {max_bytes} bytes.")
     data = _safe_yaml(front)
     return _check_manifest_fields(data, slug)
@@ -351,7 +367,7 @@ def _check_manifest_fields(data: Any, slug: str) -> dict[str, Any]:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise PackageError(f"The {MANIFEST_NAME} front matter needs a 'name'.")
-    if len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.match(name):
+    if len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.fullmatch(name):
         raise PackageError(
             f"The manifest name {name!r} must be 1-64 lowercase letters, digits and single hyphens."
         )
@@ -373,13 +389,17 @@ def _check_manifest_fields(data: Any, slug: str) -> dict[str, Any]:
             not isinstance(entrypoint, str)
             or not entrypoint.strip()
             or len(entrypoint) > ENTRYPOINT_MAX_LENGTH
-            or "\x00" in entrypoint
         ):
             raise PackageError(
                 "The manifest 'metadata.entrypoint' must be a non-empty command line of at "
                 f"most {ENTRYPOINT_MAX_LENGTH} characters."
             )
-    return _json_safe(data)
+    manifest = _json_safe(data)
+    # PostgreSQL's jsonb holds no NUL character, and no encoder takes half a surrogate pair.
+    problem = find_unstorable_text(manifest)
+    if problem:
+        raise PackageError(f"In the {MANIFEST_NAME} front matter, {problem}.")
+    return manifest
 
 
 def _json_safe(value: Any) -> Any:

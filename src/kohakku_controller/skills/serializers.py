@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework import serializers
 
+from ..dispatchers.serializers import RejectUnknownFieldsMixin
 from .models import Skill, SkillVersion
 from .services import category_problem
 
@@ -46,8 +45,11 @@ class SkillDetailSerializer(SkillSerializer):
         return latest.version_number if latest else None
 
 
-class SkillCreateSerializer(serializers.Serializer):
-    """``POST /skills/``: a name, a category from ``SKILL_CATEGORIES``, a description."""
+class SkillCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """``POST /skills/``: a name, a category from ``SKILL_CATEGORIES``, a description.
+
+    Any other field is a 400 naming it.
+    """
 
     name = serializers.CharField(max_length=100)
     category = serializers.CharField(
@@ -59,22 +61,16 @@ class SkillCreateSerializer(serializers.Serializer):
         return _validate_category(value)
 
 
-class SkillUpdateSerializer(serializers.Serializer):
+class SkillUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     """``PATCH /skills/{slug}/``: only the description and the category can change."""
+
+    unknown_field_message = "This field cannot be changed."
 
     description = serializers.CharField(max_length=4096, allow_blank=True, required=False)
     category = serializers.CharField(max_length=32, required=False)
 
     def validate_category(self, value: str) -> str:
         return _validate_category(value)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(getattr(self, "initial_data", {}) or {}) - set(self.fields)
-        if unknown:
-            raise serializers.ValidationError(
-                {name: ["This field cannot be changed."] for name in sorted(unknown)}
-            )
-        return attrs
 
 
 class UploadSerializer(serializers.Serializer):

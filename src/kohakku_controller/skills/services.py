@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ def create_skill(*, name: str, category: str | None = None, description: str = "
     """
     name = name.strip()
     slug = slug_for_name(name)
-    if not slug or not NAME_PATTERN.match(slug):
+    if not slug or not NAME_PATTERN.fullmatch(slug):
         raise ValidationError({"name": ["Must contain letters or digits to form a slug."]})
     if category is None:
         category = next(iter(kohakku_settings.SKILL_CATEGORIES), "tool")
@@ -174,7 +175,7 @@ def upload_package(skill: Skill, uploaded_file: IO[bytes], *, user: Any = None) 
         raise ValidationError({"file": [str(exc)]}) from None
 
     ref = storage_ref_for(skill.slug, digest.content_hash)
-    wrote_blob = _store_blob(ref, uploaded_file)
+    wrote_blob = _store_blob(ref, uploaded_file, digest)
     try:
         result = _record_version(skill, digest, ref, info.manifest, info.entrypoint, user)
     except BaseException:
@@ -184,7 +185,7 @@ def upload_package(skill: Skill, uploaded_file: IO[bytes], *, user: Any = None) 
     if not result.deduplicated:
         # The row now references the blob; if a prune removed an old copy in the moment
         # between our existence check and the commit, write it again.
-        transaction.on_commit(lambda: _ensure_blob(ref, uploaded_file))
+        transaction.on_commit(lambda: _ensure_blob(ref, uploaded_file, digest))
     return result
 
 
@@ -239,25 +240,55 @@ def _package_file(uploaded_file: IO[bytes]) -> File:
     return wrapped
 
 
-def _store_blob(ref: str, uploaded_file: IO[bytes]) -> bool:
-    """Write the package at ``ref`` unless it is there already; True if this call wrote it."""
+def _store_blob(ref: str, uploaded_file: IO[bytes], digest: UploadDigest) -> bool:
+    """Write the package at ``ref`` unless a whole copy is there; True if this call wrote it.
+
+    An object already at ``ref`` (left by an upload that failed, or a racing upload's) is
+    trusted only when its size and sha256 are the package's: anything else, such as a copy
+    cut short by a crash, is replaced.
+    """
     storage = get_storage()
-    if storage.exists(ref):
-        return False
-    saved = storage.save(ref, _package_file(uploaded_file))
-    if saved != ref:
-        # A racing upload of the same bytes wrote ``ref`` first; ours is a duplicate.
-        storage.delete(saved)
-        return False
+    stale = storage.exists(ref)
+    if stale:
+        if _blob_holds(storage, ref, digest):
+            return False
+        logger.warning("package blob %s does not hold its package; writing it again", ref)
+    try:
+        path = storage.path(ref)
+    except NotImplementedError:
+        # Object stores (S3) show an object whole or not at all.
+        if stale:
+            storage.delete(ref)
+        saved = storage.save(ref, _package_file(uploaded_file))
+        if saved != ref:
+            # A racing upload of the same bytes put ``ref`` first; ours is a duplicate.
+            storage.delete(saved)
+            return False
+        return True
+    # A local file is written under a name of its own, then renamed into place in one step:
+    # ``ref`` never holds part of a package, neither while it is written nor after a crash.
+    partial = storage.save(f"{ref}.partial", _package_file(uploaded_file))
+    os.replace(storage.path(partial), path)
     return True
 
 
-def _ensure_blob(ref: str, uploaded_file: IO[bytes]) -> None:
+def _blob_holds(storage: Any, ref: str, digest: UploadDigest) -> bool:
+    """True if the object at ``ref`` has the package's size and sha256."""
+    try:
+        if storage.size(ref) != digest.size:
+            return False
+        with storage.open(ref, "rb") as stored:
+            return hash_upload(stored, max_bytes=digest.size) == digest
+    except (FileNotFoundError, PackageTooLarge):
+        return False
+
+
+def _ensure_blob(ref: str, uploaded_file: IO[bytes], digest: UploadDigest) -> None:
     storage = get_storage()
     try:
         if not storage.exists(ref):
             logger.warning("package blob %s vanished before commit; writing it again", ref)
-            _store_blob(ref, uploaded_file)
+            _store_blob(ref, uploaded_file, digest)
     except Exception:
         logger.exception("could not re-check package blob %s", ref)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.http import (
@@ -31,6 +32,7 @@ from rest_framework.response import Response
 from ..api import UPLOAD_PARSERS, ControllerGenericViewSet
 from ..conf import kohakku_settings
 from ..exceptions import PayloadTooLarge, ServiceUnavailable
+from ..schema import ErrorSerializer
 from ..storage import storage_is_remote
 from . import services
 from .filters import SkillFilter
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 # Room for multipart boundaries and part headers around the package itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 SIGNATURE_PARAM = "signature"
+#: The largest version number a database integer column holds.
+MAX_VERSION_NUMBER = 2**31 - 1
 
 
 class SignedDownloadPermission(permissions.BasePermission):
@@ -72,10 +76,13 @@ class SignedDownloadPermission(permissions.BasePermission):
 
 
 def _requested_version(request: Request) -> int | None:
+    """``?version=N`` as a number; ``None`` (latest) when absent or empty."""
     raw = request.query_params.get("version")
-    if raw in (None, ""):
+    if not raw:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only: str.isdigit() also takes superscripts, Arabic-Indic and full-width
+    # digits, some of which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_VERSION_NUMBER:
         raise ValidationError({"version": ["Must be a positive integer."]})
     return int(raw)
 
@@ -149,7 +156,15 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
             request, force=force or self.action == "download"
         )
 
-    @extend_schema(request=SkillCreateSerializer, responses={201: SkillDetailSerializer})
+    @extend_schema(
+        request=SkillCreateSerializer,
+        responses={
+            201: SkillDetailSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, description="A skill with this name or slug exists."
+            ),
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Create a skill; its slug is derived from the name."""
         serializer = SkillCreateSerializer(data=request.data)
@@ -221,14 +236,21 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY),
             302: OpenApiResponse(description="Redirect to a presigned S3 URL."),
             304: OpenApiResponse(description="The client's copy (If-None-Match) is current."),
+            400: OpenApiResponse(
+                ErrorSerializer, description="?version= is not a positive integer."
+            ),
+            503: OpenApiResponse(
+                ErrorSerializer, description="The package could not be read from storage."
+            ),
         },
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, slug: str | None = None) -> HttpResponse:
         """Download a package: the latest non-yanked version, or ``?version=N``."""
-        version = services.version_for_download(slug or "", _requested_version(request))
+        requested = _requested_version(request)
+        version = services.version_for_download(slug or "", requested)
         etag = f'"{version.content_hash}"'
-        pinned = "version" in request.query_params
+        pinned = requested is not None
         headers = {
             "ETag": etag,
             "X-Content-Hash": version.content_hash,
@@ -293,6 +315,12 @@ class SkillVersionViewSet(
     lookup_value_regex = r"[0-9]+"
     read_scope = "skills:read"
     write_scope = "skills:write"
+
+    @property
+    def permission_model(self) -> type[Skill] | type[SkillVersion]:
+        # Versions are read with the skill (view_skill, as for downloads); yanking and
+        # restoring need change_skillversion.
+        return Skill if self.request.method in permissions.SAFE_METHODS else SkillVersion
 
     def get_skill(self) -> Skill:
         if not hasattr(self, "_skill"):

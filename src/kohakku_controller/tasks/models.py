@@ -103,6 +103,9 @@ class Task(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True, editable=False)
     pushed_at = models.DateTimeField(null=True, blank=True, editable=False)
     started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Running tasks only: the time of the first heartbeat the scheduler saw without this task
+    # in the dispatcher's running list; cleared when a heartbeat lists it again, and on claim.
+    unreported_since = models.DateTimeField(null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, editable=False)
     exit_code = models.IntegerField(null=True, blank=True, editable=False)

@@ -6,7 +6,7 @@ One pass (:meth:`Scheduler.run_pass`):
    been gone longer than ``LOST_DISPATCHER_GRACE_SECONDS``;
 2. takes back claims whose push was never recorded (a scheduler died between claim and
    push) once their lease expires, and running tasks a dispatcher's heartbeats stopped
-   listing;
+   listing ``REPORTED_TASKS_GRACE_SECONDS`` ago;
 3. times out overdue tasks and finishes cancellations the dispatcher never confirmed;
 4. claims a batch of queued tasks (priority, then age; ``FOR UPDATE SKIP LOCKED`` on
    PostgreSQL), matches each to a dispatcher, marks it ``dispatched`` with a lease, and
@@ -14,7 +14,8 @@ One pass (:meth:`Scheduler.run_pass`):
 5. pushes the claimed tasks over HTTP, several at once, and records the outcome: a failed
    push sends the task back to ``queued`` with exponential backoff, or to ``failed`` once
    its attempts are used up;
-6. sends cancel requests to dispatchers.
+6. sends cancel requests to dispatchers: for pending cancellations, and for timed-out
+   tasks (whether a pass or a late callback noticed the timeout).
 
 Any number of schedulers may run at once against PostgreSQL; each task is claimed by one.
 """
@@ -286,7 +287,7 @@ class Scheduler:
         report.claimed = len(claims)
         pushed, failed = self.push_claims(claims)
         report.pushed, report.push_failed = pushed, failed
-        report.cancels_sent = self.send_cancel_requests(timed_out)
+        report.cancels_sent = self.send_cancel_requests(now)
         return report
 
     def reconcile_on_startup(self) -> int:
@@ -347,29 +348,73 @@ class Scheduler:
         return released
 
     def release_tasks_not_reported(self, now: datetime) -> int:
+        """Requeue running tasks that heartbeats stopped listing for the reported-tasks grace.
+
+        A heartbeat keeps only the latest list (``reported_task_guids``) and its time, so each
+        pass compares it with the dispatcher's running tasks: a task missing from a heartbeat
+        that came after its start is stamped ``unreported_since`` (that heartbeat's time), a
+        task listed again loses the stamp, and a task still missing
+        ``REPORTED_TASKS_GRACE_SECONDS`` after the stamp goes back to the queue. The grace is
+        counted from the first heartbeat seen without the task, never from the task's start.
+        The stamp is written only when a task drops out of, or returns to, the list.
+        """
         if not kohakku_settings.RECONCILE_REPORTED_TASKS:
             return 0
         grace = timedelta(seconds=kohakku_settings.REPORTED_TASKS_GRACE_SECONDS)
         released = 0
         online = {d.pk: d for d in Dispatcher.objects.online(now).filter(tasks__status="running")}
         for dispatcher in online.values():
-            if dispatcher.last_heartbeat_at is None:
+            beat = dispatcher.last_heartbeat_at
+            if beat is None:
                 continue
             reported = {str(g) for g in (dispatcher.reported_task_guids or [])}
-            cutoff = dispatcher.last_heartbeat_at - grace
-            stale = Task.objects.select_related("dispatcher").filter(
-                dispatcher=dispatcher, status=TaskStatus.RUNNING, started_at__lt=cutoff
+            running = Task.objects.filter(dispatcher=dispatcher, status=TaskStatus.RUNNING)
+            listed_again: list[int] = []
+            dropped: list[int] = []
+            missing_long: list[int] = []
+            for pk, guid, started_at, since in running.values_list(
+                "pk", "guid", "started_at", "unreported_since"
+            ):
+                if str(guid) in reported:
+                    if since is not None:
+                        listed_again.append(pk)
+                elif since is None:
+                    if started_at is None or started_at < beat:
+                        dropped.append(pk)
+                elif since <= beat - grace:
+                    missing_long.append(pk)
+            if listed_again:
+                running.filter(pk__in=listed_again, unreported_since__isnull=False).update(
+                    unreported_since=None
+                )
+            if dropped:
+                # Only while that heartbeat is the latest: a newer one may list the task again.
+                running.filter(
+                    pk__in=dropped,
+                    unreported_since__isnull=True,
+                    dispatcher__last_heartbeat_at=beat,
+                ).update(unreported_since=beat)
+            if not missing_long:
+                continue
+            reason = (
+                f"dispatcher {dispatcher.name} no longer reports this task "
+                f"(missing from its heartbeats for {grace.total_seconds():g} s)"
             )
-            for task in stale:
-                if str(task.guid) in reported:
-                    continue
-                reason = f"dispatcher {dispatcher.name} no longer reports this task"
-                if release_task(task, kind="requeued", reason=reason, now=now):
+            for task in running.select_related("dispatcher").filter(
+                pk__in=missing_long, unreported_since__lte=beat - grace
+            ):
+                if release_task(
+                    task,
+                    kind="requeued",
+                    reason=reason,
+                    now=now,
+                    from_statuses=(TaskStatus.RUNNING,),
+                ):
                     released += 1
         return released
 
     def time_out_overdue_tasks(self, now: datetime) -> list[tuple[Task, Dispatcher | None]]:
-        """Mark overdue tasks ``timed_out``; return them so their dispatchers get a cancel."""
+        """Mark overdue tasks ``timed_out`` (their dispatchers then get a cancel); return them."""
         done: list[tuple[Task, Dispatcher | None]] = []
         overdue = Task.objects.select_related("dispatcher").filter(
             status__in=list(ACTIVE_STATUSES), deadline_at__lt=now
@@ -492,6 +537,7 @@ class Scheduler:
             lease_expires_at=lease_until,
             claimed_by=name,
             pushed_at=None,
+            unreported_since=None,
             updated_at=now,
         )
         if updated != len(ids):
@@ -616,43 +662,56 @@ class Scheduler:
 
     # --- cancel --------------------------------------------------------------------------
 
-    def send_cancel_requests(self, timed_out: list[tuple[Task, Dispatcher | None]]) -> int:
-        """Ask dispatchers to stop timed-out tasks and tasks with a pending cancellation."""
-        requested = list(
-            Task.objects.select_related("dispatcher").filter(
-                status__in=list(ACTIVE_STATUSES),
-                cancel_requested_at__isnull=False,
-                cancel_sent_at__isnull=True,
-            )[: self.batch_size]
-        )
+    def send_cancel_requests(self, now: datetime | None = None) -> int:
+        """Ask dispatchers to stop tasks with a pending cancellation and timed-out tasks.
+
+        A timed-out task gets the reason ``timed out`` however its timeout was noticed (by a
+        pass, or by a callback that came after the deadline). An accepted request is
+        recorded (``cancel_sent_at`` and a ``cancel_sent`` event), so it is sent once; a
+        failed one is tried again on later passes, for a timed-out task during
+        ``CANCEL_GRACE_SECONDS`` after it ended.
+        """
+        now = now or timezone.now()
+        not_sent = Task.objects.select_related("dispatcher").filter(cancel_sent_at__isnull=True)
+        requested = not_sent.filter(
+            status__in=list(ACTIVE_STATUSES), cancel_requested_at__isnull=False
+        )[: self.batch_size]
+        timed_out = not_sent.filter(
+            status=TaskStatus.TIMED_OUT,
+            dispatcher__isnull=False,
+            finished_at__gte=now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS),
+        )[: self.batch_size]
         jobs = []
-        for task, dispatcher, reason, record in [
-            *[(t, d, "timed out", False) for t, d in timed_out],
-            *[(t, t.dispatcher, "cancellation requested", True) for t in requested],
+        for task, reason in [
+            *[(t, "timed out") for t in timed_out],
+            *[(t, "cancellation requested") for t in requested],
         ]:
-            if dispatcher is None:
+            if task.dispatcher is None:
                 continue
             body = json.dumps(
                 {"task_guid": str(task.guid), "attempt": task.attempt, "reason": reason}
             ).encode()
             path = f"/tasks/{task.guid}/cancel/"
-            jobs.append(
-                (task, record, self.pool.submit(self._post_signed, dispatcher, path, body, {}))
-            )
+            future = self.pool.submit(self._post_signed, task.dispatcher, path, body, {})
+            jobs.append((task, reason, future))
         sent = 0
-        for task, record, future in jobs:
+        for task, reason, future in jobs:
             error = future.result()
             if error:
                 logger.warning("cancel request for task %s failed: %s", task.guid, error)
                 continue
             sent += 1
-            if record:
-                with transaction.atomic():
-                    now = timezone.now()
-                    if Task.objects.filter(
-                        pk=task.pk, attempt=task.attempt, cancel_sent_at__isnull=True
-                    ).update(cancel_sent_at=now):
-                        record_event(task, "cancel_sent", reason="cancel request accepted", now=now)
+            with transaction.atomic():
+                sent_at = timezone.now()
+                if Task.objects.filter(
+                    pk=task.pk, attempt=task.attempt, cancel_sent_at__isnull=True
+                ).update(cancel_sent_at=sent_at):
+                    record_event(
+                        task,
+                        "cancel_sent",
+                        reason=f"cancel request accepted ({reason})",
+                        now=sent_at,
+                    )
         return sent
 
     # --- loop --------------------------------------------------------------------------

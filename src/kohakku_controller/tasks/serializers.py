@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from ..dispatchers.serializers import (
+    RejectUnknownFieldsMixin,
+    StrictCharField,
+    StrictIntegerField,
+    reject_control_characters,
+)
 from .models import Task, TaskEvent
 
 
@@ -55,30 +61,28 @@ class TaskSerializer(serializers.ModelSerializer):
         return {"guid": str(task.dispatcher.guid), "name": task.dispatcher.name}
 
 
-class TaskCreateSerializer(serializers.Serializer):
+class TaskCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     """The body of ``POST /tasks/`` (DESIGN.md, "Pinned request shapes").
 
-    Only the types are checked here; ``services.create_task`` applies the rules, so callers
-    outside HTTP get the same answers.
+    Only the types are checked here, strictly (``"5"`` or ``5.0`` is not an integer, ``5``
+    not a string, and an unknown field is refused by name); ``services.create_task`` applies
+    the rules, so callers outside HTTP get the same answers.
     """
 
-    skill = serializers.CharField(max_length=64)
-    version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    skill = StrictCharField(max_length=64)
+    version = StrictIntegerField(required=False, allow_null=True, min_value=1)
     input = serializers.DictField(required=False, allow_empty=True)
-    backend = serializers.CharField(required=False, default="local", max_length=64)
+    backend = StrictCharField(
+        required=False,
+        default="local",
+        max_length=64,
+        trim_whitespace=False,
+        validators=[reject_control_characters],
+    )
     labels = serializers.DictField(required=False, help_text="Label name -> string value.")
-    priority = serializers.IntegerField(required=False, default=0)
-    timeout_seconds = serializers.IntegerField(required=False, allow_null=True)
-    max_attempts = serializers.IntegerField(required=False, allow_null=True)
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {"non_field_errors": [f"Unknown fields: {', '.join(unknown)[:200]}."]}
-                )
-        return super().to_internal_value(data)
+    priority = StrictIntegerField(required=False, default=0)
+    timeout_seconds = StrictIntegerField(required=False, allow_null=True)
+    max_attempts = StrictIntegerField(required=False, allow_null=True)
 
 
 class TaskEventSerializer(serializers.ModelSerializer):

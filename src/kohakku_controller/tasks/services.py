@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 WAKEUP_CHANNEL = "kohakku_tasks"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
-_PRIORITY_RANGE = (-1000, 1000)
+#: Lowest and highest task priority.
+PRIORITY_RANGE = (-1000, 1000)
 CALLBACK_STATUSES = (
     TaskStatus.RUNNING,
     TaskStatus.COMPLETED,
@@ -59,14 +60,20 @@ CALLBACK_STATUSES = (
 def json_document_problem(value: Any, field: str, max_bytes: int) -> str | None:
     """Why the JSON document ``value`` of ``field`` cannot be stored, or ``None``.
 
-    Too large (over ``max_bytes`` as compact UTF-8 JSON), holding a number JSON cannot
-    write (NaN, infinity: possible from host code), or holding a string no text column can
-    hold (a NUL character, half of a surrogate pair), named by its path.
+    Too large (over ``max_bytes`` as compact UTF-8 JSON), nested too deeply to encode,
+    holding a number JSON cannot write (NaN, infinity, an integer of more digits than
+    Python converts: possible from host code or a workflow's template), or holding a string
+    no text column can hold (a NUL character, half of a surrogate pair), named by its path.
     """
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        return "Nested too deeply to be stored."
     except ValueError:
-        return "Holds NaN or an infinite number, which JSON cannot hold."
+        return (
+            "Holds a number JSON cannot hold: NaN, an infinite number, or an integer with "
+            "too many digits."
+        )
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:  # half of a surrogate pair
@@ -191,25 +198,15 @@ def _validate_creation(
         errors["input"] = ["Must be a JSON object."]
     elif problem := json_document_problem(input, "input", settings.TASK_INPUT_MAX_BYTES):
         errors["input"] = [problem]
-    if not isinstance(backend, str) or not _NAME_RE.match(backend):
-        errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
-    try:
-        labels = validate_labels(
-            {} if labels is None else labels, max_labels=settings.TASK_MAX_LABELS
-        )
-    except ValidationError as exc:
-        errors["labels"] = exc.detail
-    if not _is_int(priority) or not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
-        errors["priority"] = [f"Must be an integer from {_PRIORITY_RANGE[0]} to 1000."]
     if timeout_seconds is None:
         timeout_seconds = settings.TASK_DEFAULT_TIMEOUT_SECONDS
-    if (
-        not _is_int(timeout_seconds)
-        or not 1 <= timeout_seconds <= settings.TASK_MAX_TIMEOUT_SECONDS
-    ):
-        errors["timeout_seconds"] = [
-            f"Must be an integer from 1 to {settings.TASK_MAX_TIMEOUT_SECONDS}."
-        ]
+    errors.update(
+        placement_errors(
+            backend=backend, labels=labels, priority=priority, timeout_seconds=timeout_seconds
+        )
+    )
+    if labels is None:
+        labels = {}
     if max_attempts is None:
         max_attempts = settings.TASK_DEFAULT_MAX_ATTEMPTS
     if not _is_int(max_attempts) or not 1 <= max_attempts <= settings.TASK_MAX_ATTEMPTS_LIMIT:
@@ -236,6 +233,35 @@ def _validate_creation(
         "timeout_seconds": timeout_seconds,
         "max_attempts": max_attempts,
     }
+
+
+def placement_errors(
+    *, backend: Any, labels: Any, priority: Any, timeout_seconds: Any
+) -> dict[str, list[str]]:
+    """What :func:`create_task` would refuse in these options, by field; empty if nothing.
+
+    Workflows check their task settings with it when they are saved, so a saved workflow
+    never queues a task that is bound to be refused. ``labels`` may be ``None`` (none).
+    """
+    errors: dict[str, list[str]] = {}
+    settings = kohakku_settings
+    if not isinstance(backend, str) or not _NAME_RE.fullmatch(backend):
+        errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
+    try:
+        validate_labels({} if labels is None else labels, max_labels=settings.TASK_MAX_LABELS)
+    except ValidationError as exc:
+        errors["labels"] = exc.detail
+    if not _is_int(priority) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        lowest, highest = PRIORITY_RANGE
+        errors["priority"] = [f"Must be an integer from {lowest} to {highest}."]
+    if (
+        not _is_int(timeout_seconds)
+        or not 1 <= timeout_seconds <= settings.TASK_MAX_TIMEOUT_SECONDS
+    ):
+        errors["timeout_seconds"] = [
+            f"Must be an integer from 1 to {settings.TASK_MAX_TIMEOUT_SECONDS}."
+        ]
+    return errors
 
 
 def _fingerprint(request: dict[str, Any]) -> str:
@@ -633,12 +659,13 @@ def apply_callback(
     except ValueError as exc:
         raise json_error(exc) from None
     data = _validate_callback_payload(task, payload)
-    if task.deadline_at is not None and now > task.deadline_at:
+    overdue = task.deadline_at is not None and now > task.deadline_at
+    if overdue and task.status not in FINAL_STATUSES and time_out_task(task, now):
         # The deadline passed before the scheduler's next pass noticed: the task ends
-        # timed_out here, as it would there, and the late callback is refused.
-        time_out_task(task, now)
-        current = _refetch(task)
-        raise Conflict(f"The task already ended as {current.status}.")
+        # timed_out here, as it would there (the scheduler then asks the dispatcher to stop
+        # it), and the late callback is refused. A task that had already ended (or that
+        # something ended meanwhile) is answered below like any repeat or conflict.
+        raise Conflict("The task already ended as timed_out.")
     if data["status"] == TaskStatus.RUNNING:
         return _apply_running(task, now)
     return _apply_final(task, data, now)
@@ -705,7 +732,10 @@ def end_task(
 
 
 def time_out_task(task: Task, now: datetime) -> bool:
-    """End an active task ``timed_out``; used for overdue tasks and late callbacks."""
+    """End an active task ``timed_out``; used for overdue tasks and late callbacks.
+
+    Either way the scheduler's next pass asks the dispatcher to stop it (``timed out``).
+    """
     reason = f"ran longer than its timeout of {task.timeout_seconds} s"
     return end_task(task, TaskStatus.TIMED_OUT, reason=reason, now=now, error_message=reason)
 
@@ -776,7 +806,7 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
         task.status, task.finished_at, task.updated_at = status, now, now
         return CallbackOutcome(task, True)
     current = _refetch(task)
-    if current.status == status:
+    if current.status == status and current.attempt == task.attempt:
         return CallbackOutcome(current, False)
     if current.status in FINAL_STATUSES:
         raise Conflict(f"The task already ended as {current.status}.")

@@ -180,13 +180,15 @@ def _receive(incoming: _Incoming, context: _Context) -> IngestResult:
             400, "malformed_event", f"The event name is over {MAX_EVENT_LENGTH} characters."
         )
     context.event = event
-    context.external_id = sender_delivery_id(source, headers, payload)[:255]
+    external_id = sender_delivery_id(source, headers, payload)
+    context.external_id = external_id[:255]  # as much as the log keeps
 
     handshake = _handshake(incoming, context, payload)
     if handshake is not None:
         return handshake
 
-    claim = dedupe_key(source, headers, context.external_id)
+    # From the whole id: two ids that differ only past the kept part are two deliveries.
+    claim = dedupe_key(source, headers, external_id)
     if claim is not None:
         original = _claimant(source, claim)
         if original is not None:
@@ -435,10 +437,16 @@ def replay_delivery(original: Delivery) -> Delivery:
 
     Skips signature checks and dedupe (the original passed them) but nothing else: the
     current workflows decide, and a match queues a new task. Raises ``Conflict`` (409) for
-    deliveries that were never verified, handshakes, and bodies stored truncated.
+    deliveries that were never verified or were rejected, handshakes, and bodies stored
+    truncated.
     """
     if original.verification not in (Verification.VERIFIED, Verification.UNSIGNED):
         raise Conflict("Only deliveries that passed signature verification can be replayed.")
+    if original.status == DeliveryStatus.REJECTED:
+        raise Conflict(
+            "Rejected deliveries (a malformed body or event name, say) were never routed; "
+            "they cannot be replayed."
+        )
     if original.status == DeliveryStatus.HANDSHAKE:
         raise Conflict("Handshakes are not routed, so they cannot be replayed.")
     if original.body_truncated:

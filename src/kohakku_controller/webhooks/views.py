@@ -27,6 +27,9 @@ from .serializers import (
     IngestRejectionSerializer,
 )
 
+#: The largest size a delivery's ``body_size`` column holds (a signed 64-bit integer).
+_LARGEST_RECORDED_SIZE = 2**63 - 1
+
 
 class WebhookIngestView(ControllerAPIView):
     """``POST /webhooks/``: receive a GitHub, Slack or custom (Standard Webhooks) delivery."""
@@ -72,7 +75,9 @@ class WebhookIngestView(ControllerAPIView):
                 raise PayloadTooLarge()
             body = read_bounded(django_request, limit)
         except PayloadTooLarge:
-            result = services.reject_oversize(body_size=max(declared, limit + 1), **meta)
+            # The log records the declared size, capped at what its column holds.
+            body_size = min(max(declared, limit + 1), _LARGEST_RECORDED_SIZE)
+            result = services.reject_oversize(body_size=body_size, **meta)
         else:
             result = services.receive_webhook(body=body, **meta)
         return Response(result.data, status=result.status_code)

@@ -40,6 +40,8 @@ def compile_expression(expression: str) -> ParsedResult:
         return jmespath.compile(expression)
     except JMESPathError as exc:
         raise ExpressionError(f"Invalid JMESPath expression: {_one_line(exc)}") from None
+    except RecursionError:
+        raise ExpressionError("Invalid JMESPath expression: nested too deeply.") from None
 
 
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
@@ -47,8 +49,9 @@ def evaluate(expression: str, document: dict[str, Any]) -> Any:
     compiled = compile_expression(expression)
     try:
         return compiled.search(document)
-    except (JMESPathError, TypeError, ValueError, RecursionError) as exc:
-        raise ExpressionError(_one_line(exc)) from None
+    except (JMESPathError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # ArithmeticError: ceil() of 1e999, avg() of integers too large for a float.
+        raise ExpressionError(_one_line(exc) or type(exc).__name__) from None
 
 
 def is_truthy(value: Any) -> bool:
@@ -146,11 +149,19 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _short_json(value: Any, limit: int = 80) -> str:
+def json_writable(value: Any) -> bool:
+    """True if ``value`` can be written as JSON: no NaN, infinity or oversized integer."""
     try:
-        text = json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _short_json(value: Any, limit: int = 80) -> str:
+    if not json_writable(value):
+        return f"{_json_type(value)} that JSON cannot hold"
+    text = json.dumps(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

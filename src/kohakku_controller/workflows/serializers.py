@@ -6,21 +6,30 @@ from typing import Any
 
 from rest_framework import serializers
 
-from ..dispatchers.serializers import LabelsField
+from ..dispatchers.serializers import (
+    LabelsField,
+    RejectUnknownFieldsMixin,
+    reject_control_characters,
+)
 from ..skills.models import Skill, SkillVersion
+from ..tasks.services import placement_errors
 from . import services
-from .expressions import MAX_CONDITIONS, MAX_EXPRESSION_LENGTH
+from .expressions import MAX_CONDITIONS, MAX_EXPRESSION_LENGTH, json_writable
 from .models import ANY_EVENT, WebhookSource, Workflow
 
 
-class WorkflowSerializer(serializers.ModelSerializer):
+class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+    read_only_fields_accepted = True
+
     slug = serializers.SlugField(
         max_length=64,
         required=False,
         validators=[],  # uniqueness is checked in validate() and on save
         help_text="Derived from the name if absent; cannot change afterwards.",
     )
-    event = serializers.CharField(max_length=100, default=ANY_EVENT)
+    event = serializers.CharField(
+        max_length=100, default=ANY_EVENT, validators=[reject_control_characters]
+    )
     conditions = serializers.ListField(
         child=serializers.CharField(max_length=MAX_EXPRESSION_LENGTH, trim_whitespace=False),
         max_length=MAX_CONDITIONS,
@@ -64,6 +73,9 @@ class WorkflowSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["guid", "created_at", "updated_at"]
 
+    def validate_name(self, value: str) -> str:
+        return reject_control_characters(value)
+
     def validate_conditions(self, value: list[str]) -> list[str]:
         errors = services.condition_errors(value)
         if errors:
@@ -97,6 +109,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
                     {"slug": [f"A workflow with slug {slug!r} already exists."]}
                 )
             attrs["slug"] = slug
+        self._check_task_settings(attrs)
         skill = attrs.get("skill", getattr(self.instance, "skill", None))
         version = attrs.get("skill_version", getattr(self.instance, "skill_version", None))
         if (
@@ -108,6 +121,25 @@ class WorkflowSerializer(serializers.ModelSerializer):
                 {"skill_version": [f"Skill {skill.slug!r} has no version {version}."]}
             )
         return attrs
+
+    def _check_task_settings(self, attrs: dict[str, Any]) -> None:
+        """Refuse settings every task of this workflow would be refused for, field by field."""
+
+        def current(field: str, default: Any) -> Any:
+            return attrs.get(field, getattr(self.instance, field, default))
+
+        timeout = current("timeout_seconds", None)
+        errors = placement_errors(
+            backend=current("backend", "local"),
+            labels=current("labels", {}),
+            priority=current("task_priority", 0),
+            timeout_seconds=1 if timeout is None else timeout,
+        )
+        renamed = {"priority": "task_priority"}
+        if errors:
+            raise serializers.ValidationError(
+                {renamed.get(field, field): reasons for field, reasons in errors.items()}
+            )
 
     def create(self, validated_data: dict[str, Any]) -> Workflow:
         return services.save_workflow(Workflow(), **validated_data)
@@ -172,7 +204,8 @@ def evaluation_data(workflow: Workflow, evaluation: Any) -> dict[str, Any]:
             "index": result.index,
             "expression": result.expression,
             "truthy": result.truthy,
-            "value": result.value,
+            # NaN, infinity or a huge integer (say from to_number()): the reason says so.
+            "value": result.value if json_writable(result.value) else None,
             "error": result.error,
             "reason": result.reason,
         }

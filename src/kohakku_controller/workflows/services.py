@@ -15,7 +15,8 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 from rest_framework.exceptions import ValidationError
 
-from ..tasks.services import create_task
+from ..conf import kohakku_settings
+from ..tasks.services import create_task, json_document_problem
 from .expressions import (
     Evaluation,
     ExpressionError,
@@ -64,9 +65,17 @@ def evaluate_workflow(
         return evaluation
     evaluation.matched = True
     try:
-        evaluation.input = render_input(workflow.input_template, document)
+        task_input = render_input(workflow.input_template, document)
     except ExpressionError as exc:
         evaluation.input_error = str(exc)
+        return evaluation
+    # What the task would refuse (too large, NaN, a NUL character) fails here, so a dry-run
+    # reports it as ingest would meet it.
+    problem = json_document_problem(task_input, "input", kohakku_settings.TASK_INPUT_MAX_BYTES)
+    if problem:
+        evaluation.input_error = f"The task input cannot be stored: {problem}"
+    else:
+        evaluation.input = task_input
     return evaluation
 
 
