@@ -160,3 +160,29 @@ def test_client_cannot_obtain_scope_it_was_not_granted():
 def test_wrong_client_secret_is_refused():
     created = create_or_reset_client("dispatcher", ["dispatchers"])
     assert _token_request(created.client_id, "wrong").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "credentials"),
+    [
+        ("/o/token/", "grant_type=client_credentials&client_id=x%00&client_secret=y", None),
+        ("/o/token/", "grant_type=client_credentials", "a\x00:b"),
+        ("/o/revoke_token/", "token=a%00b", "client"),
+        ("/o/introspect/", "token=a%00b", "client"),
+    ],
+)
+def test_nul_characters_at_the_oauth2_endpoints_are_refused_not_500(path, body, credentials):
+    """PostgreSQL refuses NUL in text: such a lookup must answer as "not found"."""
+    created = create_or_reset_client("orchestrator", ["tasks:read"])
+    if credentials == "client":
+        credentials = f"{created.client_id}:{created.client_secret}"
+    headers = {}
+    if credentials:
+        headers["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    response = Client(raise_request_exception=False).post(
+        path, body, content_type="application/x-www-form-urlencoded", **headers
+    )
+    # Unknown tokens: revocation answers 200 (RFC 7009), introspection "active": false.
+    assert response.status_code < 500, response.content
+    if path == "/o/token/":
+        assert response.json()["error"] == "invalid_client"

@@ -33,6 +33,14 @@ class ControllerOAuth2Validator(OAuth2Validator):
     nothing is kept between requests.
     """
 
+    def _load_application(self, client_id: Any, request: Any) -> Any:
+        # No client id holds a NUL character. django-oauth-toolkit expects the database to
+        # refuse one with a ValueError; PostgreSQL with server-side binding raises a
+        # DataError instead, which would answer 500.
+        if isinstance(client_id, str) and "\x00" in client_id:
+            return None
+        return super()._load_application(client_id, request)
+
     def _load_access_token(self, token: str) -> Any:
         checksum = hashlib.sha256(token.encode("utf-8")).hexdigest()
         return _access_token_lookup().get(checksum)

@@ -415,10 +415,20 @@ def test_cancel_stops_a_running_task(controller, store, dispatcher, tmp_path):
     assert again.json()["state"] == "cancelled"
 
 
-def test_cancel_needs_a_signature_and_a_known_task(controller, dispatcher):
-    path = f"/tasks/{uuid.uuid4()}/cancel/"
+def test_cancel_needs_a_signature_and_answers_200_for_an_unknown_task(controller, dispatcher):
+    guid = str(uuid.uuid4())
+    path = f"/tasks/{guid}/cancel/"
     assert httpx.post(dispatcher.endpoint_url + path, content=b"").status_code == 401
-    assert push(dispatcher.endpoint_url, b"", secret(controller), path=path).status_code == 404
+
+    response = push(dispatcher.endpoint_url, b"", secret(controller), path=path)
+
+    # The contract: 2xx for a task the dispatcher does not know, or the controller retries.
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "unknown",
+        "task_guid": guid,
+        "detail": "no such task on this dispatcher; nothing to cancel",
+    }
 
 
 def test_callbacks_are_retried_while_the_controller_is_down(controller, store, dispatcher):
@@ -496,6 +506,15 @@ def _zip_with(entries: list[tuple[str, bytes, int]]) -> bytes:
         ([("dir\\evil.txt", b"pwned", 0o100644)], "has an invalid name"),
         ([("link", b"/etc/passwd", 0o120777)], "is a link or special file"),
         ([("a.txt", b"1", 0o100644), ("A.TXT", b"2", 0o100644)], "is duplicated"),
+        ([(".", b"1", 0o100644)], "package entry '.' has an invalid name"),
+        (
+            [("a", b"1", 0o100644), ("a/b", b"2", 0o100644)],
+            "package entry 'a/b' clashes with another entry",
+        ),
+        (
+            [("a/b", b"1", 0o100644), ("a", b"2", 0o100644)],
+            "package entry 'a' clashes with another entry",
+        ),
     ],
 )
 def test_hostile_package_is_refused(controller, store, dispatcher, tmp_path, entries, reason):
@@ -505,6 +524,9 @@ def test_hostile_package_is_refused(controller, store, dispatcher, tmp_path, ent
     final = controller.final_callback(body["task_guid"])
     assert final["status"] == "failed"
     assert reason in final["error_message"]
+    # A package error, not a dispatcher error, and no local path leaks to the controller.
+    assert not final["error_message"].startswith("dispatcher error")
+    assert "kohakku-task-" not in final["error_message"]
     assert not Path("/tmp/absolute.txt").exists()
     assert not any(
         (parent / "escaped.txt").exists() for parent in (Path("/tmp"), Path(os.sep), tmp_path)
@@ -531,7 +553,7 @@ def test_package_that_is_not_a_zip_fails(controller, store, dispatcher):
     assert final["error_message"].startswith("package is not a valid zip file")
 
 
-@pytest.mark.parametrize("length", ["abc", "-5"])
+@pytest.mark.parametrize("length", ["abc", "-5", "1_0"])
 def test_bad_content_length_is_a_400(dispatcher, length):
     host, port = dispatcher.server.server_address[:2]
     with socket.create_connection((host, port), timeout=5) as sock:

@@ -233,6 +233,12 @@ BAD_INPUT = [
     ("endpoint_url", "http://dispatcher:8080/?next=1", None),
     ("endpoint_url", "http://dispatcher:8080/#x", None),
     ("endpoint_url", "http://d/" + "x" * 500, None),
+    # Hosts no client can call: they stopped the scheduler when a push was sent.
+    ("endpoint_url", "http://[v1.x]:8080", None),
+    ("endpoint_url", "http://[::1::2]:8080", None),
+    ("endpoint_url", "http://a..b:8080", None),
+    ("endpoint_url", "http://.dispatcher:8080", None),
+    ("endpoint_url", "http://" + "a" * 64 + ".example:8080", None),
     ("endpoint_url", 8080, None),
     ("cloud", 12, None),
     ("cloud", "has space", None),
@@ -302,6 +308,30 @@ def test_bad_input_is_400_naming_the_field_and_writes_nothing(
     assert field in errors, errors
     assert isinstance(errors[field], list | dict) and errors[field]
     assert not Dispatcher.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+        ("http://dispatcher_1:8080", "http://dispatcher_1:8080"),  # a compose service name
+        ("https://münchen.example/kohakku", "https://münchen.example/kohakku"),
+        ("http://10.0.0.7:8080", "http://10.0.0.7:8080"),
+    ],
+)
+def test_endpoint_urls_of_real_hosts_are_accepted(dispatcher_client, url, stored):
+    response = dispatcher_client.post(CHECKIN_URL, checkin_body(endpoint_url=url), format="json")
+    assert response.status_code == 201, response.content
+    assert Dispatcher.objects.get().endpoint_url == stored
+
+
+def test_metadata_cap_counts_utf8_bytes(dispatcher_client):
+    """16 KiB once encoded: "é" is two bytes of UTF-8, not the six of a JSON escape."""
+    body = checkin_body(metadata={"notes": "é" * 6000})  # 12,000 bytes
+    response = dispatcher_client.post(CHECKIN_URL, body, format="json")
+    assert response.status_code == 201, response.content
+    body = checkin_body(name="other", metadata={"notes": "é" * 8200})  # 16,400 bytes
+    assert dispatcher_client.post(CHECKIN_URL, body, format="json").status_code == 400
 
 
 def test_bad_input_on_update_changes_nothing(dispatcher_client):

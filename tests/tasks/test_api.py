@@ -85,6 +85,9 @@ def test_create_full_pinned_body(oauth_client, skill_version):
         ({"skill": "code-review", "max_attempts": 0}, "max_attempts"),
         ({"skill": "code-review", "max_attempts": 1000}, "max_attempts"),
         ({"skill": "code-review", "backend": ""}, "backend"),
+        # Backends no dispatcher can list (their rule): such a task would wait forever.
+        ({"skill": "code-review", "backend": "Local"}, "backend"),
+        ({"skill": "code-review", "backend": "k8s.gpu/a"}, "backend"),
         ({"skill": "code-review", "surprise": 1}, "surprise"),
     ],
 )

@@ -277,7 +277,7 @@ def test_replay_inside_window_of_applied_final_state_is_harmless(api_client, run
         ({"status": "completed", "result_metadata": []}, "result_metadata"),
         ({"status": "completed", "error_message": 5}, "error_message"),
         ({"status": "completed", "result_key": 7}, "result_key"),
-        ({"status": "completed", "extra": True}, "non_field_errors"),
+        ({"status": "completed", "extra": True}, "extra"),
     ],
 )
 def test_unknown_status_or_wrong_types_is_400(api_client, running, payload, field):

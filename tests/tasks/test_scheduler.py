@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.signing import verify_signature
 from kohakku_controller.storage import storage_is_remote
 from kohakku_controller.tasks.models import Task, TaskEvent
-from kohakku_controller.tasks.scheduler import Scheduler
+from kohakku_controller.tasks.scheduler import PassReport, Scheduler
 from kohakku_controller.tasks.services import cancel_task, create_task
 
 from .conftest import callback
@@ -227,6 +228,39 @@ def test_push_failure_after_max_attempts_fails_the_task(skill_version, make_disp
     assert "gave up after 2 of 2 attempts" in task.status_reason
     assert "could not reach" in task.error_message
     assert task.finished_at is not None
+
+
+@pytest.mark.parametrize("endpoint_url", ["http://[v1.x]:8080", "http://a..b:8080"])
+def test_a_host_no_client_can_call_is_a_failed_push_not_a_crash(
+    skill_version, make_dispatcher, scheduler, endpoint_url
+):
+    """Such URLs are refused at check-in now; rows written before must not stop the pass."""
+    make_dispatcher(endpoint_url=endpoint_url)
+    task = create_task(skill="code-review", max_attempts=3)
+    report = scheduler.run_pass()
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("queued", 1)
+    assert task.not_before is not None
+    reasons = TaskEvent.objects.filter(task=task).values_list("reason", flat=True)
+    assert any("could not reach" in reason for reason in reasons), list(reasons)
+    assert (report.claimed, report.push_failed) == (1, 1)
+
+
+def test_a_pass_that_raises_does_not_stop_the_scheduler(scheduler, monkeypatch):
+    passes = []
+
+    def failing_pass():
+        passes.append(1)
+        if len(passes) == 1:
+            raise RuntimeError("a bug")
+        stop.set()
+        return PassReport()
+
+    stop = threading.Event()
+    monkeypatch.setattr(scheduler, "run_pass", failing_pass)
+    monkeypatch.setattr(scheduler, "reconcile_on_startup", lambda: 0)
+    scheduler.run_forever(stop, poll_seconds=0.01)
+    assert len(passes) == 2
 
 
 def test_push_rejected_with_4xx_is_retried(

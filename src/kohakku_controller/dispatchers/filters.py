@@ -12,7 +12,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from .labels import LABEL_KEY_RE
+from .labels import LABEL_KEY_RE, has_control_characters
 from .models import Dispatcher, DispatcherStatus
 
 
@@ -30,6 +30,10 @@ class LabelSelectorField(forms.Field):
             if not sep or not LABEL_KEY_RE.fullmatch(key):
                 raise forms.ValidationError(
                     f"{item!r} is not a label selector; use key=value, e.g. label=gpu=a100."
+                )
+            if has_control_characters(label_value):
+                raise forms.ValidationError(
+                    f"The value of label {key!r} has control characters; no label holds them."
                 )
             if key in selector and selector[key] != label_value:
                 raise forms.ValidationError(f"Label {key!r} is given twice with other values.")

@@ -1,7 +1,7 @@
-"""Labels: the one rule for the string map a dispatcher carries and a task requires.
+"""Labels and backend names: the rules a dispatcher's and a task's share.
 
-Tasks and workflows validate their required labels with the same rule as dispatchers, so a
-task can never require a label no dispatcher could carry.
+Tasks and workflows validate their required labels and backend with the same rules as
+dispatchers, so a task can never require a label or a backend no dispatcher could carry.
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 
+#: A backend name, as a dispatcher lists it and a task asks for it.
+BACKEND_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+BACKEND_NAME_RULE = (
+    "1-32 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+)
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 MAX_LABELS = 64
 LABEL_VALUE_MAX_LENGTH = 255

@@ -7,6 +7,7 @@ in a dispatcher's configuration shows up at once instead of being ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
@@ -19,15 +20,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .labels import has_control_characters, validate_labels
+from .labels import (
+    BACKEND_NAME_RE,
+    BACKEND_NAME_RULE,
+    has_control_characters,
+    validate_labels,
+)
 from .models import Dispatcher, DispatcherStatus
 
 NAME_MAX_LENGTH = 100
 ENDPOINT_URL_MAX_LENGTH = 500
-SHORT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-SHORT_NAME_HELP = (
-    "1-32 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
-)
 MAX_BACKENDS = 32
 CLOUD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_HEARTBEAT_INTERVAL = 5
@@ -137,6 +139,11 @@ class EndpointURLField(StrictCharField):
             raise serializers.ValidationError("Must be an http:// or https:// URL.")
         if not parts.hostname:
             raise serializers.ValidationError("Must name a host.")
+        if not _is_callable_host(parts.hostname, bracketed=parts.netloc.startswith("[")):
+            raise serializers.ValidationError(
+                "Must name a valid host: a name of dot-separated labels of 1-63 characters, "
+                "an IPv4 address or a bracketed IPv6 address."
+            )
         if parts.username is not None or parts.password is not None:
             raise serializers.ValidationError("Must not contain credentials.")
         if port == 0:
@@ -145,6 +152,25 @@ class EndpointURLField(StrictCharField):
             raise serializers.ValidationError("Must not contain a query or a fragment.")
         # Paths are appended to it ("{endpoint_url}/tasks/"), so it is kept without a final "/".
         return value.rstrip("/")
+
+
+def _is_callable_host(hostname: str, *, bracketed: bool) -> bool:
+    """True for a host an HTTP client can look up: an IPv6 literal, or an IDNA-encodable name.
+
+    ``urlsplit`` leaves ``[v1.x]`` or ``a..b`` in place; a client would refuse them only when
+    it is asked to connect. ``bracketed``: the URL wrote the host in ``[...]``.
+    """
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            return False
+        return True
+    try:
+        hostname.encode("idna")  # refuses empty labels and labels over 63 characters
+    except UnicodeError:
+        return False
+    return True
 
 
 class BackendsField(serializers.ListField):
@@ -157,8 +183,8 @@ class BackendsField(serializers.ListField):
         values = super().to_internal_value(data)
         errors = {}
         for index, value in enumerate(values):
-            if not SHORT_NAME_RE.fullmatch(value):
-                errors[index] = [f"{value!r} is not a short name ({SHORT_NAME_HELP})."]
+            if not BACKEND_NAME_RE.fullmatch(value):
+                errors[index] = [f"{value!r} is not a backend name ({BACKEND_NAME_RULE})."]
             elif value in values[:index]:
                 errors[index] = [f"{value!r} is listed twice."]
         if errors:
@@ -186,7 +212,8 @@ class MetadataField(serializers.Field):
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             self.fail("not_an_object")
-        if len(json.dumps(data, separators=(",", ":"))) > METADATA_MAX_BYTES:
+        encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if len(encoded.encode("utf-8", "surrogatepass")) > METADATA_MAX_BYTES:
             raise serializers.ValidationError(
                 f"At most {METADATA_MAX_BYTES} bytes once encoded as JSON."
             )

@@ -598,8 +598,13 @@ class Scheduler:
             response = self.http.post(url, content=body, headers=signed)
         except httpx.TimeoutException as exc:
             return f"timed out ({type(exc).__name__}) calling {url}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+            # InvalidURL, UnicodeError: a host no client can call ("[v1.x]", "a..b").
             return f"could not reach {url}: {type(exc).__name__}: {exc}"[:400]
+        except Exception as exc:
+            # One dispatcher must not stop the pass for the others: a failed call, logged.
+            logger.exception("calling %s failed", url)
+            return f"could not call {url}: {type(exc).__name__}"[:400]
         if 200 <= response.status_code < 300:
             return ""
         return f"{url} answered HTTP {response.status_code}: {response.text[:200]!r}"
@@ -728,11 +733,13 @@ class Scheduler:
                     close_old_connections()
                     report = self.run_pass()
                     failures = 0
-                except DatabaseError:
-                    # The database restarted or is unreachable: drop the connection, back off.
+                except Exception as exc:
+                    # The database restarted or is unreachable (drop the connection), or a
+                    # bug: log it, back off and try again rather than stop scheduling.
                     failures += 1
                     logger.exception("scheduler pass failed; retrying")
-                    connection.close()
+                    if isinstance(exc, DatabaseError):
+                        connection.close()
                     stop.wait(min(30.0, 0.5 * 2**failures))
                     continue
                 if report.claimed + report.unmatched >= self.batch_size:

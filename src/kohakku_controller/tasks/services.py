@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from rest_framework.exceptions import AuthenticationFailed, NotFound, Validation
 from .. import signals
 from ..conf import kohakku_settings
 from ..db import JoinedLookup, insert_row, update_and_log, update_rows
-from ..dispatchers.labels import validate_labels
+from ..dispatchers.labels import BACKEND_NAME_RE, BACKEND_NAME_RULE, validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
 from ..parsers import as_sentence, find_unstorable_text, json_error, load_json
@@ -46,7 +45,6 @@ logger = logging.getLogger(__name__)
 #: PostgreSQL NOTIFY channel and Redis pub/sub channel suffix that wake schedulers.
 WAKEUP_CHANNEL = "kohakku_tasks"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 #: Lowest and highest task priority.
 PRIORITY_RANGE = (-1000, 1000)
 CALLBACK_STATUSES = (
@@ -245,8 +243,9 @@ def placement_errors(
     """
     errors: dict[str, list[str]] = {}
     settings = kohakku_settings
-    if not isinstance(backend, str) or not _NAME_RE.fullmatch(backend):
-        errors["backend"] = ["Must be 1-63 letters, digits, '_', '-', '.' or '/'."]
+    if not isinstance(backend, str) or not BACKEND_NAME_RE.fullmatch(backend):
+        # The dispatchers' rule: a backend no dispatcher can list would wait forever.
+        errors["backend"] = [f"Must be a backend name: {BACKEND_NAME_RULE}."]
     try:
         validate_labels({} if labels is None else labels, max_labels=settings.TASK_MAX_LABELS)
     except ValidationError as exc:
@@ -599,8 +598,8 @@ def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
         errors["error_message"] = [
             f"Longer than {kohakku_settings.ERROR_MESSAGE_MAX_CHARS} characters."
         ]
-    if unknown:
-        errors["non_field_errors"] = [f"Unknown fields: {', '.join(unknown)[:200]}."]
+    for name in unknown[:20]:  # named one by one, as every other body of the API does
+        errors[str(name)[:100]] = ["Unknown field."]
     if errors:
         raise ValidationError(errors)
     return {
