@@ -63,6 +63,8 @@ class Dispatcher:
             self._guid,
             self.config.max_push_bytes,
             self.config.signature_tolerance,
+            request_timeout=self.config.request_timeout,
+            max_connections=self.config.max_connections,
         )
         self._check_in_until_answered()
         if self._stop.is_set():

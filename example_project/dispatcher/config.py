@@ -37,6 +37,11 @@ class DispatcherConfig:
     # Skills run with this PATH (and nothing else from the dispatcher's environment).
     skill_path: str = field(default_factory=lambda: os.environ.get("PATH") or DEFAULT_PATH)
     max_push_bytes: int = 1024 * 1024
+    # Seconds the HTTP server waits on a silent connection (a request line, headers or
+    # body that stop arriving, or an idle kept-alive connection) before closing it.
+    request_timeout: float = 10.0
+    # Connections served at the same time; more are closed at once.
+    max_connections: int = 128
     max_package_bytes: int = 50 * 1024 * 1024
     max_extracted_bytes: int = 200 * 1024 * 1024
     max_package_files: int = 2000
@@ -62,6 +67,10 @@ class DispatcherConfig:
             raise ValueError("capacity must be at least 1")
         if self.heartbeat_interval < 1:
             raise ValueError("heartbeat interval must be at least 1 second")
+        if not self.request_timeout > 0:
+            raise ValueError("request timeout must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max connections must be at least 1")
 
     def advertised_endpoint(self, bound_port: int | None = None) -> str:
         """The ``endpoint_url`` sent at check-in (without a trailing slash)."""
@@ -102,6 +111,8 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--heartbeat-interval", "heartbeat_interval", int, "seconds between heartbeats"),
     ("--skill-path", "skill_path", str, "PATH given to skills"),
     ("--max-push-bytes", "max_push_bytes", int, "largest task push body accepted"),
+    ("--request-timeout", "request_timeout", float, "seconds before a silent connection closes"),
+    ("--max-connections", "max_connections", int, "connections served at the same time"),
     ("--max-package-bytes", "max_package_bytes", int, "largest skill package downloaded"),
     ("--max-extracted-bytes", "max_extracted_bytes", int, "largest total extracted size"),
     ("--max-package-files", "max_package_files", int, "most entries in a package"),

@@ -82,6 +82,9 @@ def _check_member_name(name: str) -> PurePosixPath:
     if not name or "\\" in name or "\x00" in name:
         raise PackageError(f"package entry {name!r} has an invalid name")
     path = PurePosixPath(name)
+    if not path.parts and not name.endswith("/"):
+        # "." (or "./."): a file that would be the package root itself.
+        raise PackageError(f"package entry {name!r} has an invalid name")
     if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise PackageError(f"package entry {name!r} is an absolute path")
     if any(part == ".." for part in path.parts):
@@ -123,12 +126,24 @@ def extract_package(archive: Path, destination: Path, limits: PackageLimits) -> 
             target = (root / path).resolve()
             if target != root and root not in target.parents:
                 raise PackageError(f"package entry {info.filename!r} escapes the package root")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True, mode=0o700)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             file_mode = 0o700 if mode & 0o111 else 0o600
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode)
+            try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                fd = os.open(target, flags, file_mode)
+            except (FileExistsError, NotADirectoryError):
+                # "a" and "a/b", or a file over a folder: no local path in the message.
+                raise PackageError(
+                    f"package entry {info.filename!r} clashes with another entry "
+                    "(a file and a folder of the same name)"
+                ) from None
+            except OSError as exc:
+                raise PackageError(
+                    f"package entry {info.filename!r} cannot be extracted: {exc.strerror}"
+                ) from None
             try:
                 with os.fdopen(fd, "wb") as out, zf.open(info) as src:
                     while chunk := src.read(_CHUNK):

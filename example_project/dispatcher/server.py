@@ -5,15 +5,22 @@ Routes:
 - ``POST /tasks/`` (signed): accept a task. 202 accepted, 200 repeated push, 400 invalid
   body, 401 bad signature, 409 another attempt of the task is still running, 413 body too
   large, 429 at capacity (with ``Retry-After``), 503 not checked in yet or shutting down.
-- ``POST /tasks/<guid>/cancel/`` (signed): 202 cancelling, 200 already finished, 404 unknown.
+- ``POST /tasks/<guid>/cancel/`` (signed): 202 cancelling, 200 already finished or unknown.
 - ``GET /health/``: 200 with the dispatcher guid and its load (no secrets).
+
+Every answer is JSON, errors of the HTTP layer included (405 for other methods). A
+connection that stays silent for ``request_timeout`` seconds (a request, headers or body
+that stop arriving, an idle kept-alive connection) is closed, and at most
+``max_connections`` are served at once: further ones are closed at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +36,18 @@ from kohakku_controller.signing import (
 logger = logging.getLogger(__name__)
 
 _CANCEL_PATH = re.compile(r"^/tasks/(?P<guid>[0-9a-fA-F-]{36})/cancel/?$")
+_ALLOWED_METHODS = "GET, POST"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 class DispatcherHTTPServer(ThreadingHTTPServer):
@@ -45,6 +64,9 @@ class DispatcherHTTPServer(ThreadingHTTPServer):
         guid_provider: Callable[[], str],
         max_body_bytes: int,
         signature_tolerance: int,
+        *,
+        request_timeout: float = 10.0,
+        max_connections: int = 128,
     ) -> None:
         super().__init__(address, DispatcherRequestHandler)
         self.tasks = tasks
@@ -52,6 +74,31 @@ class DispatcherHTTPServer(ThreadingHTTPServer):
         self.guid_provider = guid_provider
         self.max_body_bytes = max_body_bytes
         self.signature_tolerance = signature_tolerance
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self._connection_slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Each connection holds a thread: beyond the cap, close new ones instead.
+        if not self._connection_slots.acquire(blocking=False):
+            logger.warning(
+                "closed a connection from %s: %d connections are open",
+                client_address[0] if client_address else "?",
+                self.max_connections,
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connection_slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_slots.release()
 
 
 class DispatcherRequestHandler(BaseHTTPRequestHandler):
@@ -66,8 +113,32 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
 
+    def setup(self) -> None:
+        # The socket timeout: a silent connection ends instead of holding its thread.
+        self.timeout = self.server.request_timeout
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own errors (bad request line, unknown method, …) as JSON."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        detail = message or self.responses.get(code, ("error",))[0]
+        self._answer(code, {"detail": detail}, {"Connection": "close"})
+
+    def _method_not_allowed(self) -> None:
+        # The body, if any, is not read: close the connection rather than drain it.
+        self.close_connection = True
+        self._answer(
+            405,
+            {"detail": f"method {self.command} is not allowed"},
+            {"Allow": _ALLOWED_METHODS, "Connection": "close"},
+        )
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _method_not_allowed
+    do_TRACE = do_CONNECT = _method_not_allowed
 
     def _answer(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -79,7 +150,8 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(raw)
+        if self.command != "HEAD":
+            self.wfile.write(raw)
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0].rstrip("/") == "/health":
@@ -125,22 +197,33 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._answer(411, {"detail": "Content-Length is required"})
             return None
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        # Only ASCII digits: int() would also take "1_0", "+5" or non-ASCII digits.
+        if not (raw_length.isascii() and raw_length.isdigit()):
             self.close_connection = True
-            self._answer(400, {"Content-Length": ["must be an integer"]})
+            self._answer(400, {"Content-Length": ["must be a number of bytes in digits 0-9"]})
             return None
-        if length < 0:
-            self.close_connection = True
-            self._answer(400, {"Content-Length": ["must not be negative"]})
-            return None
+        digits = raw_length.lstrip("0") or "0"
+        # int() refuses thousands of digits; any such length is far too large anyway.
+        length = int(digits) if len(digits) <= 20 else self.server.max_body_bytes + 1
         if length > self.server.max_body_bytes:
             # The body is not read: close the connection instead of draining it.
             self.close_connection = True
             self._answer(413, {"detail": f"body is larger than {self.server.max_body_bytes} bytes"})
             return None
-        return self.rfile.read(length) if length else b""
+        if not length:
+            return b""
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._answer(408, {"detail": "the body did not arrive in time"})
+            return None
+        if len(body) < length:
+            self.close_connection = True
+            self._answer(400, {"detail": "the body is shorter than its Content-Length"})
+            return None
+        return body
 
     def _verified(self, body: bytes) -> bool:
         secret = self.server.secret_provider()
@@ -163,9 +246,13 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
 
     def _push(self, body: bytes) -> None:
         try:
-            data = json.loads(body)
+            # NaN, Infinity and numbers beyond a float (1e400) are refused, not decoded.
+            data = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (UnicodeDecodeError, ValueError) as exc:
             self._answer(400, {"non_field_errors": [f"malformed JSON: {exc}"]})
+            return
+        except RecursionError:
+            self._answer(400, {"non_field_errors": ["malformed JSON: nested too deeply"]})
             return
         try:
             push = parse_push(data, list(self.server.tasks.backends))

@@ -36,6 +36,8 @@ from dispatcher.package import (
 logger = logging.getLogger(__name__)
 
 RESULT_FILE_NAME = "result.json"
+# The longest run a push may ask for (the controller's default cap is 7 days).
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -62,6 +64,8 @@ class TaskPush:
     content_hash: str
     download_url: str
     input: Any
+    # ``input`` encoded once at push time: what the skill reads on stdin.
+    input_json: bytes
     backend: str
     timeout_seconds: float
     callback_url: str
@@ -108,12 +112,22 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
     download_url = _http_url(skill.get("download_url"), "skill.download_url")
     if "input" not in body:
         raise _invalid("input", "is required")
+    try:
+        input_json = json.dumps(body["input"]).encode()
+    except RecursionError:
+        raise _invalid("input", "is nested too deeply") from None
     backend = body.get("backend", "local")
     if not isinstance(backend, str) or backend not in backends:
         raise _invalid("backend", f"this dispatcher runs only {', '.join(backends)}")
     timeout = body.get("timeout_seconds")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise _invalid("timeout_seconds", "must be a positive number")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT_SECONDS  # also false for NaN
+    ):
+        raise _invalid(
+            "timeout_seconds", f"must be a number above 0 and at most {MAX_TIMEOUT_SECONDS}"
+        )
     callback_url = _http_url(body.get("callback_url"), "callback_url")
     callback_token = body.get("callback_token")
     if not isinstance(callback_token, str) or not callback_token:
@@ -144,6 +158,7 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
         content_hash=content_hash.lower(),
         download_url=download_url,
         input=body["input"],
+        input_json=input_json,
         backend=backend,
         timeout_seconds=float(timeout),
         callback_url=callback_url,
@@ -282,11 +297,19 @@ class TaskManager:
         return 202, {"status": "accepted", "task_guid": push.task_guid}
 
     def cancel(self, task_guid: str) -> tuple[int, dict[str, Any]]:
-        """Stop a task: 202 when it was executing, 200 when it had already ended, else 404."""
+        """Stop a task: 202 when it was executing, 200 when it had ended or is unknown.
+
+        An unknown task (never pushed here, or forgotten) is answered 200 as the contract
+        asks: there is nothing to stop, and any other answer makes the controller retry.
+        """
         with self._lock:
             record = self._by_guid.get(task_guid)
         if record is None:
-            return 404, {"detail": "no such task on this dispatcher"}
+            return 200, {
+                "status": "unknown",
+                "task_guid": task_guid,
+                "detail": "no such task on this dispatcher; nothing to cancel",
+            }
         if not record.executing:
             return 200, {
                 "status": "already_finished",
@@ -386,7 +409,7 @@ class TaskManager:
             task_guid=push.task_guid,
             package_root=root,
             entrypoint=entrypoint,
-            input_json=json.dumps(push.input).encode(),
+            input_json=push.input_json,
             timeout_seconds=push.timeout_seconds,
             home=home,
             cancel_event=record.cancel_event,

@@ -106,8 +106,10 @@ def test_push_with_a_non_finite_or_out_of_range_timeout_is_refused(
     controller, store, dispatcher, timeout, field
 ):
     body = task_body(controller, store, skill_zip("print('{}')"), timeout_seconds=30)
-    raw = json.dumps(body).encode().replace(
-        b'"timeout_seconds": 30', b'"timeout_seconds": ' + timeout.encode()
+    raw = (
+        json.dumps(body)
+        .encode()
+        .replace(b'"timeout_seconds": 30', b'"timeout_seconds": ' + timeout.encode())
     )
     headers = {"Idempotency-Key": f"{body['task_guid']}:1"}
     response = httpx.post(
