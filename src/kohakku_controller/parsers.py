@@ -74,7 +74,7 @@ def load_json(raw: bytes | str) -> Any:
         raise ValueError(_too_deep(limit)) from None
     # Only a document with more brackets than the limit can be nested past it.
     opening = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
-    if raw.count(opening[0]) + raw.count(opening[1]) > limit and _deeper_than(value, limit):
+    if raw.count(opening[0]) + raw.count(opening[1]) > limit and nested_deeper_than(value, limit):
         raise ValueError(_too_deep(limit))
     # In UTF-8 bytes such strings can only come from \u escapes: skip the walk when there
     # are none. Text (a form field's JSON) is always walked.
@@ -89,8 +89,12 @@ def _too_deep(limit: int) -> str:
     return f"nested too deeply (more than {limit} levels of objects and arrays)"
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """True if ``value`` nests objects and arrays more than ``limit`` levels deep."""
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True if ``value`` nests objects and arrays more than ``limit`` levels deep.
+
+    Iterative, so it answers for any depth (the encoder and decoder themselves give up at a
+    depth that depends on the Python version and the stack).
+    """
     pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()

@@ -19,6 +19,7 @@ from .zips import (
     declare_size,
     manifest_text,
     package,
+    patch_local_header,
     point_entry_at,
     set_encrypted_flag,
 )
@@ -101,6 +102,21 @@ CASES: dict[str, tuple[Builder, str]] = {
             slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}, create_system=19
         ),
         "symbolic link",
+    ),
+    # Streaming extractors read local headers: they must say what the directory says.
+    "local-header-with-another-method": (
+        lambda slug: patch_local_header(
+            _with_manifest(slug, {"data.bin": b"x" * 100}, compression=zipfile.ZIP_DEFLATED),
+            "data.bin",
+            method=zipfile.ZIP_STORED,
+        ),
+        "local header disagrees",
+    ),
+    "local-header-with-another-size": (
+        lambda slug: patch_local_header(
+            _with_manifest(slug, {"data.bin": b"x" * 100}), "data.bin", size=5000
+        ),
+        "local header disagrees",
     ),
     "entry-larger-than-declared": (_misdeclared(real=4096, declared=1000), "'data.bin'"),
     "stored-entry-larger-than-declared": (
@@ -266,7 +282,8 @@ def test_headers_that_understate_sizes_are_refused(skill, upload):
     struct.pack_into("<L", data, record + 24, 10)  # uncompressed size: "10 bytes"
     response = upload(skill.slug, bytes(data))
     assert response.status_code == 400
-    assert "corrupt" in response.json()["file"][0]
+    # The local header still tells the truth, so the two headers disagree.
+    assert "local header disagrees" in response.json()["file"][0]
     assert stored_names(skill.slug) == []
 
 

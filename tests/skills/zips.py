@@ -101,3 +101,20 @@ def declare_size(data: bytes, name: str, file_size: int, crc: int) -> bytes:
             struct.pack_into("<L", out, crc_offset, crc)
             struct.pack_into("<L", out, size_offset, file_size)
     return bytes(out)
+
+
+def patch_local_header(
+    data: bytes, name: str, *, method: int | None = None, size: int | None = None
+) -> bytes:
+    """Change the compression method or the uncompressed size in ``name``'s local header only."""
+    out = bytearray(data)
+    for record in _central_records(data):
+        name_length = struct.unpack_from("<H", data, record + 28)[0]
+        if data[record + 46 : record + 46 + name_length] != name.encode():
+            continue
+        (local,) = struct.unpack_from("<L", data, record + 42)
+        if method is not None:
+            struct.pack_into("<H", out, local + 8, method)
+        if size is not None:
+            struct.pack_into("<L", out, local + 22, size)
+    return bytes(out)

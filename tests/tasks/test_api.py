@@ -331,7 +331,8 @@ def _nested_lists(depth):
         ({"ratio": float("inf")}, "Holds a number JSON cannot hold"),
         ({"ratio": [float("nan")]}, "Holds a number JSON cannot hold"),
         ({"count": 10**5000}, "Holds a number JSON cannot hold"),
-        ({"tree": _nested_lists(5000)}, "Nested too deeply to be stored"),
+        ({"tree": _nested_lists(64)}, "Nested more than 64 levels deep"),
+        ({"tree": _nested_lists(5000)}, "Nested more than 64 levels deep"),
     ],
 )
 def test_create_task_refuses_what_no_json_column_can_hold(skill_version, task_input, where):

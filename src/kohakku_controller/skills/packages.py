@@ -44,6 +44,7 @@ RATIO_CHECK_MIN_BYTES = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 _DATA_DESCRIPTOR_FLAG = 0x08
+_ZIP64_PLACEHOLDER = 0xFFFFFFFF
 _ENCRYPTED_FLAG = 0x01
 
 
@@ -222,12 +223,14 @@ def _check_names(entries: list[zipfile.ZipInfo]) -> None:
 
 
 def _check_entry_ranges(entries: list[zipfile.ZipInfo], fileobj: IO[bytes], end: int) -> None:
-    """Every entry's data must sit in its own byte range, before the central directory.
+    """Every entry's data must sit in its own byte range, before the central directory, and
+    its local header must agree with the directory.
 
     Overlapping entries are how a small archive can expand many times over while each
     entry's ratio looks harmless; 3.11's zipfile does not refuse them.
     """
     ranges = []
+    disagreeing = None
     for info in entries:
         fileobj.seek(info.header_offset)
         header = fileobj.read(_LOCAL_HEADER.size)
@@ -236,6 +239,8 @@ def _check_entry_ranges(entries: list[zipfile.ZipInfo], fileobj: IO[bytes], end:
         fields = _LOCAL_HEADER.unpack(header)
         if fields[0] != _LOCAL_HEADER_SIGNATURE:
             raise PackageError(f"Entry {info.filename!r} has a bad local header.")
+        if disagreeing is None and not _local_header_agrees(fields, info):
+            disagreeing = info.filename
         name_length, extra_length = fields[10], fields[11]
         start = info.header_offset
         stop = start + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
@@ -248,6 +253,30 @@ def _check_entry_ranges(entries: list[zipfile.ZipInfo], fileobj: IO[bytes], end:
             raise PackageError(f"Entries {name!r} and {next_name!r} overlap in the archive.")
     if ranges and ranges[-1][1] > end:
         raise PackageError(f"Entry {ranges[-1][2]!r} overlaps the archive's directory.")
+    if disagreeing is not None:
+        # Extractors that stream the archive read the local headers, not the directory the
+        # checks here read: both must describe the same data.
+        raise PackageError(
+            f"Entry {disagreeing!r}: its local header disagrees with the archive's directory "
+            "(compression method, CRC or sizes)."
+        )
+
+
+def _local_header_agrees(fields: tuple[Any, ...], info: zipfile.ZipInfo) -> bool:
+    """The local header's method, CRC and sizes are the central directory's.
+
+    With a data descriptor (flag bit 3) the local CRC and sizes are left zero; with zip64
+    the sizes are 0xFFFFFFFF placeholders. Neither is a disagreement.
+    """
+    method, crc, compressed, size = fields[4], fields[7], fields[8], fields[9]
+    if method != info.compress_type:
+        return False
+    if info.flag_bits & _DATA_DESCRIPTOR_FLAG:
+        return True
+    sizes = ((compressed, info.compress_size), (size, info.file_size))
+    return crc == info.CRC and all(
+        local in (declared, _ZIP64_PLACEHOLDER) for local, declared in sizes
+    )
 
 
 def _decompress_counting(

@@ -27,7 +27,13 @@ from ..db import JoinedLookup, insert_row, update_and_log, update_rows
 from ..dispatchers.labels import BACKEND_NAME_RE, BACKEND_NAME_RULE, validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
 from ..exceptions import Conflict
-from ..parsers import as_sentence, find_unstorable_text, json_error, load_json
+from ..parsers import (
+    as_sentence,
+    find_unstorable_text,
+    json_error,
+    load_json,
+    nested_deeper_than,
+)
 from ..signing import SignatureError, verify_signature
 from ..skills.services import resolve_version
 from ..storage import get_cache
@@ -58,20 +64,25 @@ CALLBACK_STATUSES = (
 def json_document_problem(value: Any, field: str, max_bytes: int) -> str | None:
     """Why the JSON document ``value`` of ``field`` cannot be stored, or ``None``.
 
-    Too large (over ``max_bytes`` as compact UTF-8 JSON), nested too deeply to encode,
+    Too large (over ``max_bytes`` as compact UTF-8 JSON), nested deeper than
+    ``MAX_JSON_DEPTH`` (as documents from the network may be),
     holding a number JSON cannot write (NaN, infinity, an integer of more digits than
     Python converts: possible from host code or a workflow's template), or holding a string
     no text column can hold (a NUL character, half of a surrogate pair), named by its path.
     """
+    depth = kohakku_settings.MAX_JSON_DEPTH
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except RecursionError:
-        return "Nested too deeply to be stored."
+        return f"Nested more than {depth} levels deep."
     except ValueError:
         return (
             "Holds a number JSON cannot hold: NaN, an infinite number, or an integer with "
             "too many digits."
         )
+    # Only a document with more brackets than the limit can be nested past it.
+    if text.count("[") + text.count("{") > depth and nested_deeper_than(value, depth):
+        return f"Nested more than {depth} levels deep."
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:  # half of a surrogate pair
