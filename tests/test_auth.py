@@ -98,6 +98,15 @@ def test_expired_oauth2_token_gets_401(oauth_client):
     response = oauth_client("tasks:read", expired=True).get(URL)
     assert response.status_code == 401
     assert "invalid_token" in response["WWW-Authenticate"]
+    assert response.json() == {"detail": "The access token has expired."}
+
+
+def test_unknown_bearer_token_says_so(api_client):
+    response = api_client.get(URL, HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "The access token is invalid."}
+    # No credentials at all: DRF's own words.
+    assert "were not provided" in api_client.get(URL).json()["detail"]
 
 
 def test_oauth2_scope_decides_read_and_write(oauth_client):

@@ -76,6 +76,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = drf_exception_handler(_translate_django_error(exc), context)
     if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         response.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+    if isinstance(exc, exceptions.NotAuthenticated):
+        # A bearer token was sent but refused: say why ("The access token has expired.")
+        # rather than that no credentials were provided.
+        oauth2_error = getattr(context.get("request"), "oauth2_error", None) or {}
+        if oauth2_error.get("error_description"):
+            response.data = {"detail": str(oauth2_error["error_description"])}
     return response
 
 
