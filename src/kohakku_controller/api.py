@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import mixins, parsers, renderers, viewsets
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import MethodNotAllowed, NotFound
 from rest_framework.views import APIView
 
 from .auth import ScopedPermission
@@ -44,6 +44,15 @@ class ControllerViewMixin:
 
     def get_exception_handler(self) -> Any:
         return exception_handler
+
+    def check_permissions(self, request: Any) -> None:
+        # An authenticated caller using a method the endpoint lacks learns that (405), not
+        # that it lacks a permission for an action that does not exist (403).
+        if request.successful_authenticator is not None and not hasattr(
+            self, request.method.lower()
+        ):
+            raise MethodNotAllowed(request.method)
+        super().check_permissions(request)
 
     def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)

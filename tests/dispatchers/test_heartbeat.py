@@ -89,6 +89,17 @@ def test_heartbeat_clears_lost(dispatcher_client, register):
     assert dispatcher.lost_at is None
 
 
+def test_a_method_the_endpoint_lacks_is_405_for_a_dispatcher(
+    dispatcher_client, api_client, register
+):
+    dispatcher = register()
+    response = dispatcher_client.get(heartbeat_url(dispatcher.guid))
+    assert response.status_code == 405
+    assert response["Allow"] == "POST, OPTIONS"
+    # Without credentials: 401 first, as everywhere.
+    assert api_client.get(heartbeat_url(dispatcher.guid)).status_code == 401
+
+
 def test_unknown_guid_is_404(dispatcher_client, register):
     register()
     response = dispatcher_client.post(heartbeat_url(uuid.uuid4()))
