@@ -165,12 +165,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """PostgreSQL-only tests (locking, SKIP LOCKED races) run in the real-services run.
 
     Elsewhere they are deselected, not skipped, and the count is reported; so are tests that
-    run a PostgreSQL server of their own on a machine without the server binaries.
+    run a PostgreSQL server of their own on a machine without the server binaries, and
+    SQLite-only tests on PostgreSQL.
     """
     from tests.pgserver import server_binaries
 
     reasons: list[tuple[str, bool]] = [
         ("postgres", _database_vendor() != "postgresql"),
+        ("sqlite", _database_vendor() != "sqlite"),
         ("postgres_server", server_binaries() is None),
     ]
     selected, deselected = [], {marker: 0 for marker, _ in reasons}
@@ -203,6 +205,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             f"kohakku: {deselected['postgres']} PostgreSQL-only tests deselected on this "
             "database; they run in the py313-django61-services environment."
+        )
+    if deselected.get("sqlite"):
+        terminalreporter.write_line(
+            f"kohakku: {deselected['sqlite']} SQLite-only tests deselected on this database; "
+            "they run in the embedded-defaults environments."
         )
     if deselected.get("postgres_server"):
         terminalreporter.write_line(

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PRINT_SETTINGS = """
 import json, django
@@ -80,3 +82,44 @@ def test_prepared_statements_can_be_turned_off_for_old_poolers():
     assert off["db_options"]["prepare_threshold"] is None
     eager = _settings_with({"DATABASE_URL": database, "DJANGO_DB_PREPARE_THRESHOLD": "0"})
     assert eager["db_options"]["prepare_threshold"] == 0
+
+
+@pytest.mark.sqlite
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_transactions_that_read_then_write_wait_for_each_other():
+    """`make run` puts several processes on one SQLite file: none may fail as "locked".
+
+    Two transactions that both read and then write would deadlock on SQLite's lock upgrade,
+    and one failed at once with "database is locked"; writers now take the lock when they
+    begin, so the second waits for the first.
+    """
+    import contextlib
+    import threading
+
+    from django.db import connection, transaction
+
+    from kohakku_controller.oauth import ClientScopes, create_or_reset_client
+
+    both_read = threading.Barrier(2)
+    errors: list[Exception] = []
+
+    def read_then_write(index: int) -> None:
+        try:
+            with transaction.atomic():
+                list(ClientScopes.objects.all())
+                # With the fix the other is still waiting to begin: the barrier times out.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_read.wait(timeout=1)
+                create_or_reset_client(f"client-{index}", [])
+        except Exception as exc:  # the failure under test: "database is locked"
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=read_then_write, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert ClientScopes.objects.count() == 2

@@ -88,6 +88,18 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # `make run` has the web server, the scheduler, a dispatcher and management commands on
+    # one file. Write transactions take the lock when they begin (a read that turns into a
+    # write cannot then fail with "database is locked"), waits for a lock last up to 20 s,
+    # and write-ahead logging lets readers go on while one process writes.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's PostgreSQL backend whose health check asks the socket, not the server.
     DATABASES["default"]["ENGINE"] = "kohakku_controller.postgresql"
