@@ -24,6 +24,9 @@ def test_operations_document_auth_and_errors(client):
     document = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     schemes = document["components"]["securitySchemes"]
     assert {"oauth2", "tokenAuth"} <= set(schemes)
+    credentials = schemes["oauth2"]["flows"]["clientCredentials"]
+    assert credentials["tokenUrl"] == "/o/token/"
+    assert {"dispatchers", "tasks:write"} <= set(credentials["scopes"])
     ready = document["paths"]["/ready/"]["get"]
     assert {"200", "503"} <= set(ready["responses"])
     create_task = document["paths"]["/api/v1/tasks/"]["post"]

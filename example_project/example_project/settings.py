@@ -202,6 +202,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The interactive docs can then get an OAuth2 token for a client's id and secret.
+    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_TOKEN_URL": "/o/token/",
     # Several resources have a "status" with its own values; name each set explicitly.
     "ENUM_NAME_OVERRIDES": {
         "HealthStatusEnum": ["ok", "error"],
