@@ -1,3 +1,4 @@
+import io
 import json
 
 import pytest
@@ -67,3 +68,208 @@ def test_seed_demo_uploads_the_hello_skill_once_and_routes_the_demo_event(
     match = match_workflow("custom", "demo.hello", document)
     assert match.workflow == workflow
     assert match.input == {"name": "Ada"}
+
+
+def test_create_client_refuses_an_empty_scope_list():
+    for scopes in ("", " , "):
+        with pytest.raises(CommandError, match="--scopes must name at least one scope"):
+            call_command("kohakku_create_client", "x", "--scopes", scopes)
+    assert not get_application_model().objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("evil\nname", "must not contain control characters"),
+        ("bell\x07", "must not contain control characters"),
+        ("x" * 256, "must be at most 255 characters"),
+    ],
+)
+def test_create_client_refuses_bad_names(name, message):
+    with pytest.raises(CommandError, match=f"application name {message}"):
+        call_command("kohakku_create_client", name, "--scopes", "tasks:read")
+    assert not get_application_model().objects.exists()
+
+
+@pytest.mark.parametrize("client_id", ["", "two words", "tab\tid", "x" * 256])
+def test_create_client_refuses_bad_client_ids(client_id):
+    with pytest.raises(CommandError, match="--client-id"):
+        call_command(
+            "kohakku_create_client", "x", "--scopes", "tasks:read", "--client-id", client_id
+        )
+    assert not get_application_model().objects.exists()
+
+
+def _credentials(capsys):
+    return dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+
+
+def test_create_client_rerun_resets_secret_and_scopes(capsys):
+    call_command("kohakku_create_client", "ci", "--scopes", "tasks:read")
+    first = _credentials(capsys)
+    call_command("kohakku_create_client", "ci", "--scopes", "tasks:read tasks:write")
+    second = _credentials(capsys)
+    assert second["client_id"] == first["client_id"]
+    assert second["client_secret"] != first["client_secret"]
+    application = get_application_model().objects.get()
+    assert ClientScopes.objects.get(application=application).scopes == [
+        "tasks:read",
+        "tasks:write",
+    ]
+    # The same --client-id with the same name resets too.
+    call_command(
+        "kohakku_create_client", "ci", "--scopes", "tasks:read", "--client-id", first["client_id"]
+    )
+    assert _credentials(capsys)["client_id"] == first["client_id"]
+    assert get_application_model().objects.count() == 1
+
+
+def test_create_client_refuses_to_rename_another_application_without_rename(capsys):
+    call_command(
+        "kohakku_create_client",
+        "Demo dispatcher",
+        "--scopes",
+        "dispatchers",
+        "--client-id",
+        "demo-dispatcher",
+    )
+    application = get_application_model().objects.get()
+    secret = application.client_secret
+    with pytest.raises(
+        CommandError, match=r"belongs to the application 'Demo dispatcher'.*--rename"
+    ):
+        call_command(
+            "kohakku_create_client",
+            "probe4",
+            "--scopes",
+            "tasks:read",
+            "--client-id",
+            "demo-dispatcher",
+        )
+    application.refresh_from_db()
+    assert (application.name, application.client_secret) == ("Demo dispatcher", secret)
+    assert ClientScopes.objects.get(application=application).scopes == ["dispatchers"]
+
+    capsys.readouterr()
+    call_command(
+        "kohakku_create_client",
+        "probe4",
+        "--scopes",
+        "tasks:read",
+        "--client-id",
+        "demo-dispatcher",
+        "--rename",
+    )
+    application.refresh_from_db()
+    assert application.name == "probe4"
+    assert application.client_secret != secret
+    assert ClientScopes.objects.get(application=application).scopes == ["tasks:read"]
+
+
+def test_create_client_refuses_ambiguous_names_and_other_grant_types():
+    model = get_application_model()
+    model.objects.create(
+        name="web",
+        client_type=model.CLIENT_PUBLIC,
+        authorization_grant_type=model.GRANT_AUTHORIZATION_CODE,
+        redirect_uris="https://example.com/cb",
+    )
+    with pytest.raises(CommandError, match="not a confidential client-credentials application"):
+        call_command("kohakku_create_client", "web", "--scopes", "tasks:read")
+    assert model.objects.get().authorization_grant_type == model.GRANT_AUTHORIZATION_CODE
+
+    call_command("kohakku_create_client", "twin", "--scopes", "tasks:read", "--client-id", "a")
+    call_command("kohakku_create_client", "twin", "--scopes", "tasks:read", "--client-id", "b")
+    with pytest.raises(CommandError, match="More than one application is named 'twin'"):
+        call_command("kohakku_create_client", "twin", "--scopes", "tasks:read")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--days", "nan"], "--days: must be a finite number"),
+        (["--days", "inf"], "--days: must be a finite number"),
+        (["--days", "1e10"], "--days: must be between 0 and 36500"),
+        (["--days", "800000"], "--days: must be between 0 and 36500"),
+        (["--days", "-1"], "--days: must be between 0 and 36500"),
+        (["--days", "week"], "--days: expected a number"),
+    ],
+)
+def test_prune_deliveries_refuses_bad_days(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("kohakku_prune_deliveries", *args, stdout=io.StringIO())
+
+
+def test_prune_deliveries_checks_the_retention_setting(settings):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "WEBHOOK_DELIVERY_RETENTION_DAYS": 10**9,
+    }
+    with pytest.raises(CommandError, match="WEBHOOK_DELIVERY_RETENTION_DAYS must be between"):
+        call_command("kohakku_prune_deliveries", stdout=io.StringIO())
+
+
+def test_prune_deliveries_accepts_the_bounds():
+    for days in ("0", "36500", "0.5"):
+        out = io.StringIO()
+        call_command("kohakku_prune_deliveries", "--days", days, "--dry-run", stdout=out)
+        assert "Would delete 0 deliveries" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("100000000000", "--grace-seconds: must be between 0 and 3153600000"),
+        ("-1", "--grace-seconds: must be between 0"),
+        ("1.5", "--grace-seconds: expected an integer"),
+    ],
+)
+def test_prune_blobs_refuses_bad_grace(value, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("kohakku_prune_blobs", "--grace-seconds", value, stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "-1"], "--batch-size: must be between 1 and 10000"),
+        (["--batch-size", "0"], "--batch-size: must be between 1 and 10000"),
+        (["--batch-size", "many"], "--batch-size: expected an integer"),
+        (["--concurrency", "-5"], "--concurrency: must be between 1 and 1000"),
+        (["--concurrency", "0"], "--concurrency: must be between 1 and 1000"),
+        (["--poll-seconds", "0"], "--poll-seconds: must be between 0.1 and 86400"),
+        (["--poll-seconds", "-1"], "--poll-seconds: must be between 0.1 and 86400"),
+        (["--poll-seconds", "nan"], "--poll-seconds: must be a finite number"),
+        (["--poll-seconds", "inf"], "--poll-seconds: must be a finite number"),
+        (["--name", ""], "--name: must not be empty"),
+        (["--name", "a\nb"], "--name: must not contain control characters"),
+    ],
+)
+def test_scheduler_refuses_bad_options(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("kohakku_scheduler", "--once", *args, stdout=io.StringIO())
+
+
+def test_scheduler_checks_keyword_options():
+    with pytest.raises(CommandError, match="--poll-seconds must be between"):
+        call_command("kohakku_scheduler", poll_seconds=0, stdout=io.StringIO())
+
+
+def test_scheduler_accepts_good_options():
+    out = io.StringIO()
+    call_command(
+        "kohakku_scheduler",
+        "--once",
+        "--batch-size",
+        "5",
+        "--concurrency",
+        "2",
+        "--poll-seconds",
+        "0.5",
+        "--name",
+        "replica-1",
+        stdout=out,
+    )
+    assert "claimed=0 pushed=0" in out.getvalue()

@@ -6,7 +6,7 @@ import io
 
 import pytest
 from django.core.files.base import ContentFile
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from kohakku_controller.storage import get_storage
 
@@ -58,5 +58,18 @@ def test_prune_with_nothing_stored(db, isolated_storage):
 
 
 def test_prune_refuses_negative_grace(db):
-    with pytest.raises(SystemExit):
+    with pytest.raises(CommandError, match="--grace-seconds: must be between 0"):
         call_command("kohakku_prune_blobs", "--grace-seconds", "-1", stderr=io.StringIO())
+
+
+def test_prune_checks_the_grace_setting(db, settings):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "SKILL_BLOB_GRACE_SECONDS": 10**11,
+    }
+    with pytest.raises(CommandError, match="SKILL_BLOB_GRACE_SECONDS must be between"):
+        call_command("kohakku_prune_blobs", stdout=io.StringIO())
+
+
+def test_prune_accepts_the_longest_grace(db, isolated_storage):
+    assert "deleted 0 blob(s)" in _run("--grace-seconds", "3153600000")

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from ...conf import kohakku_settings
 from ...skills.blobs import prune_unreferenced_blobs
+from ._arguments import MAX_SECONDS, checked, int_range
 
 
 class Command(BaseCommand):
@@ -19,9 +20,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--grace-seconds",
-            type=int,
+            type=int_range(0, MAX_SECONDS),
             default=None,
-            help="Keep unreferenced blobs younger than this (default: SKILL_BLOB_GRACE_SECONDS).",
+            help=(
+                f"Keep unreferenced blobs younger than this many seconds, 0 to {MAX_SECONDS} "
+                "(default: SKILL_BLOB_GRACE_SECONDS)."
+            ),
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="List what would be deleted; delete nothing."
@@ -29,11 +33,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         grace = options["grace_seconds"]
+        name = "--grace-seconds"
         if grace is None:
-            grace = kohakku_settings.SKILL_BLOB_GRACE_SECONDS
-        if grace < 0:
-            self.stderr.write("--grace-seconds must not be negative.")
-            raise SystemExit(2)
+            name, grace = "SKILL_BLOB_GRACE_SECONDS", kohakku_settings.SKILL_BLOB_GRACE_SECONDS
+        grace = checked(name, grace, int_range(0, MAX_SECONDS))
         report = prune_unreferenced_blobs(grace_seconds=grace, dry_run=options["dry_run"])
         verb = "would delete" if options["dry_run"] else "deleted"
         for name in report.deleted:

@@ -1,0 +1,94 @@
+"""Argument types for the controller's management commands.
+
+Each returns a function usable as an argparse ``type=``: a bad value raises
+``argparse.ArgumentTypeError``, which argparse reports as ``argument --option: message``
+(a ``CommandError`` under ``call_command``, a usage error and exit status 2 from the
+command line) instead of a traceback further down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import unicodedata
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.core.management.base import CommandError
+
+T = TypeVar("T")
+
+# Long enough for any retention or grace period, short enough that ``now - period`` is a
+# valid datetime (and a sane one).
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400
+
+
+def int_range(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An integer in ``[minimum, maximum]``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be between {minimum} and {maximum}, got {number}"
+            )
+        return number
+
+    return parse
+
+
+def float_range(minimum: float, maximum: float) -> Callable[[str], float]:
+    """A finite number in ``[minimum, maximum]`` (no ``nan`` or ``inf``)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+        if not minimum <= number <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be between {minimum:g} and {maximum:g}, got {number:g}"
+            )
+        return number
+
+    return parse
+
+
+def check_label(value: object, *, max_length: int) -> str | None:
+    """Why ``value`` is not a usable name (empty, too long, control characters), or None."""
+    if not isinstance(value, str):
+        return "must be text"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > max_length:
+        return f"must be at most {max_length} characters long"
+    if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
+        return "must not contain control characters"
+    return None
+
+
+def label(max_length: int) -> Callable[[str], str]:
+    """A non-empty single-line name without control characters, at most ``max_length`` long."""
+
+    def parse(value: str) -> str:
+        problem = check_label(value, max_length=max_length)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def checked(name: str, value: object, parse: Callable[[str], T]) -> T:
+    """Check ``value`` with an option's type: for a setting used as the option's default, or
+    for an option passed to ``call_command`` as a keyword (argparse does not see those)."""
+    try:
+        return parse(value)  # type: ignore[arg-type]
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"{name} {exc}.") from None
