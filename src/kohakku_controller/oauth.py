@@ -45,7 +45,9 @@ class ClientScopes(models.Model):
         verbose_name_plural = _("OAuth2 client scopes")
 
     def __str__(self) -> str:
-        return f"{self.application_id}: {' '.join(self.scopes)}"
+        # A row written by hand may hold anything; showing it must not fail.
+        scopes = self.scopes if isinstance(self.scopes, list) else [self.scopes]
+        return f"{self.application_id}: {' '.join(map(str, scopes))}"
 
 
 class ClientScopesBackend(SettingsScopes):

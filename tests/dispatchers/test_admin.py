@@ -87,3 +87,15 @@ def test_no_add_or_delete_in_the_admin(admin_browser, register):
         == 403
     )
     assert Dispatcher.objects.filter(pk=dispatcher.pk).exists()
+
+
+@pytest.mark.parametrize("capacity", ["0", "10001", "20000"])
+def test_change_form_refuses_capacity_outside_the_api_bounds(admin_browser, register, capacity):
+    dispatcher = register(capacity=4)
+    response = admin_browser.post(
+        f"{CHANGELIST}{dispatcher.pk}/change/", {"enabled": "on", "capacity": capacity}
+    )
+    assert response.status_code == 200
+    assert "capacity" in response.context["adminform"].form.errors
+    dispatcher.refresh_from_db()
+    assert dispatcher.capacity == 4

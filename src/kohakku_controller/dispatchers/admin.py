@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -11,6 +12,19 @@ from django.utils import timezone
 
 from . import services as dispatcher_services
 from .models import Dispatcher, DispatcherStatus
+from .serializers import MAX_CAPACITY, MIN_CAPACITY
+
+
+class DispatcherAdminForm(forms.ModelForm):
+    """The operator controls, with the bounds of ``PATCH /api/v1/dispatchers/{guid}/``."""
+
+    capacity = forms.IntegerField(
+        min_value=MIN_CAPACITY, max_value=MAX_CAPACITY, help_text="Maximum concurrent tasks."
+    )
+
+    class Meta:
+        model = Dispatcher
+        fields = ("enabled", "draining", "capacity")
 
 
 class DispatcherStatusFilter(admin.SimpleListFilter):
@@ -37,6 +51,7 @@ class DispatcherAdmin(admin.ModelAdmin):
 
     CONTROLS = ("enabled", "draining", "capacity")
 
+    form = DispatcherAdminForm
     list_display = (
         "name",
         "status",

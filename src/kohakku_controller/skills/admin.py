@@ -1,15 +1,64 @@
-"""Admin for skills and their versions. Versions are immutable: only yanking is editable."""
+"""Admin for skills and their versions. Versions are immutable: only yanking is editable.
+
+Skills follow the API's rules: a new skill is created by :func:`services.create_skill` (which
+derives the slug and refuses a name or slug already taken); afterwards the name and slug are
+read-only, and the category must be one of ``SKILL_CATEGORIES``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from rest_framework.exceptions import APIException
 
+from ..admin_forms import add_api_errors
 from .models import Skill, SkillVersion
-from .services import set_version_yanked
+from .services import category_problem, create_skill, set_version_yanked
+
+
+class _DryRun(Exception):
+    """Rolls back the trial creation in :meth:`SkillAdminForm.clean`."""
+
+
+class SkillAdminForm(forms.ModelForm):
+    class Meta:
+        model = Skill
+        fields = ("name", "category", "description", "archived")
+
+    def clean_category(self) -> str:
+        category = self.cleaned_data["category"]
+        problem = category_problem(category)
+        if problem:
+            raise forms.ValidationError(problem)
+        return category
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk is None and not self.errors:
+            # Ask create_skill itself, in a rolled-back transaction, so that the form refuses
+            # exactly what it (and the API) would refuse: no slug, a taken name or slug.
+            try:
+                with transaction.atomic():
+                    self._create(cleaned)
+                    raise _DryRun
+            except _DryRun:
+                pass
+            except APIException as exc:
+                add_api_errors(self, exc.detail)
+        return cleaned
+
+    @staticmethod
+    def _create(cleaned: dict[str, Any]) -> Skill:
+        return create_skill(
+            name=cleaned["name"],
+            category=cleaned["category"],
+            description=cleaned.get("description", ""),
+        )
 
 
 class SkillVersionInline(admin.TabularInline):
@@ -31,6 +80,23 @@ class SkillAdmin(admin.ModelAdmin):
     search_fields = ("slug", "name", "description")
     readonly_fields = ("guid", "slug", "last_version_number", "created_at", "updated_at")
     inlines = [SkillVersionInline]
+    form = SkillAdminForm
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is None:
+            return (*self.readonly_fields, "archived")  # a new skill is never archived
+        return (*self.readonly_fields, "name")  # the slug comes from the name: both stay
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return self.inlines if obj is not None else []  # versions come from uploads
+
+    def save_model(self, request: HttpRequest, obj: Skill, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        skill = form._create(form.cleaned_data)
+        # The admin goes on with ``obj`` (history entry, redirect): make it the new skill.
+        obj.__dict__.update(skill.__dict__)
 
 
 @admin.register(SkillVersion)
