@@ -68,3 +68,23 @@ def test_deploy_check_warns_about_loopback_public_url():
         assert "kohakku_controller.W005" in _ids(include_deployment_checks=True)
     with override_settings(KOHAKKU_CONTROLLER={"PUBLIC_BASE_URL": "https://ctl.example.com"}):
         assert "kohakku_controller.W005" not in _ids(include_deployment_checks=True)
+
+
+def test_numeric_settings_must_be_finite_and_in_range():
+    bad = {
+        "SCHEDULER_POLL_SECONDS": 0,  # would spin the scheduler
+        "PAGE_SIZE": -1,
+        "MAX_JSON_DEPTH": 2.5,
+        "MISSED_HEARTBEATS": True,
+        "HEALTH_CHECK_TIMEOUT": float("nan"),
+        "SCHEDULER_BATCH_SIZE": "100",
+    }
+    with override_settings(KOHAKKU_CONTROLLER=bad):
+        found = [m for m in checks.run_checks() if m.id == "kohakku_controller.E007"]
+    assert sorted(m.msg.split("'")[1] for m in found) == sorted(bad)
+
+
+def test_numeric_settings_that_may_be_zero_or_a_whole_float():
+    good = {"CANCEL_GRACE_SECONDS": 0, "SCHEDULER_POLL_SECONDS": 1, "PAGE_SIZE": 10}
+    with override_settings(KOHAKKU_CONTROLLER=good):
+        assert "kohakku_controller.E007" not in _ids()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from django.conf import settings
@@ -77,6 +78,58 @@ def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="kohakku_controller.E002",
                 )
             )
+    return errors
+
+
+#: Numeric settings for which 0 is meaningful (no grace, no retention, keep no body).
+MAY_BE_ZERO = frozenset(
+    {
+        "SECRET_ROTATION_GRACE_SECONDS",
+        "SKILL_BLOB_GRACE_SECONDS",
+        "LOST_DISPATCHER_GRACE_SECONDS",
+        "CANCEL_GRACE_SECONDS",
+        "REPORTED_TASKS_GRACE_SECONDS",
+        "PUSH_BACKOFF_BASE_SECONDS",
+        "UNMATCHED_RECHECK_SECONDS",
+        "WEBHOOK_LOG_BODY_BYTES",
+        "WEBHOOK_DELIVERY_RETENTION_DAYS",
+    }
+)
+
+
+@register(Tags.compatibility)
+def check_numbers(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Numeric settings hold finite numbers of their default's kind, above 0 (or at least 0).
+
+    A poll interval of 0 or NaN would spin the scheduler; a page size of -1 would break lists.
+    """
+    user = _user_settings()
+    if not isinstance(user, dict):
+        return []
+    errors = []
+    for key, value in sorted(user.items()):
+        default = DEFAULTS.get(key)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        kinds = (int,) if isinstance(default, int) else (int, float)
+        lowest = 0 if key in MAY_BE_ZERO else 1 if isinstance(default, int) else None
+        is_number = isinstance(value, kinds) and not isinstance(value, bool)
+        if (
+            is_number
+            and math.isfinite(value)
+            and (value > 0 if lowest is None else value >= lowest)
+        ):
+            continue
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        bound = "above 0" if lowest is None else f"of at least {lowest}"
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME}[{key!r}] is {value!r}; it must be {kind} {bound}.",
+                hint=f"The default is {default!r}; see the settings docs.",
+                obj=SETTINGS_NAME,
+                id="kohakku_controller.E007",
+            )
+        )
     return errors
 
 
