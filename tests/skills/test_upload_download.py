@@ -137,6 +137,22 @@ def test_a_damaged_object_at_the_content_address_is_rewritten(skill, upload, sta
     assert stored_names(skill.slug) == [ref.rsplit("/", 1)[1]]
 
 
+def test_an_object_that_cannot_be_read_back_is_written_again(skill, upload, monkeypatch):
+    """Gone between the existence check and the read (a racing prune, an S3 error)."""
+    data = package(skill.slug)
+    ref = services.storage_ref_for(skill.slug, hashlib.sha256(data).hexdigest())
+    get_storage().save(ref, ContentFile(data))
+
+    def unreadable(self, name):
+        raise RuntimeError(f"cannot read {name}")
+
+    monkeypatch.setattr(type(get_storage()), "size", unreadable)
+    response = upload(skill.slug, data)
+    assert response.status_code == 201, response.content
+    with get_storage().open(ref, "rb") as stored:
+        assert stored.read() == data
+
+
 def test_a_whole_object_at_the_content_address_is_reused(skill, monkeypatch):
     data = package(skill.slug)
     ref = services.storage_ref_for(skill.slug, hashlib.sha256(data).hexdigest())

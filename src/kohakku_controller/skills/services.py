@@ -273,13 +273,21 @@ def _store_blob(ref: str, uploaded_file: IO[bytes], digest: UploadDigest) -> boo
 
 
 def _blob_holds(storage: Any, ref: str, digest: UploadDigest) -> bool:
-    """True if the object at ``ref`` has the package's size and sha256."""
+    """True if the object at ``ref`` has the package's size and sha256.
+
+    An object that cannot be read back (gone since it was seen, or an object store's error)
+    is not trusted either: the caller writes the package again, which is always safe at a
+    content address.
+    """
     try:
         if storage.size(ref) != digest.size:
             return False
         with storage.open(ref, "rb") as stored:
             return hash_upload(stored, max_bytes=digest.size) == digest
-    except (FileNotFoundError, PackageTooLarge):
+    except PackageTooLarge:
+        return False
+    except Exception:  # FileNotFoundError, botocore's ClientError, ...
+        logger.warning("package blob %s could not be read back; writing it again", ref)
         return False
 
 
