@@ -7,15 +7,14 @@ with an RFC 8288 ``Link`` header (``rel="first"``, ``"prev"``, ``"next"``, ``"la
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from .conf import kohakku_settings
+from .parsers import positive_int_param
 
 
 class LinkHeaderPagination(PageNumberPagination):
@@ -26,14 +25,14 @@ class LinkHeaderPagination(PageNumberPagination):
         """``?page_size=``, capped at ``MAX_PAGE_SIZE``; 400 unless a positive integer."""
         self.page_size = kohakku_settings.PAGE_SIZE
         self.max_page_size = kohakku_settings.MAX_PAGE_SIZE
-        requested = _positive_int(request, self.page_size_query_param)
+        requested = positive_int_param(request, self.page_size_query_param)
         return self.page_size if requested is None else min(requested, self.max_page_size)
 
     def get_page_number(self, request: Any, paginator: Any) -> int | str:
         """``?page=``: a positive integer or ``last`` (400 otherwise); past the end is 404."""
         if request.query_params.get(self.page_query_param) in self.last_page_strings:
             return paginator.num_pages
-        return _positive_int(request, self.page_query_param) or 1
+        return positive_int_param(request, self.page_query_param) or 1
 
     def _page_url(self, number: int) -> str:
         url = self.request.build_absolute_uri()
@@ -57,16 +56,3 @@ class LinkHeaderPagination(PageNumberPagination):
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         return schema
-
-
-def _positive_int(request: Any, name: str) -> int | None:
-    """The query parameter ``name`` as a positive integer; ``None`` if absent or empty."""
-    raw = request.query_params.get(name, "")
-    if raw == "":
-        return None
-    if not _POSITIVE_INT.fullmatch(raw):
-        raise ValidationError({name: ["Must be a positive integer."]})
-    return int(raw)
-
-
-_POSITIVE_INT = re.compile(r"[1-9][0-9]{0,8}")

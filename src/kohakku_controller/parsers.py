@@ -163,3 +163,20 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is too large")
     return value
+
+
+#: The largest number a positive-integer query parameter may hold (a 32-bit integer column).
+MAX_QUERY_INT = 2**31 - 1
+_ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def positive_int_param(request: Any, name: str, *, maximum: int = MAX_QUERY_INT) -> int | None:
+    """The query parameter ``name`` as an integer from 1 to ``maximum``; ``None`` if absent or
+    empty. Anything else is a 400 naming it: ``int()`` alone would also take ``"1_0"``,
+    superscript and other scripts' digits, or thousands of digits."""
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return None
+    if not _ASCII_DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise ValidationError({name: ["Must be a positive integer."]})
+    return int(raw)

@@ -657,3 +657,18 @@ def test_run_forever_pushes_new_work_until_stopped(skill_version, make_dispatche
     assert not thread.is_alive()
     assert sorted(p["body"]["task_guid"] for p in stub.pushes) == sorted(str(t.guid) for t in tasks)
     assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 5
+
+
+def test_reported_tasks_are_compared_in_constant_queries_however_many_dispatchers(
+    skill_version, make_dispatcher, dispatch, scheduler, django_assert_num_queries
+):
+    for index in range(5):
+        dispatcher = make_dispatcher(f"d{index}")
+        task, _token = dispatch(create_task(skill="code-review"), dispatcher)
+        Task.objects.filter(pk=task.pk).update(status="running", started_at=timezone.now())
+        Dispatcher.objects.filter(pk=dispatcher.pk).update(
+            reported_task_guids=[str(task.guid)], last_heartbeat_at=timezone.now()
+        )
+    # The liveness condition reads the distinct heartbeat intervals, then one read of tasks.
+    with django_assert_num_queries(2):
+        assert scheduler.release_tasks_not_reported(timezone.now()) == 0

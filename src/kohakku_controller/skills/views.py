@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from django.http import (
@@ -25,13 +24,13 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..api import UPLOAD_PARSERS, ControllerGenericViewSet
 from ..conf import kohakku_settings
 from ..exceptions import PayloadTooLarge, ServiceUnavailable
+from ..parsers import positive_int_param
 from ..schema import ErrorSerializer
 from ..storage import storage_is_remote
 from . import services
@@ -54,8 +53,6 @@ logger = logging.getLogger(__name__)
 # Room for multipart boundaries and part headers around the package itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 SIGNATURE_PARAM = "signature"
-#: The largest version number a database integer column holds.
-MAX_VERSION_NUMBER = 2**31 - 1
 
 
 class SignedDownloadPermission(permissions.BasePermission):
@@ -77,14 +74,7 @@ class SignedDownloadPermission(permissions.BasePermission):
 
 def _requested_version(request: Request) -> int | None:
     """``?version=N`` as a number; ``None`` (latest) when absent or empty."""
-    raw = request.query_params.get("version")
-    if not raw:
-        return None
-    # ASCII digits only: str.isdigit() also takes superscripts, Arabic-Indic and full-width
-    # digits, some of which int() refuses.
-    if not re.fullmatch(r"[0-9]{1,10}", raw) or not 1 <= int(raw) <= MAX_VERSION_NUMBER:
-        raise ValidationError({"version": ["Must be a positive integer."]})
-    return int(raw)
+    return positive_int_param(request, "version")
 
 
 def _etag_matches(if_none_match: str, etag: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 import django_filters
 from django import forms
 
+from ..parsers import MAX_QUERY_INT
 from .models import Task, TaskOrigin, TaskStatus
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -18,7 +19,7 @@ class PositiveIntegerField(forms.IntegerField):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("min_value", 1)
-        kwargs.setdefault("max_value", 2**31 - 1)
+        kwargs.setdefault("max_value", MAX_QUERY_INT)
         super().__init__(**kwargs)
 
     def to_python(self, value: Any) -> int | None:

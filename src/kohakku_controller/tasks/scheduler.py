@@ -30,6 +30,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -361,56 +362,60 @@ class Scheduler:
         if not kohakku_settings.RECONCILE_REPORTED_TASKS:
             return 0
         grace = timedelta(seconds=kohakku_settings.REPORTED_TASKS_GRACE_SECONDS)
+        running = Task.objects.filter(status=TaskStatus.RUNNING)
+        # One read for every running task of an online dispatcher, with what its latest
+        # heartbeat said; writes only for tasks that drop out, return or run out of grace.
+        rows = running.filter(
+            dispatcher__in=Dispatcher.objects.online(now),
+            dispatcher__last_heartbeat_at__isnull=False,
+        ).values_list(
+            "pk",
+            "guid",
+            "started_at",
+            "unreported_since",
+            "dispatcher_id",
+            "dispatcher__last_heartbeat_at",
+            "dispatcher__reported_task_guids",
+        )
+        listed_again: list[int] = []
+        # Keyed by the heartbeat that left them out.
+        dropped: dict[datetime, list[int]] = defaultdict(list)
+        missing_long: list[int] = []
+        reported_by: dict[int, set[str]] = {}
+        for pk, guid, started_at, since, dispatcher_id, beat, reported in rows:
+            if dispatcher_id not in reported_by:
+                reported_by[dispatcher_id] = {str(g) for g in reported or []}
+            if str(guid) in reported_by[dispatcher_id]:
+                if since is not None:
+                    listed_again.append(pk)
+            elif since is None:
+                if started_at is None or started_at < beat:
+                    dropped[beat].append(pk)
+            elif since <= beat - grace:
+                missing_long.append(pk)
+        if listed_again:
+            running.filter(pk__in=listed_again, unreported_since__isnull=False).update(
+                unreported_since=None
+            )
+        for beat, pks in dropped.items():
+            # Only while that heartbeat is the latest: a newer one may list the task again.
+            running.filter(
+                pk__in=pks, unreported_since__isnull=True, dispatcher__last_heartbeat_at=beat
+            ).update(unreported_since=beat)
         released = 0
-        online = {d.pk: d for d in Dispatcher.objects.online(now).filter(tasks__status="running")}
-        for dispatcher in online.values():
-            beat = dispatcher.last_heartbeat_at
-            if beat is None:
-                continue
-            reported = {str(g) for g in (dispatcher.reported_task_guids or [])}
-            running = Task.objects.filter(dispatcher=dispatcher, status=TaskStatus.RUNNING)
-            listed_again: list[int] = []
-            dropped: list[int] = []
-            missing_long: list[int] = []
-            for pk, guid, started_at, since in running.values_list(
-                "pk", "guid", "started_at", "unreported_since"
-            ):
-                if str(guid) in reported:
-                    if since is not None:
-                        listed_again.append(pk)
-                elif since is None:
-                    if started_at is None or started_at < beat:
-                        dropped.append(pk)
-                elif since <= beat - grace:
-                    missing_long.append(pk)
-            if listed_again:
-                running.filter(pk__in=listed_again, unreported_since__isnull=False).update(
-                    unreported_since=None
-                )
-            if dropped:
-                # Only while that heartbeat is the latest: a newer one may list the task again.
-                running.filter(
-                    pk__in=dropped,
-                    unreported_since__isnull=True,
-                    dispatcher__last_heartbeat_at=beat,
-                ).update(unreported_since=beat)
-            if not missing_long:
-                continue
+        for task in running.select_related("dispatcher").filter(pk__in=missing_long):
+            beat = task.dispatcher.last_heartbeat_at
+            since = task.unreported_since
+            if since is None or beat is None or since > beat - grace:
+                continue  # listed again meanwhile
             reason = (
-                f"dispatcher {dispatcher.name} no longer reports this task "
+                f"dispatcher {task.dispatcher.name} no longer reports this task "
                 f"(missing from its heartbeats for {grace.total_seconds():g} s)"
             )
-            for task in running.select_related("dispatcher").filter(
-                pk__in=missing_long, unreported_since__lte=beat - grace
+            if release_task(
+                task, kind="requeued", reason=reason, now=now, from_statuses=(TaskStatus.RUNNING,)
             ):
-                if release_task(
-                    task,
-                    kind="requeued",
-                    reason=reason,
-                    now=now,
-                    from_statuses=(TaskStatus.RUNNING,),
-                ):
-                    released += 1
+                released += 1
         return released
 
     def time_out_overdue_tasks(self, now: datetime) -> list[tuple[Task, Dispatcher | None]]:

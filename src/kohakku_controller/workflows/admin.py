@@ -22,22 +22,12 @@ class WorkflowAdminForm(forms.ModelForm):
 
     class Meta:
         model = Workflow
-        fields = (
-            "name",
-            "slug",
-            "enabled",
-            "priority",
-            "source",
-            "event",
-            "conditions",
-            "skill",
-            "skill_version",
-            "input_template",
-            "backend",
-            "labels",
-            "task_priority",
-            "timeout_seconds",
-        )
+        # The API's writable fields.
+        fields = [
+            name
+            for name in WorkflowSerializer.Meta.fields
+            if name not in WorkflowSerializer.Meta.read_only_fields
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
 from django.core.management.base import CommandError
+
+from ...dispatchers.labels import has_control_characters
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ def check_label(value: object, *, max_length: int) -> str | None:
         return "must not be empty"
     if len(value) > max_length:
         return f"must be at most {max_length} characters long"
-    if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
+    if has_control_characters(value):
         return "must not contain control characters"
     return None
 
