@@ -672,3 +672,21 @@ def test_reported_tasks_are_compared_in_constant_queries_however_many_dispatcher
     # The liveness condition reads the distinct heartbeat intervals, then one read of tasks.
     with django_assert_num_queries(2):
         assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+
+
+def test_timeout_sweep_takes_the_most_overdue_tasks_first(skill_version, make_dispatcher):
+    dispatcher = make_dispatcher(capacity=20)
+    tasks = [create_task(skill="code-review", timeout_seconds=60) for _ in range(11)]
+    now = timezone.now()
+    with Scheduler(name="claimer") as claimer:
+        claimer.claim_and_assign(now)
+    # Deadlines 1 to 11 s ago, in neither creation order nor its reverse.
+    overdue_by = {task.pk: (index * 4 + 3) % 11 + 1 for index, task in enumerate(tasks)}
+    for pk, seconds in overdue_by.items():
+        Task.objects.filter(pk=pk).update(deadline_at=now - timedelta(seconds=seconds))
+    with Scheduler(name="sweeper", batch_size=1) as sweeper:  # ten timeouts per pass
+        timed_out = sweeper.time_out_overdue_tasks(now)
+    assert len(timed_out) == 10
+    least_overdue = min(overdue_by, key=overdue_by.get)
+    assert Task.objects.get(status="dispatched").pk == least_overdue  # it waits for the next pass
+    assert Task.objects.filter(dispatcher=dispatcher, status="timed_out").count() == 10

@@ -36,6 +36,8 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 )
 #: States in which a dispatcher holds the task (they count against its capacity).
 ACTIVE_STATUSES: frozenset[str] = frozenset({TaskStatus.DISPATCHED, TaskStatus.RUNNING})
+# In one fixed order, as the partial indexes' conditions name them.
+_ACTIVE = [TaskStatus.DISPATCHED.value, TaskStatus.RUNNING.value]
 
 
 class TaskOrigin(models.TextChoices):
@@ -62,6 +64,35 @@ class TaskQuerySet(models.QuerySet):
         return self.filter(status=TaskStatus.QUEUED, not_before__lte=now).order_by(
             "-priority", "created_at", "id"
         )
+
+    # The scheduler's sweeps. Each has a partial index in ``Task.Meta.indexes`` that holds only
+    # the rows it looks for, so a pass reads what it acts on, not every task ever run, and
+    # takes them oldest first in that index's order, so a backlog drains fairly.
+
+    def overdue(self, now):
+        """Active tasks past their deadline."""
+        return self.filter(status__in=_ACTIVE, deadline_at__lt=now).order_by("deadline_at")
+
+    def expired_leases(self, now):
+        """Claims whose push was never confirmed and whose lease has run out."""
+        return self.filter(
+            status=TaskStatus.DISPATCHED, pushed_at__isnull=True, lease_expires_at__lt=now
+        ).order_by("lease_expires_at")
+
+    def cancel_requested(self):
+        """Active tasks an operator asked to cancel."""
+        return self.filter(status__in=_ACTIVE, cancel_requested_at__isnull=False).order_by(
+            "cancel_requested_at"
+        )
+
+    def timed_out_cancel_unsent(self, since):
+        """Tasks timed out since ``since`` whose dispatcher has not yet been sent a cancel."""
+        return self.filter(
+            status=TaskStatus.TIMED_OUT,
+            cancel_sent_at__isnull=True,
+            dispatcher__isnull=False,
+            finished_at__gte=since,
+        ).order_by("finished_at")
 
 
 class Task(models.Model):
@@ -148,16 +179,27 @@ class Task(models.Model):
             ),
             # Capacity counts and lost-dispatcher sweeps.
             models.Index(fields=["dispatcher", "status"], name="kohakku_task_disp_status_idx"),
-            # Timeouts and stale leases of active tasks.
+            # The scheduler's sweeps (TaskQuerySet.overdue, expired_leases, cancel_requested,
+            # timed_out_cancel_unsent): each holds only the rows its sweep acts on.
             models.Index(
                 fields=["deadline_at"],
-                condition=Q(status__in=["dispatched", "running"]),
+                condition=Q(status__in=_ACTIVE),
                 name="kohakku_task_deadline_idx",
             ),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=Q(status="dispatched", pushed_at__isnull=True),
                 name="kohakku_task_lease_idx",
+            ),
+            models.Index(
+                fields=["cancel_requested_at"],
+                condition=Q(status__in=_ACTIVE, cancel_requested_at__isnull=False),
+                name="kohakku_task_cancel_idx",
+            ),
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(status="timed_out", cancel_sent_at__isnull=True),
+                name="kohakku_task_unsent_cancel_idx",
             ),
             models.Index(fields=["status", "created_at"], name="kohakku_task_status_idx"),
         ]

@@ -336,9 +336,7 @@ class Scheduler:
 
     def release_expired_leases(self, now: datetime) -> int:
         released = 0
-        tasks = Task.objects.select_related("dispatcher").filter(
-            status=TaskStatus.DISPATCHED, pushed_at__isnull=True, lease_expires_at__lt=now
-        )
+        tasks = Task.objects.expired_leases(now).select_related("dispatcher")
         for task in tasks[: self.batch_size * 10]:
             reason = (
                 f"the push by scheduler {task.claimed_by or 'unknown'} was never confirmed "
@@ -421,9 +419,7 @@ class Scheduler:
     def time_out_overdue_tasks(self, now: datetime) -> list[tuple[Task, Dispatcher | None]]:
         """Mark overdue tasks ``timed_out`` (their dispatchers then get a cancel); return them."""
         done: list[tuple[Task, Dispatcher | None]] = []
-        overdue = Task.objects.select_related("dispatcher").filter(
-            status__in=list(ACTIVE_STATUSES), deadline_at__lt=now
-        )
+        overdue = Task.objects.overdue(now).select_related("dispatcher")
         for task in overdue[: self.batch_size * 10]:
             if time_out_task(task, now):
                 done.append((task, task.dispatcher))
@@ -432,8 +428,10 @@ class Scheduler:
     def finish_unconfirmed_cancellations(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
         finished = 0
-        tasks = Task.objects.select_related("dispatcher").filter(
-            status__in=list(ACTIVE_STATUSES), cancel_requested_at__lt=cutoff
+        tasks = (
+            Task.objects.cancel_requested()
+            .filter(cancel_requested_at__lt=cutoff)
+            .select_related("dispatcher")
         )
         reason = (
             f"cancelled: the dispatcher did not confirm within "
@@ -682,15 +680,12 @@ class Scheduler:
         ``CANCEL_GRACE_SECONDS`` after it ended.
         """
         now = now or timezone.now()
-        not_sent = Task.objects.select_related("dispatcher").filter(cancel_sent_at__isnull=True)
-        requested = not_sent.filter(
-            status__in=list(ACTIVE_STATUSES), cancel_requested_at__isnull=False
-        )[: self.batch_size]
-        timed_out = not_sent.filter(
-            status=TaskStatus.TIMED_OUT,
-            dispatcher__isnull=False,
-            finished_at__gte=now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS),
-        )[: self.batch_size]
+        requested = Task.objects.cancel_requested().filter(cancel_sent_at__isnull=True)
+        timed_out = Task.objects.timed_out_cancel_unsent(
+            now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
+        )
+        requested = requested.select_related("dispatcher")[: self.batch_size]
+        timed_out = timed_out.select_related("dispatcher")[: self.batch_size]
         jobs = []
         for task, reason in [
             *[(t, "timed out") for t in timed_out],

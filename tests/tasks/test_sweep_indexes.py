@@ -1,0 +1,53 @@
+"""The scheduler's sweeps read their rows through partial indexes, not the whole task table.
+
+With sequential scans priced out, PostgreSQL's plan names the index a query can use; a
+sweep whose filter stopped matching its index's condition would fall back to the
+status index (every task in that status, ever) and fail here.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from kohakku_controller.tasks.models import Task
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+@pytest.fixture
+def plan_with_indexes_preferred(db):
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+
+    def plan(queryset) -> str:
+        return queryset.explain()
+
+    return plan
+
+
+def test_each_sweep_uses_its_own_partial_index(plan_with_indexes_preferred):
+    now = timezone.now()
+    sweeps = {
+        "kohakku_task_claim_idx": Task.objects.claimable(now),
+        "kohakku_task_deadline_idx": Task.objects.overdue(now),
+        "kohakku_task_lease_idx": Task.objects.expired_leases(now),
+        "kohakku_task_cancel_idx": Task.objects.cancel_requested().filter(
+            cancel_requested_at__lt=now
+        ),
+        "kohakku_task_unsent_cancel_idx": Task.objects.timed_out_cancel_unsent(
+            now - timedelta(minutes=5)
+        ),
+    }
+    for index, queryset in sweeps.items():
+        # As the scheduler reads them: with the dispatcher joined, a batch at a time.
+        plan = plan_with_indexes_preferred(queryset.select_related("dispatcher")[:100])
+        assert index in plan, f"{index} not used:\n{plan}"
+
+
+def test_pending_cancels_not_yet_sent_use_the_cancel_index(plan_with_indexes_preferred):
+    queryset = Task.objects.cancel_requested().filter(cancel_sent_at__isnull=True)
+    assert "kohakku_task_cancel_idx" in plan_with_indexes_preferred(queryset)
