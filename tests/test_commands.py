@@ -180,10 +180,28 @@ def test_create_client_refuses_ambiguous_names_and_other_grant_types():
         call_command("kohakku_create_client", "web", "--scopes", "tasks:read")
     assert model.objects.get().authorization_grant_type == model.GRANT_AUTHORIZATION_CODE
 
-    call_command("kohakku_create_client", "twin", "--scopes", "tasks:read", "--client-id", "a")
-    call_command("kohakku_create_client", "twin", "--scopes", "tasks:read", "--client-id", "b")
-    with pytest.raises(CommandError, match="More than one application is named 'twin'"):
-        call_command("kohakku_create_client", "twin", "--scopes", "tasks:read")
+    # The command never makes two applications with one name; the admin can.
+    for client_id in ("a", "b"):
+        model.objects.create(
+            name="twin",
+            client_id=client_id,
+            client_type=model.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=model.GRANT_CLIENT_CREDENTIALS,
+        )
+    for extra in ([], ["--client-id", "c"], ["--client-id", "c", "--change-client-id"]):
+        with pytest.raises(CommandError, match="More than one application is named 'twin'"):
+            call_command("kohakku_create_client", "twin", "--scopes", "tasks:read", *extra)
+    # Naming one of them chooses it.
+    call_command(
+        "kohakku_create_client",
+        "twin",
+        "--scopes",
+        "tasks:read",
+        "--client-id",
+        "b",
+        stdout=io.StringIO(),
+    )
+    assert model.objects.count() == 3
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,9 @@ def test_operations_document_auth_and_errors(client):
     assert {"200", "503"} <= set(ready["responses"])
     create_task = document["paths"]["/api/v1/tasks/"]["post"]
     assert {"400", "401", "403", "411", "413", "415"} <= set(create_task["responses"])
+    workflow = document["paths"]["/api/v1/workflows/{slug}/"]
+    assert {"200", "400", "404", "409"} <= set(workflow["patch"]["responses"])
+    assert "409" in workflow["put"]["responses"]
 
 
 def test_swagger_ui_renders_with_local_assets(client):

@@ -73,3 +73,19 @@ def test_prune_checks_the_grace_setting(db, settings):
 
 def test_prune_accepts_the_longest_grace(db, isolated_storage):
     assert "deleted 0 blob(s)" in _run("--grace-seconds", "3153600000")
+
+
+def test_a_blob_deleted_by_a_concurrent_run_is_skipped(referenced_and_orphan, monkeypatch):
+    skill, referenced, orphan = referenced_and_orphan
+    storage = get_storage()
+    read_time = storage.get_modified_time
+
+    def deleted_meanwhile(name):
+        if name == orphan:
+            storage.delete(name)  # another run got there between listing and this check
+        return read_time(name)
+
+    monkeypatch.setattr(storage, "get_modified_time", deleted_meanwhile)
+    output = _run("--grace-seconds", "0")
+    assert output.strip() == "deleted 0 blob(s); kept 1 referenced and 0 within the grace period."
+    assert stored_names(skill.slug) == [referenced.rsplit("/", 1)[1]]

@@ -361,3 +361,20 @@ class TestDryRun:
         response = staff_client.post(f"{URL}dry-run/", {"payload": {}}, format="json")
         assert response.status_code == 400
         assert set(response.json()) == {"source", "event"}
+
+
+def test_workflow_timeout_follows_the_task_timeout_setting(staff_client, make_workflow, settings):
+    make_workflow()
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "TASK_MAX_TIMEOUT_SECONDS": 30 * 24 * 3600,
+    }
+    month = staff_client.patch(
+        f"{URL}triage-prs/", {"timeout_seconds": 30 * 24 * 3600}, format="json"
+    )
+    assert month.status_code == 200, month.json()
+    over = staff_client.patch(
+        f"{URL}triage-prs/", {"timeout_seconds": 30 * 24 * 3600 + 1}, format="json"
+    )
+    assert over.status_code == 400
+    assert "2592000" in over.json()["timeout_seconds"][0]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 
@@ -31,7 +32,7 @@ def iter_blob_names() -> list[str]:
         return []
     except Exception as exc:
         # An S3 bucket nothing was ever written to holds no blobs either.
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") == "NoSuchBucket":
+        if _s3_error_code(exc) == "NoSuchBucket":
             return []
         raise
     names = []
@@ -58,7 +59,10 @@ def prune_unreferenced_blobs(*, grace_seconds: int, dry_run: bool = False) -> Pr
         if name in referenced:
             report.referenced += 1
             continue
-        if storage.get_modified_time(name) > cutoff:
+        written_at = _modified_time(storage, name)
+        if written_at is None:
+            continue  # deleted since it was listed, by another prune run
+        if written_at > cutoff:
             report.too_young += 1
             continue
         if SkillVersion.objects.filter(storage_ref=name).exists():
@@ -68,3 +72,20 @@ def prune_unreferenced_blobs(*, grace_seconds: int, dry_run: bool = False) -> Pr
             storage.delete(name)
         report.deleted.append(name)
     return report
+
+
+def _modified_time(storage: Any, name: str) -> datetime | None:
+    """When ``name`` was written, or None if it no longer exists."""
+    try:
+        return storage.get_modified_time(name)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        if _s3_error_code(exc) in {"404", "NoSuchKey"}:
+            return None
+        raise
+
+
+def _s3_error_code(exc: Exception) -> str | None:
+    """The error code of an S3 (botocore) error, or None for any other exception."""
+    return getattr(exc, "response", {}).get("Error", {}).get("Code")

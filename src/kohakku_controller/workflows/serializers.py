@@ -11,6 +11,7 @@ from ..dispatchers.serializers import (
     RejectUnknownFieldsMixin,
     reject_control_characters,
 )
+from ..parsers import MAX_QUERY_INT
 from ..skills.models import Skill, SkillVersion
 from ..tasks.services import placement_errors
 from . import services
@@ -46,8 +47,9 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
         help_text="JMESPath expression that must yield a JSON object: the task input.",
     )
     labels = LabelsField(default=dict)
+    # The upper bound is TASK_MAX_TIMEOUT_SECONDS, checked with the other task settings.
     timeout_seconds = serializers.IntegerField(
-        min_value=1, max_value=7 * 24 * 3600, allow_null=True, default=None
+        min_value=1, max_value=MAX_QUERY_INT, allow_null=True, default=None
     )
 
     class Meta:

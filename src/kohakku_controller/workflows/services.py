@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.exceptions import ValidationError
 
 from ..conf import kohakku_settings
+from ..exceptions import Conflict
 from ..tasks.services import create_task, json_document_problem
 from .expressions import (
     Evaluation,
@@ -138,12 +140,23 @@ def derive_slug(name: str) -> str:
 
 
 def save_workflow(workflow: Workflow, **fields: Any) -> Workflow:
-    """Create or update a workflow from validated fields; a slug or name clash is a 400."""
+    """Create or update a workflow from validated fields; a slug or name clash is a 400.
+
+    An update writes only ``fields``, and only if nobody changed the workflow since it was
+    read (its ``updated_at`` is unchanged): the fields were validated together with what was
+    read, so two concurrent edits never mix into a combination neither request checked, and
+    neither silently undoes the other. The later one answers 409; the caller reads again and
+    retries.
+    """
+    read_at = workflow.updated_at
     for name, value in fields.items():
         setattr(workflow, name, value)
     try:
         with transaction.atomic():
-            workflow.save()
+            if workflow._state.adding:
+                workflow.save()
+            else:
+                _update_if_unchanged(workflow, read_at, fields)
     except IntegrityError:
         clashes = {}
         if Workflow.objects.filter(slug=workflow.slug).exclude(pk=workflow.pk).exists():
@@ -154,3 +167,15 @@ def save_workflow(workflow: Workflow, **fields: Any) -> Workflow:
             raise
         raise ValidationError(clashes) from None
     return workflow
+
+
+def _update_if_unchanged(workflow: Workflow, read_at: Any, fields: dict[str, Any]) -> None:
+    workflow.updated_at = timezone.now()
+    changed = Workflow.objects.filter(pk=workflow.pk, updated_at=read_at).update(
+        **fields, updated_at=workflow.updated_at
+    )
+    if not changed:
+        raise Conflict(
+            "The workflow was changed or deleted by another request since it was read; "
+            "read it again and retry."
+        )

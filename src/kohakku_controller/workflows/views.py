@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers as drf_serializers
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..api import ControllerModelViewSet
+from ..schema import ErrorSerializer
 from . import services
 from .events import build_event_document
 from .filters import WorkflowFilter
@@ -24,7 +25,17 @@ from .serializers import (
     evaluation_data,
 )
 
+_EDITED_CONCURRENTLY = OpenApiResponse(
+    ErrorSerializer,
+    description="Another request changed the workflow since this one read it; read it again "
+    "and retry. Nothing was written.",
+)
 
+
+@extend_schema_view(
+    update=extend_schema(responses={200: WorkflowSerializer, 409: _EDITED_CONCURRENTLY}),
+    partial_update=extend_schema(responses={200: WorkflowSerializer, 409: _EDITED_CONCURRENTLY}),
+)
 class WorkflowViewSet(ControllerModelViewSet):
     """Workflows turn webhook events into tasks. Looked up by slug."""
 

@@ -56,26 +56,42 @@ def float_range(minimum: float, maximum: float) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(
                 f"must be between {minimum:g} and {maximum:g}, got {number:g}"
             )
-        return number
+        return number + 0.0  # -0 is 0
 
     return parse
 
 
 def check_label(value: object, *, max_length: int) -> str | None:
-    """Why ``value`` is not a usable name (empty, too long, control characters), or None."""
+    """Why ``value`` is not a usable name (empty, padded, too long, not UTF-8, control
+    characters), or None."""
     if not isinstance(value, str):
         return "must be text"
     if not value.strip():
         return "must not be empty"
+    if value != value.strip():
+        # "eu-1 " would be another client than "eu-1", one nobody can tell apart.
+        return "must not start or end with white space"
     if len(value) > max_length:
         return f"must be at most {max_length} characters long"
+    try:
+        # Bytes that are not UTF-8 reach ``sys.argv`` as lone surrogates, which the
+        # database driver cannot encode.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid UTF-8"
     if has_control_characters(value):
         return "must not contain control characters"
     return None
 
 
+def printable(text: str) -> str:
+    """``text`` with the characters a terminal would act on (escape sequences, new lines,
+    undecodable bytes) written as escapes, for echoing an operator's input in a message."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def label(max_length: int) -> Callable[[str], str]:
-    """A non-empty single-line name without control characters, at most ``max_length`` long."""
+    """A name ``check_label`` accepts, at most ``max_length`` long."""
 
     def parse(value: str) -> str:
         problem = check_label(value, max_length=max_length)
@@ -84,6 +100,22 @@ def label(max_length: int) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+class Once(argparse.Action):
+    """Store an option's value, refusing the option a second time: for options where a
+    repeat is a contradiction rather than an override."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentError(self, "given more than once")
+        setattr(namespace, self.dest, values)
 
 
 def checked(name: str, value: object, parse: Callable[[str], T]) -> T:

@@ -3,18 +3,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection, transaction
 from oauth2_provider.models import get_application_model
 
 from ...auth import SCOPES
-from ...oauth import create_or_reset_client
-from ._arguments import check_label
+from ...oauth import create_or_reset_client, validate_scopes
+from ._arguments import Once, check_label, printable
 
 
 class Command(BaseCommand):
     help = (
         "Create an OAuth2 client-credentials application with controller scopes, or reset "
-        "the secret and scopes of an existing one (same name, or same --client-id and name). "
-        "Prints the client id and secret once."
+        "the secret and scopes of an existing one (same name, or same --client-id and name); "
+        "safe to re-run, and never leaves two applications with one name. Prints the client "
+        "id and secret once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -22,15 +24,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--scopes",
             required=True,
+            action=Once,
             help=f"Space- or comma-separated scopes from: {', '.join(SCOPES)}.",
         )
-        parser.add_argument("--client-id", help="Use this client id instead of a random one.")
+        parser.add_argument(
+            "--client-id", action=Once, help="Use this client id instead of a random one."
+        )
         parser.add_argument(
             "--rename",
             action="store_true",
             help=(
                 "Allow --client-id to name an existing application with another name: rename "
                 "it to NAME (its secret and scopes are replaced too)."
+            ),
+        )
+        parser.add_argument(
+            "--change-client-id",
+            action="store_true",
+            help=(
+                "Allow a new --client-id for the existing application NAME: change its client "
+                "id (its secret and scopes are replaced too)."
             ),
         )
 
@@ -48,45 +61,95 @@ class Command(BaseCommand):
                 problem = "must not contain spaces"
             if problem:
                 raise CommandError(f"--client-id {problem}.")
+        for flag in ("rename", "change_client_id"):
+            if options[flag] and client_id is None:
+                raise CommandError(f"--{flag.replace('_', '-')} needs --client-id.")
         scopes = str(options["scopes"]).replace(",", " ").split()
         if not scopes:
             raise CommandError(f"--scopes must name at least one scope from: {', '.join(SCOPES)}.")
-        self.check_existing(application_model, name, client_id, rename=options["rename"])
         try:
-            client = create_or_reset_client(name, scopes, client_id=client_id)
+            scopes = validate_scopes(scopes)
         except ValueError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(printable(str(exc))) from None
+        with transaction.atomic():
+            self.wait_for_other_runs()
+            application = self.check_existing(
+                application_model,
+                name,
+                client_id,
+                rename=options["rename"],
+                change_client_id=options["change_client_id"],
+            )
+            if application is not None and client_id and application.client_id != client_id:
+                application_model.objects.filter(pk=application.pk).update(client_id=client_id)
+            client = create_or_reset_client(name, scopes, client_id=client_id)
+        # Printed once the transaction is committed: a secret shown is a secret that works.
         self.stdout.write(f"client_id={client.client_id}")
         self.stdout.write(f"client_secret={client.client_secret}")
         self.stdout.write(f"scopes={' '.join(scopes)}")
 
     @staticmethod
+    def wait_for_other_runs() -> None:
+        """Make concurrent runs take turns until the transaction ends, so that two of them
+        cannot both find no application and both create one (names are not unique). SQLite
+        runs writing transactions one at a time already."""
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('kohakku_create_client'))")
+
+    @staticmethod
     def check_existing(
-        application_model: Any, name: str, client_id: str | None, *, rename: bool
-    ) -> None:
-        """Refuse to change an application the command was not clearly asked to change."""
-        if client_id:
-            existing = list(application_model.objects.filter(client_id=client_id))
-            if existing and existing[0].name != name and not rename:
+        application_model: Any,
+        name: str,
+        client_id: str | None,
+        *,
+        rename: bool,
+        change_client_id: bool,
+    ) -> Any:
+        """The application to reset (None: create one). Refuse to change an application the
+        command was not clearly asked to change, or to leave two with the same name."""
+        named = application_model.objects.filter(name=name)
+        by_id = application_model.objects.filter(client_id=client_id).first() if client_id else None
+        if by_id is not None:
+            named = named.exclude(pk=by_id.pk)
+        named = list(named[:2])
+        if by_id is not None and by_id.name == name:
+            application = by_id
+        elif by_id is not None:
+            if not rename:
                 raise CommandError(
-                    f"--client-id {client_id!r} belongs to the application "
-                    f"{existing[0].name!r}. Pass that name to reset its secret, or add "
-                    f"--rename to rename it to {name!r}."
+                    f"--client-id {client_id!r} belongs to the application {by_id.name!r}. "
+                    f"Pass that name to reset its secret, or add --rename to rename it to "
+                    f"{name!r}."
                 )
+            if named:
+                raise CommandError(
+                    f"Cannot rename the application {by_id.name!r} to {name!r}: that is the "
+                    f"name of the application with client id {named[0].client_id!r}."
+                )
+            application = by_id
+        elif len(named) > 1:
+            raise CommandError(
+                f"More than one application is named {name!r}; pass the --client-id of the "
+                "one to reset."
+            )
+        elif named and client_id:
+            if not change_client_id:
+                raise CommandError(
+                    f"The application {name!r} has the client id {named[0].client_id!r}, not "
+                    f"{client_id!r}. Pass its client id (or none) to reset its secret, or add "
+                    f"--change-client-id to change its client id to {client_id!r}."
+                )
+            application = named[0]
         else:
-            existing = list(application_model.objects.filter(name=name)[:2])
-            if len(existing) > 1:
-                raise CommandError(
-                    f"More than one application is named {name!r}; pass --client-id to choose one."
-                )
-        for application in existing:
-            if (
-                application.client_type != application_model.CLIENT_CONFIDENTIAL
-                or application.authorization_grant_type
-                != application_model.GRANT_CLIENT_CREDENTIALS
-            ):
-                raise CommandError(
-                    f"The application {application.name!r} (client id "
-                    f"{application.client_id!r}) is not a confidential client-credentials "
-                    "application; the command leaves it alone."
-                )
+            application = named[0] if named else None
+        if application is not None and (
+            application.client_type != application_model.CLIENT_CONFIDENTIAL
+            or application.authorization_grant_type != application_model.GRANT_CLIENT_CREDENTIALS
+        ):
+            raise CommandError(
+                f"The application {application.name!r} (client id "
+                f"{application.client_id!r}) is not a confidential client-credentials "
+                "application; the command leaves it alone."
+            )
+        return application
