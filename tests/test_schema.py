@@ -31,6 +31,10 @@ def test_operations_document_auth_and_errors(client):
     assert {"200", "503"} <= set(ready["responses"])
     create_task = document["paths"]["/api/v1/tasks/"]["post"]
     assert {"400", "401", "403", "411", "413", "415"} <= set(create_task["responses"])
+    list_parameters = {p["name"] for p in document["paths"]["/api/v1/tasks/"]["get"]["parameters"]}
+    assert {"status", "page"} <= list_parameters
+    events = document["paths"]["/api/v1/tasks/{guid}/events/"]["get"]
+    assert {p["name"] for p in events["parameters"]} == {"guid", "page", "page_size"}
     workflow = document["paths"]["/api/v1/workflows/{slug}/"]
     assert {"200", "400", "404", "409"} <= set(workflow["patch"]["responses"])
     assert "409" in workflow["put"]["responses"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import mixins, parsers, renderers, viewsets
 from rest_framework.exceptions import MethodNotAllowed, NotFound
 from rest_framework.views import APIView
@@ -44,6 +45,24 @@ class ControllerViewMixin:
 
     def get_exception_handler(self) -> Any:
         return exception_handler
+
+    def filter_backends_for_action(self) -> list[Any]:
+        """The filter backends that apply to this request.
+
+        The list filters (``?status=``, ``?label=`` …: django-filter filtersets) describe the
+        ``list`` action. Elsewhere they would turn a lookup by guid or slug into a 404 (a
+        task's events under ``?status=running``) or a 400; other backends, such as a host's
+        own object-visibility backend, apply everywhere.
+        """
+        backends = list(getattr(self, "filter_backends", []))
+        if getattr(self, "action", None) == "list":
+            return backends
+        return [backend for backend in backends if not issubclass(backend, DjangoFilterBackend)]
+
+    def filter_queryset(self, queryset: Any) -> Any:
+        for backend in self.filter_backends_for_action():
+            queryset = backend().filter_queryset(self.request, queryset, self)
+        return queryset
 
     def check_permissions(self, request: Any) -> None:
         # An authenticated caller using a method the endpoint lacks learns that (405), not

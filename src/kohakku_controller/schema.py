@@ -39,6 +39,12 @@ class ControllerAutoSchema(AutoSchema):
             codes.append("404")
         return codes
 
+    def get_filter_backends(self) -> list[Any]:
+        # The same backends the view applies: list filters only on the list action.
+        if not self._is_list_view() or not hasattr(self.view, "filter_backends_for_action"):
+            return super().get_filter_backends()
+        return self.view.filter_backends_for_action()
+
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         if direction != "response":

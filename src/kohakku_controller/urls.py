@@ -3,14 +3,19 @@
 Mount the API with ``path("api/v1/", include("kohakku_controller.urls"))`` and the probes
 with ``path("", include("kohakku_controller.health.urls"))``. Hosts that want only part of
 the API can include one of the pattern lists below instead, e.g.
-``include((schema_urlpatterns, "kohakku_controller"))``.
+``include((schema_urlpatterns, "kohakku_controller"))``; hosts that extend a viewset mount
+``build_urlpatterns({"task": TheirTaskViewSet})`` the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
+from rest_framework.viewsets import ViewSetMixin
 
 from .dispatchers.views import DispatcherViewSet
 from .skills import views as skill_views
@@ -37,19 +42,36 @@ class SwaggerUIView(SpectacularSwaggerView):
         return static("drf_spectacular_sidecar/swagger-ui-dist/favicon-32x32.png")
 
 
-router = SimpleRouter()
-# Dispatchers first: their heartbeat is the most frequent request, and URL resolution tries
-# the patterns in order (no pattern of another prefix can match a dispatcher's URL).
-router.register("dispatchers", DispatcherViewSet, basename="dispatcher")
-router.register(
-    r"skills/(?P<skill_slug>[^/.]+)/versions",
-    skill_views.SkillVersionViewSet,
-    basename="skill-version",
-)
-router.register("skills", skill_views.SkillViewSet, basename="skill")
-router.register("tasks", TaskViewSet, basename="task")
-router.register("workflows", WorkflowViewSet, basename="workflow")
-router.register("webhooks/deliveries", DeliveryViewSet, basename="delivery")
+#: (URL prefix, basename, viewset) of every viewset, in the order URLs are tried. Dispatchers
+#: come first: their heartbeat is the most frequent request, and no pattern of another prefix
+#: can match a dispatcher's URL.
+VIEWSET_ROUTES: list[tuple[str, str, type[ViewSetMixin]]] = [
+    ("dispatchers", "dispatcher", DispatcherViewSet),
+    (r"skills/(?P<skill_slug>[^/.]+)/versions", "skill-version", skill_views.SkillVersionViewSet),
+    ("skills", "skill", skill_views.SkillViewSet),
+    ("tasks", "task", TaskViewSet),
+    ("workflows", "workflow", WorkflowViewSet),
+    ("webhooks/deliveries", "delivery", DeliveryViewSet),
+]
+
+
+def build_router(viewsets: Mapping[str, type[ViewSetMixin]] | None = None) -> SimpleRouter:
+    """A router of the controller's viewsets, with some replaced: ``viewsets`` maps a
+    basename (``"task"``, ``"skill-version"`` …) to the viewset to use there, usually a
+    subclass of the controller's own. URL names stay the same, so everything that reverses
+    them (links, the scheduler's callback URLs) keeps working."""
+    viewsets = dict(viewsets or {})
+    unknown = sorted(set(viewsets) - {basename for _, basename, _ in VIEWSET_ROUTES})
+    if unknown:
+        known = ", ".join(basename for _, basename, _ in VIEWSET_ROUTES)
+        raise ImproperlyConfigured(f"No controller viewset is named {unknown}; known: {known}.")
+    router = SimpleRouter()
+    for prefix, basename, viewset in VIEWSET_ROUTES:
+        router.register(prefix, viewsets.get(basename, viewset), basename=basename)
+    return router
+
+
+router = build_router()
 
 webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
@@ -69,9 +91,21 @@ task_urlpatterns: list[URLPattern | URLResolver] = [
     ),
 ]
 
-urlpatterns: list[URLPattern | URLResolver] = [
-    *task_urlpatterns,
-    *router.urls,
-    *webhook_urlpatterns,
-    *schema_urlpatterns,
-]
+
+def build_urlpatterns(
+    viewsets: Mapping[str, type[ViewSetMixin]] | None = None,
+) -> list[URLPattern | URLResolver]:
+    """The whole API, with the viewsets ``viewsets`` names replaced (see ``build_router``).
+    Mount it under the ``kohakku_controller`` namespace::
+
+        path("api/v1/", include((build_urlpatterns({"task": TeamTaskViewSet}), app_name)))
+    """
+    return [
+        *task_urlpatterns,
+        *build_router(viewsets).urls,
+        *webhook_urlpatterns,
+        *schema_urlpatterns,
+    ]
+
+
+urlpatterns = build_urlpatterns()

@@ -265,6 +265,16 @@ def test_retrieve_and_events(staff_client, skill_version, dispatch):
     assert staff_client.get("/api/v1/tasks/not-a-uuid/").status_code == 404
 
 
+def test_list_filters_do_not_apply_to_one_task(staff_client, skill_version):
+    task = create_task(skill="code-review")
+    for path in (f"/api/v1/tasks/{task.guid}/", f"/api/v1/tasks/{task.guid}/events/"):
+        # A lookup by guid finds the task whatever list filters ride along; none is validated.
+        assert staff_client.get(path, {"status": "running"}).status_code == 200
+        assert staff_client.get(path, {"version": "-1"}).status_code == 200
+    cancel = staff_client.post(f"/api/v1/tasks/{task.guid}/cancel/?status=running")
+    assert cancel.status_code == 200
+
+
 def test_cancel_queued_is_immediate(staff_client, skill_version):
     task = create_task(skill="code-review")
     response = staff_client.post(f"/api/v1/tasks/{task.guid}/cancel/")

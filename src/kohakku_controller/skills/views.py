@@ -109,10 +109,6 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
             "upload": UploadSerializer,
         }.get(self.action, SkillDetailSerializer)
 
-    def filter_queryset(self, queryset: Any) -> Any:
-        # Filters (and hiding archived skills) apply to the list; a slug always resolves.
-        return super().filter_queryset(queryset) if self.action == "list" else queryset
-
     def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
         drf_request = super().initialize_request(request, *args, **kwargs)
         if self.action == "download" and SIGNATURE_PARAM in request.GET:
