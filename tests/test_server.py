@@ -92,3 +92,4 @@ def test_a_chunked_body_is_refused_not_read_as_empty(served):
     )
     assert response.status_code == 411
     assert "Content-Length" in response.json()["detail"]
+    assert response.json()["reason"] == "length_required"

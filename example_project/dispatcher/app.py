@@ -64,6 +64,7 @@ class Dispatcher:
             self.config.max_push_bytes,
             self.config.signature_tolerance,
             request_timeout=self.config.request_timeout,
+            request_deadline=self.config.request_deadline,
             max_connections=self.config.max_connections,
         )
         self._check_in_until_answered()

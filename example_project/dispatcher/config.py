@@ -40,6 +40,9 @@ class DispatcherConfig:
     # Seconds the HTTP server waits on a silent connection (a request line, headers or
     # body that stop arriving, or an idle kept-alive connection) before closing it.
     request_timeout: float = 10.0
+    # Seconds a request (request line, headers and body) may take to arrive in all, from
+    # its first byte, however slowly it trickles in; then it is answered 408 or dropped.
+    request_deadline: float = 30.0
     # Connections served at the same time; more are closed at once.
     max_connections: int = 128
     max_package_bytes: int = 50 * 1024 * 1024
@@ -69,6 +72,8 @@ class DispatcherConfig:
             raise ValueError("heartbeat interval must be at least 1 second")
         if not self.request_timeout > 0:
             raise ValueError("request timeout must be positive")
+        if not self.request_deadline > 0:
+            raise ValueError("request deadline must be positive")
         if self.max_connections < 1:
             raise ValueError("max connections must be at least 1")
 
@@ -112,6 +117,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--skill-path", "skill_path", str, "PATH given to skills"),
     ("--max-push-bytes", "max_push_bytes", int, "largest task push body accepted"),
     ("--request-timeout", "request_timeout", float, "seconds before a silent connection closes"),
+    ("--request-deadline", "request_deadline", float, "seconds a whole request may take"),
     ("--max-connections", "max_connections", int, "connections served at the same time"),
     ("--max-package-bytes", "max_package_bytes", int, "largest skill package downloaded"),
     ("--max-extracted-bytes", "max_extracted_bytes", int, "largest total extracted size"),

@@ -39,10 +39,14 @@ RESULT_FILE_NAME = "result.json"
 # The longest run a push may ask for (the controller's default cap is 7 days).
 MAX_TIMEOUT_SECONDS = 366 * 24 * 3600
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+# What goes into a request header: a token for names, visible ASCII (and spaces) for values.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_BEARER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 class PushError(Exception):
-    """A push the dispatcher refuses; ``status`` and ``body`` form the HTTP answer."""
+    """A push (or cancel) the dispatcher refuses; ``status`` and ``body`` form the answer."""
 
     def __init__(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -87,7 +91,13 @@ def _invalid(field_name: str, reason: str) -> PushError:
 
 
 def _http_url(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+    # Parsed as the HTTP client will: a URL it cannot send to is refused now, not found
+    # out after the push was accepted.
+    try:
+        url = httpx.URL(value) if isinstance(value, str) else None
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
         raise _invalid(field_name, "must be an http(s) URL")
     return value
 
@@ -132,6 +142,8 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
     callback_token = body.get("callback_token")
     if not isinstance(callback_token, str) or not callback_token:
         raise _invalid("callback_token", "must be a non-empty string")
+    if not _BEARER_TOKEN.fullmatch(callback_token):
+        raise _invalid("callback_token", "must be visible ASCII characters only")
     result = body.get("result")
     if not isinstance(result, dict):
         raise _invalid("result", "must be an object")
@@ -150,6 +162,10 @@ def parse_push(body: Any, backends: list[str]) -> TaskPush:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise _invalid("result.headers", "must be an object of strings")
+    if not all(
+        _HEADER_NAME.fullmatch(k) and _HEADER_VALUE.fullmatch(v) for k, v in headers.items()
+    ):
+        raise _invalid("result.headers", "must be HTTP header names and ASCII values")
     return TaskPush(
         task_guid=task_guid,
         attempt=attempt,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
+import threading
 import time
+import uuid
 
 import httpx
 import pytest
 
+from dispatcher.server import MAX_HEADER_BYTES
 from kohakku_controller.signing import sign_request
 from tests.dispatcher.conftest import skill_zip
 from tests.dispatcher.fakes import push, task_body, wait_for
@@ -33,6 +38,129 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 def json_body(answer: bytes) -> dict:
     return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def read_until_dropped(sock: socket.socket) -> bytes:
+    """Like :func:`read_until_closed`, for a server that may reset the connection."""
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP reset, as a client that crashes does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET /health",
+        b"POST /tasks/ HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b"POST /tasks/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+    ],
+    ids=["request line", "headers", "body"],
+)
+def test_request_that_trickles_in_is_cut_off_at_its_deadline(make_dispatcher, start):
+    # Each byte comes well within the silence timeout: only the overall deadline ends it.
+    dispatcher = make_dispatcher(request_timeout=5, request_deadline=1)
+    stop = threading.Event()
+
+    def drip(sock: socket.socket) -> None:
+        try:
+            sock.sendall(start)
+            while not stop.wait(0.1):
+                sock.sendall(b"a")
+        except OSError:
+            pass  # the server closed the connection
+
+    with connect(dispatcher, timeout=15) as sock:
+        dripper = threading.Thread(target=drip, args=(sock,), daemon=True)
+        started = time.monotonic()
+        dripper.start()
+        try:
+            answer = read_until_dropped(sock)
+        finally:
+            stop.set()
+            dripper.join()
+
+    assert time.monotonic() - started < 1 + 4
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+
+
+def test_request_deadline_starts_again_for_each_kept_alive_request(make_dispatcher):
+    dispatcher = make_dispatcher(request_timeout=5, request_deadline=1)
+    with connect(dispatcher) as sock:
+        for _ in range(3):
+            time.sleep(0.6)  # idle between requests does not count against the deadline
+            sock.sendall(b"GET /health/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_headers_larger_than_the_cap_in_all_are_a_431(dispatcher):
+    # Each line is short; only their sum is too large. Send no more than the server reads.
+    line = b"X-Filler: " + b"a" * 4000 + b"\r\n"
+    count = MAX_HEADER_BYTES // len(line) + 1
+    with connect(dispatcher) as sock:
+        sock.sendall(b"GET /health/ HTTP/1.1\r\nHost: x\r\n" + line * count)
+        answer = read_until_closed(sock)
+
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert json_body(answer) == {"detail": f"the headers are larger than {MAX_HEADER_BYTES} bytes"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Length: 2\r\nContent-Length: 5\r\n",
+        b"Content-Length: 2\r\nContent-Length: 2\r\n",
+        b"Content-Length: \r\n",
+    ],
+    ids=["conflicting", "repeated", "empty"],
+)
+def test_content_length_that_is_repeated_or_empty_is_a_400(dispatcher, headers):
+    with connect(dispatcher) as sock:
+        sock.sendall(b"POST /tasks/ HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n{}")
+        answer = read_until_closed(sock)
+
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert "Content-Length" in json_body(answer)
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "gzip, chunked", "identity"])
+def test_any_transfer_encoding_is_a_411_and_its_body_is_not_read_as_a_request(dispatcher, encoding):
+    with connect(dispatcher) as sock:
+        sock.sendall(
+            f"POST /tasks/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {encoding}\r\n\r\n".encode()
+            + b"GET /health/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = read_until_dropped(sock)
+
+    assert answer.startswith(b"HTTP/1.1 411")
+    assert b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1") == 1  # the smuggled request got no answer
+
+
+def test_clients_that_reset_the_connection_leave_no_traceback(dispatcher, capfd, caplog):
+    caplog.set_level(logging.WARNING)
+    # One resets in the middle of its body, one before reading the answers it asked for.
+    with connect(dispatcher) as sock:
+        sock.sendall(b"POST /tasks/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        reset(sock)
+    with connect(dispatcher) as sock:
+        sock.sendall(b"GET /health/ HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+        reset(sock)
+    slots = dispatcher.server._connection_slots
+    wait_for(lambda: slots._value == dispatcher.config.max_connections, 5, "connections to end")
+
+    assert _health_answers(dispatcher)
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_connection_that_stops_mid_body_is_closed_after_the_timeout(make_dispatcher):
@@ -127,6 +255,61 @@ def test_push_with_a_non_finite_or_out_of_range_timeout_is_refused(
     assert store.downloads == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("callback_url", "http://"),
+        ("callback_url", "http://[::1/"),
+        ("callback_token", "token\r\nX-Injected: 1"),
+        ("callback_token", "t\u00f6ken"),
+        ("skill.download_url", "https:///package.zip"),
+        ("result.upload_url", "http://store:port/"),
+        ("result.headers", {"X-Amz-Meta": "caf\u00e9"}),
+        ("result.headers", {"Bad Name": "x"}),
+        ("result.headers", {"X-Split": "a\r\nb"}),
+    ],
+)
+def test_push_whose_urls_or_headers_cannot_be_sent_is_a_400(
+    controller, store, dispatcher, field, value
+):
+    # Refused before anything runs: accepted, they would only fail (or never report) later.
+    body = task_body(controller, store, skill_zip("print('{}')"))
+    *parents, name = field.split(".")
+    target = body
+    for parent in parents:
+        target = target[parent]
+    target[name] = value
+    response = push(dispatcher.endpoint_url, body, secret(controller))
+
+    assert response.status_code == 400
+    assert field in response.json()
+    assert dispatcher.tasks.running_task_guids() == []
+
+
+def test_cancel_whose_body_names_another_task_is_refused(controller, store, dispatcher):
+    body = task_body(controller, store, skill_zip("import time; time.sleep(30)"))
+    assert push(dispatcher.endpoint_url, body, secret(controller)).status_code == 202
+    path = f"/tasks/{body['task_guid']}/cancel/"
+    # A signed cancel of another task, replayed against this one.
+    other = {"task_guid": str(uuid.uuid4()), "attempt": 1, "reason": "cancellation requested"}
+
+    replayed = push(
+        dispatcher.endpoint_url, json.dumps(other).encode(), secret(controller), path=path
+    )
+    not_json = push(dispatcher.endpoint_url, b"[1]", secret(controller), path=path)
+
+    assert replayed.status_code == 400
+    assert replayed.json() == {"task_guid": ["must be the task named in the path"]}
+    assert not_json.status_code == 400
+    assert dispatcher.tasks.running_task_guids() == [body["task_guid"]]
+    own = {**other, "task_guid": body["task_guid"]}
+    response = push(
+        dispatcher.endpoint_url, json.dumps(own).encode(), secret(controller), path=path
+    )
+    assert response.status_code == 202
+    assert controller.final_callback(body["task_guid"])["status"] == "cancelled"
+
+
 @pytest.mark.parametrize("length", ["1_0", "+5", "0x10", "1 0"])
 def test_content_length_with_anything_but_digits_is_a_400(dispatcher, length):
     with connect(dispatcher) as sock:
@@ -166,6 +349,9 @@ def test_head_answers_405_without_a_body(dispatcher):
     [
         (b"BREW /tasks/ HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         (b"GET /health/ HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        # No version to read an answer's format from: still a full HTTP/1.1 answer.
+        (b"\x00garbage\r\n\r\n", 400),
+        (b"GET /health/ HTTP/2.0\r\n\r\n", 505),
     ],
 )
 def test_errors_of_the_http_layer_are_json(dispatcher, raw_request, status):

@@ -88,6 +88,7 @@ def test_flags_win_over_environment_variables():
         "KOHAKKU_DISPATCHER_CAPACITY": "7",
         "KOHAKKU_DISPATCHER_LISTEN": "10.0.0.5:9000",
         "KOHAKKU_DISPATCHER_LABEL": "gpu=a100,zone=b",
+        "KOHAKKU_DISPATCHER_REQUEST_DEADLINE": "12.5",
     }
     config, level = config_from_args(["--name", "flag-name", "--kill-grace", "2.5"], environ)
 
@@ -95,13 +96,20 @@ def test_flags_win_over_environment_variables():
     assert config.name == "flag-name"
     assert config.capacity == 7
     assert config.kill_grace == 2.5
+    assert config.request_deadline == 12.5
     assert (config.listen_host, config.listen_port) == ("10.0.0.5", 9000)
     assert config.labels == {"gpu": "a100", "zone": "b"}
     assert level == "INFO"
 
 
 @pytest.mark.parametrize(
-    "argv", [["--capacity", "many"], ["--listen", "no-port"], ["--label", "novalue"]]
+    "argv",
+    [
+        ["--capacity", "many"],
+        ["--listen", "no-port"],
+        ["--label", "novalue"],
+        ["--request-deadline", "0"],
+    ],
 )
 def test_bad_flags_are_usage_errors(argv):
     environ = {

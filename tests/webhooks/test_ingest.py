@@ -359,12 +359,22 @@ class TestRejections:
             assert response.json()["reason"] == "too_large"
         assert list(Delivery.objects.values_list("body_size", flat=True)) == [2**63 - 1] * 2
 
-    def test_chunked_body_is_411_and_not_recorded(self, post_webhook):
+    def test_chunked_body_is_411_and_recorded_unread(self, post_webhook, make_workflow):
         # Django cannot read a body sent without Content-Length: it would look empty.
+        make_workflow("push", source="github", event="push")
         response = post_webhook(b"", {"X-GitHub-Event": "push", "Transfer-Encoding": "chunked"})
         assert response.status_code == 411
-        assert "Content-Length" in response.json()["detail"]
-        assert not Delivery.objects.exists()
+        answer = response.json()
+        assert "Content-Length" in answer["detail"]
+        assert answer["reason"] == "length_required"
+        delivery = Delivery.objects.get(guid=answer["delivery_id"])
+        assert (delivery.status, delivery.status_code) == ("rejected", 411)
+        assert (delivery.source, delivery.event, delivery.body_truncated) == (
+            "github",
+            "push",
+            True,
+        )
+        assert delivery.task_guid is None
 
     @pytest.mark.parametrize("depth", [65, 950])
     def test_payload_nested_past_the_limit_is_400(self, post_webhook, make_workflow, depth):

@@ -28,7 +28,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework.exceptions import ValidationError
 
 from ..conf import kohakku_settings
-from ..exceptions import Conflict
+from ..exceptions import Conflict, LengthRequired
 from ..workflows.events import build_event_document, redact_headers
 from ..workflows.services import MatchResult, match_workflow, queue_task_for_workflow
 from . import verifiers
@@ -134,19 +134,33 @@ def reject_oversize(
     started: float | None = None,
 ) -> IngestResult:
     """Record and answer a body over ``WEBHOOK_MAX_BODY_BYTES`` (413); the body is not kept."""
+    limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
+    rejection = _Rejected(413, "too_large", f"Request body is larger than {limit} bytes.")
     incoming = _incoming(headers, b"", body_size, content_type, remote_addr, started)
+    return _reject_unread(incoming, rejection)
+
+
+def reject_length_required(
+    *,
+    headers: Mapping[str, str],
+    content_type: str = "",
+    remote_addr: str | None = None,
+    started: float | None = None,
+) -> IngestResult:
+    """Record and answer a body sent without ``Content-Length`` (411); it is not read."""
+    rejection = _Rejected(411, "length_required", str(LengthRequired.default_detail))
+    incoming = _incoming(headers, b"", 0, content_type, remote_addr, started)
+    return _reject_unread(incoming, rejection)
+
+
+def _reject_unread(incoming: _Incoming, rejection: _Rejected) -> IngestResult:
+    """Record a delivery refused before its body was read, with what its headers say."""
     source = detect_source(incoming.headers) or ""
     context = _Context(
         source=source if source in SOURCES else "",
         event=event_name(source, incoming.headers, None)[:MAX_EVENT_LENGTH],
     )
-    limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
-    return _reject(
-        incoming,
-        context,
-        _Rejected(413, "too_large", f"Request body is larger than {limit} bytes."),
-        body_truncated=True,
-    )
+    return _reject(incoming, context, rejection, body_truncated=True)
 
 
 def _receive(incoming: _Incoming, context: _Context) -> IngestResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.db.models import F, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
@@ -15,7 +16,7 @@ from rest_framework.response import Response
 
 from ..api import ControllerAPIView, ControllerReadOnlyViewSet
 from ..conf import kohakku_settings
-from ..exceptions import PayloadTooLarge
+from ..exceptions import LengthRequired, PayloadTooLarge
 from ..parsers import read_bounded
 from . import services
 from .filters import DeliveryFilter
@@ -40,6 +41,28 @@ class WebhookIngestView(ControllerAPIView):
     # The body is read raw, before (and instead of) any parser.
     parser_classes = []
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        super().initial(request, *args, **kwargs)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # A body sent without its length is refused before it is read, and recorded like
+        # every other delivery.
+        if isinstance(exc, LengthRequired):
+            result = services.reject_length_required(**self.delivery_meta(self.request))
+            return Response(result.data, status=result.status_code)
+        return super().handle_exception(exc)
+
+    def delivery_meta(self, request: Request) -> dict[str, Any]:
+        """What the delivery log records of a request besides its body."""
+        django_request = request._request
+        return {
+            "headers": django_request.headers,
+            "content_type": django_request.META.get("CONTENT_TYPE", ""),
+            "remote_addr": django_request.META.get("REMOTE_ADDR") or None,
+            "started": getattr(self, "started", None),
+        }
+
     @extend_schema(
         operation_id="webhooks_ingest",
         auth=[],
@@ -52,20 +75,15 @@ class WebhookIngestView(ControllerAPIView):
             400: OpenApiResponse(IngestRejectionSerializer, "Unknown source or malformed body."),
             401: OpenApiResponse(IngestRejectionSerializer, "Bad, missing or stale signature."),
             403: OpenApiResponse(IngestRejectionSerializer, "No secret configured for source."),
+            411: OpenApiResponse(IngestRejectionSerializer, "Body sent without Content-Length."),
             413: OpenApiResponse(IngestRejectionSerializer, "Body over WEBHOOK_MAX_BODY_BYTES."),
             415: OpenApiResponse(IngestRejectionSerializer, "Unsupported content type."),
         },
     )
     def post(self, request: Request) -> Response:
-        started = time.monotonic()
         django_request = request._request
         limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
-        meta = {
-            "headers": django_request.headers,
-            "content_type": django_request.META.get("CONTENT_TYPE", ""),
-            "remote_addr": django_request.META.get("REMOTE_ADDR") or None,
-            "started": started,
-        }
+        meta = self.delivery_meta(request)
         try:
             declared = int(django_request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
