@@ -88,3 +88,43 @@ def test_numeric_settings_that_may_be_zero_or_a_whole_float():
     good = {"CANCEL_GRACE_SECONDS": 0, "SCHEDULER_POLL_SECONDS": 1, "PAGE_SIZE": 10}
     with override_settings(KOHAKKU_CONTROLLER=good):
         assert "kohakku_controller.E007" not in _ids()
+
+
+def _messages(check_id, controller_settings):
+    with override_settings(KOHAKKU_CONTROLLER=controller_settings):
+        return [m.msg for m in checks.run_checks() if m.id == check_id]
+
+
+def test_settings_that_bound_each_other_or_a_column_must_agree():
+    found = _messages(
+        "kohakku_controller.E008",
+        {
+            "TASK_DEFAULT_TIMEOUT_SECONDS": 7200,
+            "TASK_MAX_TIMEOUT_SECONDS": 3600,  # every task relying on the default is refused
+            "TASK_MAX_ATTEMPTS_LIMIT": 40_000,  # beyond the attempts column
+            "DEFAULT_DISPATCHER_CAPACITY": 20_000,
+            "SCHEDULER_LEASE_SECONDS": 10,  # a push may take 3 + 10 s
+        },
+    )
+    assert sorted(message.split("'")[1] for message in found) == [
+        "DEFAULT_DISPATCHER_CAPACITY",
+        "SCHEDULER_LEASE_SECONDS",
+        "TASK_DEFAULT_TIMEOUT_SECONDS",
+        "TASK_MAX_ATTEMPTS_LIMIT",
+    ]
+    assert any("at most TASK_MAX_TIMEOUT_SECONDS (3600)" in message for message in found)
+    assert any("more than one push may take (13 s)" in message for message in found)
+
+
+def test_bounds_are_compared_only_between_valid_numbers():
+    # The bad limit is E007's to report; E008 does not report it again, or compare with it.
+    settings = {"TASK_MAX_TIMEOUT_SECONDS": -1, "TASK_DEFAULT_TIMEOUT_SECONDS": 60}
+    assert _messages("kohakku_controller.E008", settings) == []
+    assert len(_messages("kohakku_controller.E007", settings)) == 1
+    assert _messages("kohakku_controller.E008", {"TASK_DEFAULT_TIMEOUT_SECONDS": 604800}) == []
+
+
+def test_unknown_wakeup_channel_is_an_error():
+    [message] = _messages("kohakku_controller.E009", {"SCHEDULER_WAKEUP": "redsi"})
+    assert "'redsi'" in message and "'redis'" in message
+    assert _messages("kohakku_controller.E009", {"SCHEDULER_WAKEUP": "poll"}) == []

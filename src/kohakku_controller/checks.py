@@ -108,29 +108,104 @@ def check_numbers(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return []
     errors = []
     for key, value in sorted(user.items()):
-        default = DEFAULTS.get(key)
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
+        requirement = _number_requirement(key)
+        if requirement is None or _meets(key, value):
             continue
-        kinds = (int,) if isinstance(default, int) else (int, float)
-        lowest = 0 if key in MAY_BE_ZERO else 1 if isinstance(default, int) else None
-        is_number = isinstance(value, kinds) and not isinstance(value, bool)
-        if (
-            is_number
-            and math.isfinite(value)
-            and (value > 0 if lowest is None else value >= lowest)
-        ):
-            continue
-        kind = "a whole number" if isinstance(default, int) else "a number"
-        bound = "above 0" if lowest is None else f"of at least {lowest}"
+        default = DEFAULTS[key]
         errors.append(
             Error(
-                f"{SETTINGS_NAME}[{key!r}] is {value!r}; it must be {kind} {bound}.",
+                f"{SETTINGS_NAME}[{key!r}] is {value!r}; it must be {requirement}.",
                 hint=f"The default is {default!r}; see the settings docs.",
                 obj=SETTINGS_NAME,
                 id="kohakku_controller.E007",
             )
         )
     return errors
+
+
+def _number_requirement(key: str) -> str | None:
+    """What a numeric setting must be, in words; None for other settings."""
+    default = DEFAULTS.get(key)
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return None
+    if isinstance(default, float):
+        return "0 or more" if key in MAY_BE_ZERO else "a number above 0"
+    return f"a whole number of at least {0 if key in MAY_BE_ZERO else 1}"
+
+
+def _meets(key: str, value: Any) -> bool:
+    """Whether ``value`` is what the numeric setting ``key`` must be (see E007)."""
+    default = DEFAULTS[key]
+    kinds = (int,) if isinstance(default, int) else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value >= 0 if key in MAY_BE_ZERO else value > 0
+
+
+#: Numeric settings with an upper bound: the largest value their database column holds, or
+#: another setting they must not exceed (a default above its own limit refuses every task
+#: that relies on it).
+UPPER_BOUNDS: dict[str, int | str] = {
+    "TASK_MAX_TIMEOUT_SECONDS": 2**31 - 1,
+    "TASK_DEFAULT_TIMEOUT_SECONDS": "TASK_MAX_TIMEOUT_SECONDS",
+    "TASK_MAX_ATTEMPTS_LIMIT": 2**15 - 1,
+    "TASK_DEFAULT_MAX_ATTEMPTS": "TASK_MAX_ATTEMPTS_LIMIT",
+    "DEFAULT_DISPATCHER_CAPACITY": 10_000,  # the most a dispatcher may declare
+}
+WAKEUP_MODES = ("auto", "postgres", "redis", "poll")
+
+
+@register(Tags.compatibility)
+def check_settings_against_each_other(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Settings that bound each other, or that a database column bounds, agree.
+
+    Only values that pass E007 are compared, so one mistake is reported once.
+    """
+    errors = []
+
+    def error(key: str, requirement: str) -> None:
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME}[{key!r}] is {_setting(key)!r}; it must be {requirement}.",
+                hint="See the settings docs.",
+                obj=SETTINGS_NAME,
+                id="kohakku_controller.E008",
+            )
+        )
+
+    for key, bound in UPPER_BOUNDS.items():
+        if isinstance(bound, str):
+            if not _is_valid_number(bound):
+                continue
+            limit, name = _setting(bound), f"{bound} ({_setting(bound)!r})"
+        else:
+            limit, name = bound, f"{bound}"
+        if _is_valid_number(key) and _setting(key) > limit:
+            error(key, f"at most {name}")
+    push_keys = ("PUSH_CONNECT_TIMEOUT", "PUSH_READ_TIMEOUT")
+    if all(_is_valid_number(key) for key in ("SCHEDULER_LEASE_SECONDS", *push_keys)):
+        push = sum(_setting(key) for key in push_keys)
+        if _setting("SCHEDULER_LEASE_SECONDS") <= push:
+            # A push still in flight when its lease ends is sent again by another pass.
+            error("SCHEDULER_LEASE_SECONDS", f"more than one push may take ({push:g} s)")
+    if _setting("SCHEDULER_WAKEUP") not in WAKEUP_MODES:
+        errors.append(
+            Error(
+                f"{SETTINGS_NAME}['SCHEDULER_WAKEUP'] is {_setting('SCHEDULER_WAKEUP')!r}; it "
+                f"must be one of {', '.join(map(repr, WAKEUP_MODES))}.",
+                hint="Anything else makes the scheduler poll.",
+                obj=SETTINGS_NAME,
+                id="kohakku_controller.E009",
+            )
+        )
+    return errors
+
+
+def _is_valid_number(key: Any) -> bool:
+    """Whether ``key`` names a numeric setting whose value E007 accepts."""
+    return (
+        isinstance(key, str) and _number_requirement(key) is not None and _meets(key, _setting(key))
+    )
 
 
 def _setting(key: str) -> Any:
