@@ -374,4 +374,9 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
             raise PushError(400, {"non_field_errors": ["the body must be a JSON object"]})
         if str(data.get("task_guid", task_guid)).lower() != task_guid:
             raise PushError(400, {"task_guid": ["must be the task named in the path"]})
-        return self.server.tasks.cancel(task_guid)
+        attempt = data.get("attempt")
+        if attempt is not None and (
+            isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1
+        ):
+            raise PushError(400, {"attempt": ["must be an integer of at least 1"]})
+        return self.server.tasks.cancel(task_guid, attempt)

@@ -312,19 +312,22 @@ class TaskManager:
         logger.info("task %s attempt %d accepted", push.task_guid, push.attempt)
         return 202, {"status": "accepted", "task_guid": push.task_guid}
 
-    def cancel(self, task_guid: str) -> tuple[int, dict[str, Any]]:
+    def cancel(self, task_guid: str, attempt: int | None = None) -> tuple[int, dict[str, Any]]:
         """Stop a task: 202 when it was executing, 200 when it had ended or is unknown.
 
         An unknown task (never pushed here, or forgotten) is answered 200 as the contract
-        asks: there is nothing to stop, and any other answer makes the controller retry.
+        asks: there is nothing to stop, and any other answer makes the controller retry. So
+        is a cancel of another ``attempt`` than the one here: the controller only cancels
+        the attempt it last pushed, so an older cancel (a replay) must not stop a newer run.
         """
         with self._lock:
             record = self._by_guid.get(task_guid)
-        if record is None:
+        if record is None or attempt not in (None, record.push.attempt):
+            what = "task" if record is None else f"attempt {attempt} of this task"
             return 200, {
                 "status": "unknown",
                 "task_guid": task_guid,
-                "detail": "no such task on this dispatcher; nothing to cancel",
+                "detail": f"no such {what} on this dispatcher; nothing to cancel",
             }
         if not record.executing:
             return 200, {

@@ -286,8 +286,8 @@ def test_push_whose_urls_or_headers_cannot_be_sent_is_a_400(
     assert dispatcher.tasks.running_task_guids() == []
 
 
-def test_cancel_whose_body_names_another_task_is_refused(controller, store, dispatcher):
-    body = task_body(controller, store, skill_zip("import time; time.sleep(30)"))
+def test_cancel_whose_body_names_another_task_or_attempt_is_refused(controller, store, dispatcher):
+    body = task_body(controller, store, skill_zip("import time; time.sleep(30)"), attempt=2)
     assert push(dispatcher.endpoint_url, body, secret(controller)).status_code == 202
     path = f"/tasks/{body['task_guid']}/cancel/"
     # A signed cancel of another task, replayed against this one.
@@ -303,8 +303,27 @@ def test_cancel_whose_body_names_another_task_is_refused(controller, store, disp
     assert not_json.status_code == 400
     assert dispatcher.tasks.running_task_guids() == [body["task_guid"]]
     own = {**other, "task_guid": body["task_guid"]}
+    # A cancel of an earlier attempt (a replay after a requeue) does not stop this one.
+    older = push(
+        dispatcher.endpoint_url,
+        json.dumps({**own, "attempt": body["attempt"] - 1}).encode(),
+        secret(controller),
+        path=path,
+    )
+    bad_attempt = push(
+        dispatcher.endpoint_url,
+        json.dumps({**own, "attempt": "1"}).encode(),
+        secret(controller),
+        path=path,
+    )
+    assert (older.status_code, older.json()["status"]) == (200, "unknown")
+    assert bad_attempt.status_code == 400
+    assert dispatcher.tasks.running_task_guids() == [body["task_guid"]]
     response = push(
-        dispatcher.endpoint_url, json.dumps(own).encode(), secret(controller), path=path
+        dispatcher.endpoint_url,
+        json.dumps({**own, "attempt": body["attempt"]}).encode(),
+        secret(controller),
+        path=path,
     )
     assert response.status_code == 202
     assert controller.final_callback(body["task_guid"])["status"] == "cancelled"
