@@ -374,6 +374,9 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
             raise PushError(400, {"non_field_errors": ["the body must be a JSON object"]})
         if str(data.get("task_guid", task_guid)).lower() != task_guid:
             raise PushError(400, {"task_guid": ["must be the task named in the path"]})
+        if "callback_token" in data:
+            # The push of this very task, replayed against its cancel path.
+            raise PushError(400, {"non_field_errors": ["a task push is not a cancel request"]})
         attempt = data.get("attempt")
         if attempt is not None and (
             isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1

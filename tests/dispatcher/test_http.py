@@ -297,6 +297,9 @@ def test_cancel_whose_body_names_another_task_or_attempt_is_refused(controller, 
         dispatcher.endpoint_url, json.dumps(other).encode(), secret(controller), path=path
     )
     not_json = push(dispatcher.endpoint_url, b"[1]", secret(controller), path=path)
+    # The task's own signed push, replayed against its cancel path.
+    replayed_push = push(dispatcher.endpoint_url, body, secret(controller), path=path)
+    assert replayed_push.status_code == 400
 
     assert replayed.status_code == 400
     assert replayed.json() == {"task_guid": ["must be the task named in the path"]}
