@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 from rest_framework.test import APIClient
 
 from kohakku_controller import signals
@@ -18,7 +19,7 @@ from kohakku_controller.dispatchers import services
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.dispatchers.secrets import valid_signing_secrets
 
-from .conftest import CHECKIN_URL, checkin_body
+from .conftest import CHECKIN_URL, checkin_body, detail_url, rotate_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -135,4 +136,63 @@ def test_heartbeats_racing_a_checkin_update_all_land(dispatcher_client, register
     assert not [result for result in results if isinstance(result, Exception)], results
     dispatcher.refresh_from_db()
     assert dispatcher.capacity == 7
+    assert dispatcher.status() == "online"
+
+
+def _operator_requests(staff_client: APIClient, requests: list[tuple[str, str, Any]]) -> list[Any]:
+    """Send ``(method, url, body)`` requests as staff, all at once; their status codes."""
+    authorization = staff_client._credentials["HTTP_AUTHORIZATION"]
+
+    def send(index: int) -> int:
+        method, url, body = requests[index]
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=authorization)
+        return getattr(client, method)(url, body, format="json").status_code
+
+    return run_together(len(requests), send)
+
+
+def test_operator_changes_racing_a_delete_answer_404_never_500(register, staff_client):
+    for _ in range(5):
+        guid = register().guid
+        codes = _operator_requests(
+            staff_client,
+            [
+                ("delete", detail_url(guid), None),
+                ("patch", detail_url(guid), {"draining": True}),
+                ("patch", detail_url(guid), {"capacity": 9}),
+                ("post", rotate_url(guid), {}),
+            ],
+        )
+        assert codes[0] == 204, codes
+        assert set(codes[1:]) <= {200, 404}, codes
+        assert not Dispatcher.objects.filter(guid=guid).exists()
+
+
+def test_a_change_or_rotation_of_a_dispatcher_deleted_since_it_was_read_is_404(register):
+    stale = register()
+    services.delete_dispatcher(Dispatcher.objects.get(pk=stale.pk))
+    with pytest.raises(NotFound):
+        services.set_dispatcher_controls(stale, enabled=False)
+    with pytest.raises(NotFound):
+        services.rotate_signing_secret(stale)
+    assert not Dispatcher.objects.filter(pk=stale.pk).exists()
+
+
+def test_heartbeats_racing_a_rotation_all_land(dispatcher_client, register):
+    dispatcher = register()
+    before = valid_signing_secrets(dispatcher)
+
+    def work(index: int) -> Any:
+        if index == 0:
+            return services.rotate_signing_secret(Dispatcher.objects.get(pk=dispatcher.pk))
+        return services.record_heartbeat(
+            guid=dispatcher.guid, application=dispatcher_client.application, free_capacity=3
+        )
+
+    results = run_together(10, work)
+    assert not [result for result in results if isinstance(result, Exception)], results
+    dispatcher.refresh_from_db()
+    assert valid_signing_secrets(dispatcher) == [results[0], *before]
+    assert dispatcher.reported_free_capacity == 3
     assert dispatcher.status() == "online"

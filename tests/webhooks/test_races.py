@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
 from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework.test import APIClient
 
+from kohakku_controller.exceptions import Conflict
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.webhooks import services
 from kohakku_controller.webhooks.models import Delivery, Verification
@@ -99,3 +101,57 @@ def test_losing_the_claim_after_creating_the_task_rolls_the_task_back(
     assert loser.data["duplicate"] is True
     assert loser.data["task_guid"] == winner.data["task_guid"]
     assert loser.delivery.status == "duplicate"
+
+
+def _routed_delivery(make_workflow: Any) -> Delivery:
+    make_workflow("triage-prs")
+    body = as_body(PAYLOAD)
+    headers = github_headers(body, "pull_request", delivery="to-replay")
+    services.receive_webhook(headers=headers, body=body, content_type="application/json")
+    return Delivery.objects.get(status="routed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replaying_a_delivery_deleted_since_it_was_read_answers_409(webhook_secrets, make_workflow):
+    """A replay racing the prune, made deterministic: the original goes after the read."""
+    original = _routed_delivery(make_workflow)
+    Delivery.objects.filter(pk=original.pk).delete()
+
+    with pytest.raises(Conflict):
+        services.replay_delivery(original)
+
+    assert Delivery.objects.count() == 0
+    assert Task.objects.count() == 1  # the original's; the replay's task was rolled back
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_replays_of_one_delivery_each_record_a_replay_and_a_task(
+    webhook_secrets, make_workflow, staff_client
+):
+    original = _routed_delivery(make_workflow)
+    authorization = staff_client._credentials["HTTP_AUTHORIZATION"]
+    barrier = threading.Barrier(6)
+    codes: list[int] = []
+
+    def replay() -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=authorization)
+        try:
+            barrier.wait(timeout=10)
+            response = client.post(f"/api/v1/webhooks/deliveries/{original.guid}/replay/")
+            codes.append(response.status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=replay) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert codes == [201] * 6
+    replays = Delivery.objects.filter(replay_of=original)
+    assert replays.count() == 6
+    assert len({replay.task_guid for replay in replays}) == 6
+    assert Task.objects.count() == 7

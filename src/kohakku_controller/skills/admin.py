@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from rest_framework.exceptions import APIException
 
 from ..admin_forms import add_api_errors
+from ..exceptions import Conflict
 from .models import Skill, SkillVersion
 from .services import category_problem, create_skill, set_version_yanked
 
@@ -92,7 +93,10 @@ class SkillAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Skill, form: Any, change: bool) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            # Only the fields the form changed: a full save would write back what was read
+            # before a concurrent upload (``last_version_number``) or archive.
+            if form.changed_data:
+                obj.save(update_fields=[*form.changed_data, "updated_at"])
             return
         skill = form._create(form.cleaned_data)
         # The admin goes on with ``obj`` (history entry, redirect): make it the new skill.
@@ -136,11 +140,14 @@ class SkillVersionAdmin(admin.ModelAdmin):
     def _set_yanked(self, request: HttpRequest, queryset: QuerySet, yanked: bool) -> None:
         changed = 0
         for version in queryset.filter(yanked=not yanked):
-            set_version_yanked(
-                version,
-                yanked,
-                reason=f"{'yanked' if yanked else 'restored'} in admin by {request.user}",
-            )
+            try:
+                set_version_yanked(
+                    version,
+                    yanked,
+                    reason=f"{'yanked' if yanked else 'restored'} in admin by {request.user}",
+                )
+            except Conflict:
+                continue  # a concurrent request changed it first
             changed += 1
         self.message_user(request, f"{changed} version(s) updated.", messages.SUCCESS)
 

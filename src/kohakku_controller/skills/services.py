@@ -113,7 +113,10 @@ def create_skill(*, name: str, category: str | None = None, description: str = "
 def update_skill(
     skill: Skill, *, description: str | None = None, category: str | None = None
 ) -> Skill:
-    """Change a skill's description and/or category."""
+    """Change a skill's description and/or category; updates ``skill`` in place.
+
+    Writes only these fields. Raises ``NotFound`` when the skill was deleted meanwhile.
+    """
     changes: dict[str, Any] = {}
     if description is not None:
         changes["description"] = description
@@ -121,8 +124,10 @@ def update_skill(
         changes["category"] = check_category(category)
     if changes:
         changes["updated_at"] = timezone.now()
-        Skill.objects.filter(pk=skill.pk).update(**changes)
-        skill.refresh_from_db()
+        if not Skill.objects.filter(pk=skill.pk).update(**changes):
+            raise NotFound("No such skill.")
+        for field, value in changes.items():
+            setattr(skill, field, value)
     return skill
 
 
@@ -202,8 +207,11 @@ def _record_version(
         locked = (
             Skill.objects.select_for_update()
             .only("pk", "last_version_number", "archived")
-            .get(pk=skill.pk)
+            .filter(pk=skill.pk)
+            .first()
         )
+        if locked is None:
+            raise NotFound("No such skill.")
         if locked.archived:
             raise Conflict({"skill": ["The skill is archived; restore it before uploading."]})
         # Re-check under the lock: a racing upload of the same bytes may have won.

@@ -451,8 +451,8 @@ def replay_delivery(original: Delivery) -> Delivery:
 
     Skips signature checks and dedupe (the original passed them) but nothing else: the
     current workflows decide, and a match queues a new task. Raises ``Conflict`` (409) for
-    deliveries that were never verified or were rejected, handshakes, and bodies stored
-    truncated.
+    deliveries that were never verified or were rejected, handshakes, bodies stored
+    truncated, and a delivery deleted (pruned) while it is replayed.
     """
     if original.verification not in (Verification.VERIFIED, Verification.UNSIGNED):
         raise Conflict("Only deliveries that passed signature verification can be replayed.")
@@ -486,7 +486,13 @@ def replay_delivery(original: Delivery) -> Delivery:
         verification_detail=f"Replay of delivery {original.guid}; not re-verified.",
         replay_of=original,
     )
-    return _route(incoming, context, payload, claim=None).delivery
+    try:
+        return _route(incoming, context, payload, claim=None).delivery
+    except IntegrityError:
+        # The new delivery refers to the original: it fails if a prune deleted it meanwhile.
+        if Delivery.objects.filter(pk=original.pk).exists():
+            raise
+        raise Conflict("The delivery was deleted while it was being replayed.") from None
 
 
 def prune_deliveries(

@@ -1,0 +1,119 @@
+"""Requests that race over one task: cancel against the final callback, idempotent creation."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from kohakku_controller.exceptions import Conflict
+from kohakku_controller.tasks.models import Task, TaskEvent
+from kohakku_controller.tasks.services import cancel_task, create_task
+
+from .conftest import post_callback, signed_headers
+
+DONE = json.dumps({"status": "completed", "exit_code": 0}).encode()
+
+
+def run_together(work: list[Callable[[], Any]]) -> list[Any]:
+    """Run each of ``work`` in its own thread, released at once; results or exceptions."""
+    barrier = threading.Barrier(len(work))
+    results: list[Any] = [None] * len(work)
+
+    def target(index: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[index] = work[index]()
+        except Exception as exc:  # reported by the assertions
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(len(work))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def _client_like(staff_client: APIClient) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=staff_client._credentials["HTTP_AUTHORIZATION"])
+    return client
+
+
+@pytest.mark.django_db
+def test_a_cancel_read_before_the_final_callback_answers_409(skill_version, dispatch):
+    task, token = dispatch(create_task(skill="code-review"))
+    stale = Task.objects.select_related("dispatcher", "skill_version__skill").get(pk=task.pk)
+    headers = signed_headers(token, task.signing_secret, DONE)
+    assert post_callback(APIClient(), task, DONE, headers).status_code == 200
+
+    with pytest.raises(Conflict):
+        cancel_task(stale)
+
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.cancel_requested_at) == ("completed", None)
+    assert not TaskEvent.objects.filter(task=task, kind="cancel_requested").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_cancel_racing_the_final_callback_never_loses_the_outcome(
+    skill_version, dispatch, make_dispatcher, staff_client
+):
+    dispatcher = make_dispatcher()
+    outcomes: Counter[tuple[int, int]] = Counter()
+    for _ in range(10):
+        task, token = dispatch(create_task(skill="code-review"), dispatcher)
+        headers = signed_headers(token, task.signing_secret, DONE)
+        cancel_url = f"/api/v1/tasks/{task.guid}/cancel/"
+        cancelled, called_back = run_together(
+            [
+                lambda url=cancel_url: _client_like(staff_client).post(url).status_code,
+                lambda task=task, headers=headers: (
+                    post_callback(APIClient(), task, DONE, headers).status_code
+                ),
+            ]
+        )
+        outcomes[cancelled, called_back] += 1
+        stored = Task.objects.get(pk=task.pk)
+        assert stored.status == "completed"
+        assert TaskEvent.objects.filter(task=task, kind="completed").count() == 1
+        requested = TaskEvent.objects.filter(task=task, kind="cancel_requested").count()
+        assert requested == (1 if cancelled == 202 else 0)
+        assert (stored.cancel_requested_at is not None) == (cancelled == 202)
+    assert set(outcomes) <= {(202, 200), (409, 200)}, outcomes
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_racing_creations_with_one_idempotency_key_make_one_task(skill_version, staff_client):
+    def create(body: dict[str, Any]) -> Callable[[], tuple[int, Any]]:
+        def post() -> tuple[int, Any]:
+            response = _client_like(staff_client).post(
+                "/api/v1/tasks/", body, format="json", headers={"Idempotency-Key": "k-1"}
+            )
+            return response.status_code, response.json()
+
+        return post
+
+    same = {"skill": "code-review", "input": {"n": 1}}
+    other = {"skill": "code-review", "input": {"n": 2}}
+    results = run_together([create(same)] * 6 + [create(other)] * 2)
+
+    assert all(isinstance(result, tuple) for result in results), results
+    task = Task.objects.get()
+    codes = Counter(code for code, _ in results)
+    assert codes[201] == 1 and codes[200] + codes[201] + codes[409] == 8, codes
+    answered = {body["guid"] for code, body in results if code in (200, 201)}
+    assert answered == {str(task.guid)}
+    winner = same if task.input == same["input"] else other
+    assert codes[409] == (2 if winner is same else 6)
