@@ -629,6 +629,18 @@ class TestQueryBudget:
     # The tests run inside a transaction, so each atomic block adds SAVEPOINT and RELEASE;
     # a real request in autocommit mode runs two queries fewer.
 
+    @pytest.fixture(autouse=True, params=[1, 25], ids=lambda count: f"{count}-workflows")
+    def earlier_workflows(self, request, make_skill, make_workflow):
+        """Workflows tried before triage-prs, none matching, each on a skill of its own: the
+        budgets are the same with one workflow as with 25."""
+        for index in range(request.param - 1):
+            make_workflow(
+                f"earlier-{index}",
+                skill=make_skill(f"skill-{index}"),
+                priority=0,
+                conditions=["`false`"],
+            )
+
     def test_routed_delivery(self, post_webhook, make_workflow, django_assert_num_queries):
         make_workflow("triage-prs", **TRIAGE)
         body = as_body(PR_PAYLOAD)
