@@ -117,3 +117,31 @@ def test_racing_creations_with_one_idempotency_key_make_one_task(skill_version, 
     assert answered == {str(task.guid)}
     winner = same if task.input == same["input"] else other
     assert codes[409] == (2 if winner is same else 6)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("filesystem_storage")
+def test_concurrent_uploads_of_one_name_take_turns_under_one_key(skill_version, dispatch):
+    from kohakku_controller.storage import get_storage
+
+    task, token = dispatch(create_task(skill="code-review"))
+    bodies = [f"result {index}".encode() * 1000 for index in range(4)]
+
+    def upload(body: bytes) -> Callable[[], Any]:
+        return lambda: APIClient().generic(
+            "PUT",
+            f"/api/v1/tasks/{task.guid}/result/upload/",
+            body,
+            content_type="application/octet-stream",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        )
+
+    answers = run_together([upload(body) for body in bodies])
+    assert [answer.status_code for answer in answers] == [201] * len(bodies)
+    key = f"results/{task.guid}/output.json"
+    assert {answer.json()["result_key"] for answer in answers} == {key}
+    _, files = get_storage().listdir(f"results/{task.guid}")
+    assert files == ["output.json"]  # no copy saved under another name
+    with get_storage().open(key) as handle:
+        assert handle.read() in bodies

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from kohakku_controller.storage import get_storage, storage_is_remote
+from kohakku_controller.tasks import services
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.tasks.scheduler import build_push_body
 from kohakku_controller.tasks.services import create_task
@@ -117,6 +118,25 @@ def test_upload_after_task_ended_is_409(api_client, running):
     task, token = running
     Task.objects.filter(pk=task.pk).update(status="completed", finished_at=timezone.now())
     assert upload(api_client, task, token, b"x").status_code == 409
+
+
+@filesystem_only
+def test_upload_whose_task_ends_while_its_body_arrives_is_409(api_client, running, monkeypatch):
+    task, token = running
+    assert upload(api_client, task, token, b"the real result").status_code == 201
+    store_result = services.store_result
+
+    def final_callback_lands_first(*args, **kwargs):
+        ended = callback(api_client, task, token, {"status": "completed", "exit_code": 0})
+        assert ended.status_code == 200
+        return store_result(*args, **kwargs)
+
+    monkeypatch.setattr(services, "store_result", final_callback_lands_first)
+    late = upload(api_client, task, token, b"written after the end")
+    assert late.status_code == 409
+    assert "completed" in late.json()["detail"]
+    with get_storage().open(f"results/{task.guid}/output.json") as handle:
+        assert handle.read() == b"the real result"
 
 
 def test_result_404_without_result(staff_client, running):

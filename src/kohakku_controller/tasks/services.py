@@ -36,7 +36,7 @@ from ..parsers import (
 )
 from ..signing import SignatureError, verify_signature
 from ..skills.services import resolve_version
-from ..storage import get_cache
+from ..storage import get_cache, get_storage
 from .models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -620,6 +620,32 @@ def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
         "result_metadata": metadata,
         "error_message": error_message,
     }
+
+
+def store_result(task: Task, key: str, content: Any) -> str:
+    """Store ``content`` (a ``File``) at ``key`` for ``task``; return the stored name.
+
+    Only while the attempt that was authenticated is still active: the task row is locked
+    around the write, so a final callback waits for it or has already ended the task (then
+    409, nothing written), and two uploads of one name take turns, the later replacing the
+    earlier instead of being stored under another name.
+    """
+    storage = get_storage()
+    with transaction.atomic():
+        active = (
+            Task.objects.select_for_update()
+            .filter(pk=task.pk, attempt=task.attempt, status__in=list(ACTIVE_STATUSES))
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if active is None:
+            current = Task.objects.filter(pk=task.pk).values_list("status", flat=True).first()
+            raise Conflict(
+                f"The task is {current or 'gone'}; results are taken while its attempt runs."
+            )
+        if storage.exists(key):
+            storage.delete(key)  # a retried upload replaces the earlier one
+        return storage.save(key, content)
 
 
 def _result_key_is_valid(task: Task, key: str) -> bool:

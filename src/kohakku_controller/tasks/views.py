@@ -257,10 +257,7 @@ class TaskResultUploadView(ControllerAPIView):
                 digest.update(chunk)
                 spool.write(chunk)
             spool.seek(0)
-            storage = get_storage()
-            if storage.exists(key):
-                storage.delete(key)  # a retried upload replaces the earlier one
-            stored = storage.save(key, File(spool, name=name))
+            stored = services.store_result(task, key, File(spool, name=name))
         return Response(
             {"result_key": stored, "size": size, "sha256": digest.hexdigest()},
             status=status.HTTP_201_CREATED,
