@@ -241,3 +241,46 @@ class TestPrune:
 
         with pytest.raises(CommandError):
             call_command("kohakku_prune_deliveries", "--days", "-1", stdout=StringIO())
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_committed_while_its_original_is_pruned_does_not_fail_the_prune(
+    deliveries, monkeypatch
+):
+    import threading
+
+    from django.db import connection
+    from django.db.models.sql.subqueries import DeleteQuery
+
+    original = Delivery.objects.get(guid=deliveries["routed"])
+    Delivery.objects.filter(pk=original.pk).update(received_at=timezone.now() - timedelta(days=40))
+    replays: list[Delivery] = []
+
+    def record_replay() -> None:
+        try:
+            replays.append(
+                Delivery.objects.create(
+                    source=original.source,
+                    event=original.event,
+                    status_code=200,
+                    replay_of=original,
+                )
+            )
+        finally:
+            connection.close()
+
+    delete_batch = DeleteQuery.delete_batch
+
+    def replay_commits_first(self, pk_list, using):
+        # After the prune unlinked what referred to the original, before it deletes it.
+        if not replays:
+            thread = threading.Thread(target=record_replay)
+            thread.start()
+            thread.join()
+        return delete_batch(self, pk_list, using)
+
+    monkeypatch.setattr(DeleteQuery, "delete_batch", replay_commits_first)
+    call_command("kohakku_prune_deliveries", stdout=StringIO())
+    assert not Delivery.objects.filter(pk=original.pk).exists()
+    assert Delivery.objects.get(pk=replays[0].pk).replay_of is None
