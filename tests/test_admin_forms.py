@@ -16,6 +16,8 @@ from kohakku_controller.skills.models import Skill, SkillVersion
 from kohakku_controller.workflows.models import Workflow
 from kohakku_controller.workflows.serializers import WorkflowSerializer
 
+from .admin_pages import opened_version
+
 pytestmark = pytest.mark.django_db
 
 ADMIN = "/admin/kohakku_controller"
@@ -124,7 +126,7 @@ def test_workflow_change_refuses_bad_labels_and_saves_good_ones(admin_browser, t
         name="Triage PRs", slug="triage-prs", source="github", skill=triage
     )
     url = f"{ADMIN}/workflow/{workflow.pk}/change/"
-    data = workflow_form(triage)
+    data = {**workflow_form(triage), **opened_version(admin_browser, url)}
     del data["slug"]  # read-only once created
     response = admin_browser.post(url, {**data, "labels": "[1, 2]"})
     assert "labels" in form_errors(response)
@@ -178,6 +180,7 @@ def test_skill_change_keeps_the_name_and_checks_the_category(admin_browser):
     skill = Skill.objects.create(name="triage", slug="triage")
     url = f"{ADMIN}/skill/{skill.pk}/change/"
     versions = {"versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0"}
+    versions.update(opened_version(admin_browser, url))
     response = admin_browser.post(
         url, {"name": "renamed", "category": "weird-cat", "description": "x", **versions}
     )

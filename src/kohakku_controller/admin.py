@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin
 
+from .admin_forms import ConcurrencySafeAdmin
 from .auth import SCOPES
 from .dispatchers import admin as dispatchers_admin  # noqa: F401
 from .oauth import ClientScopes, validate_scopes
@@ -34,7 +35,7 @@ class ClientScopesForm(forms.ModelForm):
 
 
 @admin.register(ClientScopes)
-class ClientScopesAdmin(admin.ModelAdmin):
+class ClientScopesAdmin(ConcurrencySafeAdmin):
     form = ClientScopesForm
     list_display = ("application", "scopes")
     search_fields = ("application__name", "application__client_id")

@@ -13,6 +13,8 @@ from kohakku_controller.dispatchers import services
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.dispatchers.secrets import current_signing_secret
 
+from ..admin_pages import opened_version
+
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/kohakku_controller/dispatcher/"
@@ -60,9 +62,16 @@ def test_change_page_never_shows_secrets(admin_browser, register):
 
 def test_change_form_saves_only_operator_controls(admin_browser, register):
     dispatcher = register()
+    url = f"{CHANGELIST}{dispatcher.pk}/change/"
     response = admin_browser.post(
-        f"{CHANGELIST}{dispatcher.pk}/change/",
-        {"enabled": "on", "draining": "on", "capacity": "12", "name": "renamed"},
+        url,
+        {
+            "enabled": "on",
+            "draining": "on",
+            "capacity": "12",
+            "name": "renamed",
+            **opened_version(admin_browser, url),
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     dispatcher.refresh_from_db()

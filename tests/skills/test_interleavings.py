@@ -11,11 +11,13 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from rest_framework.exceptions import NotFound
 
+from kohakku_controller.admin_forms import stale_message
 from kohakku_controller.exceptions import Conflict
 from kohakku_controller.skills import admin as skills_admin
 from kohakku_controller.skills import services
 from kohakku_controller.skills.models import Skill, SkillVersion
 
+from ..admin_pages import messages_of, opened_version
 from .conftest import stored_names, upload_file
 from .zips import package
 
@@ -57,22 +59,20 @@ def test_an_admin_change_keeps_a_version_number_issued_since_it_read_the_skill(
     admin_browser, skill, monkeypatch
 ):
     _upload(skill, 1)
-    read = skills_admin.SkillAdmin.get_object
-
-    def read_then_race(self, *args, **kwargs):
-        stale = read(self, *args, **kwargs)
-        _upload(skill, 2)  # an upload commits between the admin's read and its save
-        return stale
-
-    monkeypatch.setattr(skills_admin.SkillAdmin, "get_object", read_then_race)
+    url = f"{ADMIN}/skill/{skill.pk}/change/"
+    opened = opened_version(admin_browser, url)
+    stale = Skill.objects.get(pk=skill.pk)  # the admin's read when the form is posted
+    _upload(skill, 2)  # an upload commits between that read and the admin's save
+    monkeypatch.setattr(skills_admin.SkillAdmin, "get_object", lambda *args, **kwargs: stale)
     response = admin_browser.post(
-        f"{ADMIN}/skill/{skill.pk}/change/",
-        {"category": skill.category, "description": "edited", **NO_INLINE_FORMS},
+        url, {"category": skill.category, "description": "edited", **NO_INLINE_FORMS, **opened}
     )
-    assert response.status_code == 302
+    # Refused: the page showed the skill before the upload; it opens again as it is now.
+    assert (response.status_code, response["Location"]) == (302, url)
+    assert messages_of(response) == [stale_message(skill)]
     monkeypatch.undo()
     stored = Skill.objects.get(pk=skill.pk)
-    assert (stored.description, stored.last_version_number) == ("edited", 2)
+    assert (stored.description, stored.last_version_number) == ("", 2)
     assert _upload(skill, 3).version.version_number == 3  # never a number already taken
 
 

@@ -9,14 +9,26 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 
+from ..admin_forms import (
+    VERSION_FIELD,
+    ConcurrencySafeAdmin,
+    VersionCheckedForm,
+    update_if_unchanged,
+)
 from . import services as dispatcher_services
 from .models import Dispatcher, DispatcherStatus
 from .serializers import MAX_CAPACITY, MIN_CAPACITY
 
 
-class DispatcherAdminForm(forms.ModelForm):
-    """The operator controls, with the bounds of ``PATCH /api/v1/dispatchers/{guid}/``."""
+class DispatcherAdminForm(VersionCheckedForm):
+    """The operator controls, with the bounds of ``PATCH /api/v1/dispatchers/{guid}/``.
+
+    A dispatcher keeps no ``updated_at``: the controls' values as read are its version.
+    """
+
+    version_fields = ("enabled", "draining", "capacity")
 
     capacity = forms.IntegerField(
         min_value=MIN_CAPACITY, max_value=MAX_CAPACITY, help_text="Maximum concurrent tasks."
@@ -44,7 +56,7 @@ class DispatcherStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Dispatcher)
-class DispatcherAdmin(admin.ModelAdmin):
+class DispatcherAdmin(ConcurrencySafeAdmin):
     """Dispatchers with their derived status. Operators change only enabled, draining and
     capacity here; signing secrets are never shown. Deletion goes through the API, which
     checks for unfinished tasks."""
@@ -69,7 +81,7 @@ class DispatcherAdmin(admin.ModelAdmin):
     ordering = ("name",)
     fieldsets = (
         (None, {"fields": ("guid", "name", "slug", "status", "application")}),
-        ("Operator controls", {"fields": CONTROLS}),
+        ("Operator controls", {"fields": (*CONTROLS, VERSION_FIELD)}),
         (
             "Registration",
             {
@@ -102,9 +114,9 @@ class DispatcherAdmin(admin.ModelAdmin):
     actions = ("enable", "disable", "start_draining", "stop_draining")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        """Everything shown except the operator controls."""
+        """Everything shown except the form's fields (the operator controls)."""
         shown = [name for _, options in self.fieldsets for name in options["fields"]]
-        return [name for name in shown if name not in self.CONTROLS]
+        return [name for name in shown if name not in self.form.base_fields]
 
     @admin.display(description="status")
     def status(self, dispatcher: Dispatcher) -> str:
@@ -121,13 +133,26 @@ class DispatcherAdmin(admin.ModelAdmin):
         return False  # DELETE /api/v1/dispatchers/{guid}/ checks for unfinished tasks
 
     def save_model(self, request: HttpRequest, obj: Dispatcher, form: Any, change: bool) -> None:
-        changes = {field: form.cleaned_data[field] for field in self.CONTROLS}
-        dispatcher_services.set_dispatcher_controls(obj, **changes)
+        # Conditional on the controls as the page showed them: set_dispatcher_controls()
+        # would write over a change made meanwhile through the API or another page.
+        update_if_unchanged(form)
 
     def _set(self, request: HttpRequest, queryset: QuerySet, **changes: Any) -> None:
+        changed = deleted = 0
         for dispatcher in queryset:
-            dispatcher_services.set_dispatcher_controls(dispatcher, **changes)
-        self.message_user(request, f"{len(queryset)} dispatcher(s) changed.", messages.SUCCESS)
+            try:
+                dispatcher_services.set_dispatcher_controls(dispatcher, **changes)
+            except NotFound:
+                deleted += 1  # through the API, since the list was read
+                continue
+            changed += 1
+        self.message_user(request, f"{changed} dispatcher(s) changed.", messages.SUCCESS)
+        if deleted:
+            self.message_user(
+                request,
+                f"{deleted} dispatcher(s) were deleted meanwhile and left out.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Enable selected dispatchers", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:

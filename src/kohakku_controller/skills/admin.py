@@ -2,7 +2,8 @@
 
 Skills follow the API's rules: a new skill is created by :func:`services.create_skill` (which
 derives the slug and refuses a name or slug already taken); afterwards the name and slug are
-read-only, and the category must be one of ``SKILL_CATEGORIES``.
+read-only, and the category must be one of ``SKILL_CATEGORIES``. A change is saved only if the
+skill was not changed since the page was opened.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from rest_framework.exceptions import APIException
 
-from ..admin_forms import add_api_errors
+from ..admin_forms import (
+    ConcurrencySafeAdmin,
+    VersionCheckedForm,
+    add_api_errors,
+    update_if_unchanged,
+)
 from ..exceptions import Conflict
 from .models import Skill, SkillVersion
 from .services import category_problem, create_skill, set_version_yanked
@@ -26,7 +33,7 @@ class _DryRun(Exception):
     """Rolls back the trial creation in :meth:`SkillAdminForm.clean`."""
 
 
-class SkillAdminForm(forms.ModelForm):
+class SkillAdminForm(VersionCheckedForm):
     class Meta:
         model = Skill
         fields = ("name", "category", "description", "archived")
@@ -75,7 +82,7 @@ class SkillVersionInline(admin.TabularInline):
 
 
 @admin.register(Skill)
-class SkillAdmin(admin.ModelAdmin):
+class SkillAdmin(ConcurrencySafeAdmin):
     list_display = ("slug", "name", "category", "archived", "last_version_number", "updated_at")
     list_filter = ("category", "archived")
     search_fields = ("slug", "name", "description")
@@ -93,10 +100,9 @@ class SkillAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Skill, form: Any, change: bool) -> None:
         if change:
-            # Only the fields the form changed: a full save would write back what was read
-            # before a concurrent upload (``last_version_number``) or archive.
-            if form.changed_data:
-                obj.save(update_fields=[*form.changed_data, "updated_at"])
+            # Only the fields the form changed, and only if the skill is still as the page
+            # showed it: never over a concurrent archive, edit or upload.
+            update_if_unchanged(form, updated_at=timezone.now())
             return
         skill = form._create(form.cleaned_data)
         # The admin goes on with ``obj`` (history entry, redirect): make it the new skill.

@@ -1,20 +1,28 @@
-"""Admin for workflows. The form validates with the API's serializer: the admin saves only
-what ``POST``/``PATCH /api/v1/workflows/`` would accept."""
+"""Admin for workflows. The form validates with the API's serializer and saves with the API's
+``save_workflow``: the admin saves only what ``POST``/``PATCH /api/v1/workflows/`` would
+accept, and never over an edit made since the page was opened."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from ..admin_forms import add_api_errors
+from ..admin_forms import (
+    ConcurrencySafeAdmin,
+    StaleEdit,
+    VersionCheckedForm,
+    add_api_errors,
+    stale_message,
+)
+from ..exceptions import Conflict
 from .models import Workflow
 from .serializers import WorkflowSerializer
+from .services import save_workflow
 
 
-class WorkflowAdminForm(forms.ModelForm):
+class WorkflowAdminForm(VersionCheckedForm):
     """Checks the fields with :class:`WorkflowSerializer`, like the API: conditions and the
     input template must compile, the task settings must be ones a task can be created with,
     and a pinned skill version must exist. On a change only the changed fields are sent, as
@@ -38,7 +46,7 @@ class WorkflowAdminForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         creating = self.instance.pk is None
-        names = self.fields if creating else self.changed_data
+        names = self.fields if creating else self.changed_fields
         # str(): a JSON field's string is a JSONString, which the API's errors would name.
         data = {
             name: str(cleaned[name]) if isinstance(cleaned[name], str) else cleaned[name]
@@ -64,7 +72,7 @@ class WorkflowAdminForm(forms.ModelForm):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(ConcurrencySafeAdmin):
     form = WorkflowAdminForm
     list_display = ("slug", "name", "enabled", "priority", "source", "event", "skill")
     list_filter = ("enabled", "source")
@@ -73,3 +81,16 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return ("slug",) if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: Workflow, form: Any, change: bool) -> None:
+        # As the API saves: on a change only the changed fields, and only if the workflow
+        # still has the version the form checked (a later edit makes it raise Conflict).
+        if not change:
+            save_workflow(obj)
+        elif form.changed_fields:
+            try:
+                save_workflow(
+                    obj, **{name: form.cleaned_data[name] for name in form.changed_fields}
+                )
+            except Conflict:
+                raise StaleEdit(stale_message(obj)) from None  # in the admin's words
