@@ -209,7 +209,7 @@ def test_a_dispatcher_deleted_while_its_page_is_saved_is_a_message(
     )
     response = admin_browser.post(url, {**dispatcher_edit(stale), **opened})
     assert (response.status_code, response["Location"]) == (302, url)
-    assert messages_of(response) == [stale_message(stale)]
+    assert messages_of(response) == ["No such dispatcher."]
     assert not Dispatcher.objects.exists()
 
 

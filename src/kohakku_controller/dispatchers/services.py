@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -322,15 +323,23 @@ def set_dispatcher_controls(
     enabled: bool | None = None,
     draining: bool | None = None,
     capacity: int | None = None,
+    if_unchanged: Mapping[str, Any] | None = None,
 ) -> Dispatcher:
-    """Apply an operator's switches (``None`` leaves one as it is); updates in place."""
+    """Apply an operator's switches (``None`` leaves one as it is); updates in place.
+
+    With ``if_unchanged`` (field values as the caller read them), only while the dispatcher
+    still has those values: ``Conflict`` otherwise. ``NotFound`` when it was deleted.
+    """
     changes = {
         field: value
         for field, value in (("enabled", enabled), ("draining", draining), ("capacity", capacity))
         if value is not None
     }
     if changes:
-        if not Dispatcher.objects.filter(pk=dispatcher.pk).update(**changes):
+        rows = Dispatcher.objects.filter(pk=dispatcher.pk, **(if_unchanged or {}))
+        if not rows.update(**changes):
+            if if_unchanged and Dispatcher.objects.filter(pk=dispatcher.pk).exists():
+                raise Conflict("The dispatcher's controls were changed since they were read.")
             raise NotFound("No such dispatcher.")
         for field, value in changes.items():
             setattr(dispatcher, field, value)
