@@ -254,7 +254,8 @@ CASES = [
     Case("task events", _task_detail("events/"), 4, "the task, count, page"),
     Case("task cancel", _task_detail("cancel/", "post"), (7, 8),
          "the task, savepoint, conditional update, event, release, the task again; NOTIFY"),
-    Case("task result upload", _result_upload, 1, "the task by its callback token (no API token)"),
+    Case("task result upload", _result_upload, 4, "the task by its callback token (no API token), "
+         "savepoint, lock it while still running, release"),
     Case("task result download", _result_download, 2, "the task"),
     Case("skill list", _skill_list, 3, "count, page"),
     Case("skill retrieve", _skill_request(""), 3, "the skill, its latest version"),

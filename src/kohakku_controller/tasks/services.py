@@ -635,6 +635,7 @@ def store_result(task: Task, key: str, content: Any) -> str:
         active = (
             Task.objects.select_for_update()
             .filter(pk=task.pk, attempt=task.attempt, status__in=list(ACTIVE_STATUSES))
+            .order_by()
             .values_list("pk", flat=True)
             .first()
         )
