@@ -216,3 +216,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"kohakku: {deselected['postgres_server']} tests that restart a PostgreSQL server of "
             "their own deselected: initdb and pg_ctl were not found on this machine."
         )
+
+
+@pytest.fixture
+def admin_browser(db: Any) -> Any:
+    """A test client logged in to the admin as a superuser."""
+    from django.test import Client
+
+    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456")
+    browser = Client()
+    browser.force_login(user)
+    return browser

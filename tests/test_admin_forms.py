@@ -7,8 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from oauth2_provider.models import get_application_model
 
 from kohakku_controller.oauth import ClientScopes
@@ -21,14 +19,6 @@ from .admin_pages import opened_version
 pytestmark = pytest.mark.django_db
 
 ADMIN = "/admin/kohakku_controller"
-
-
-@pytest.fixture
-def admin_browser() -> Client:
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456")
-    browser = Client()
-    browser.force_login(user)
-    return browser
 
 
 def form_errors(response: Any) -> dict[str, list[str]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.utils import timezone
 
 from kohakku_controller.dispatchers import services
@@ -18,14 +16,6 @@ from ..admin_pages import opened_version
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/kohakku_controller/dispatcher/"
-
-
-@pytest.fixture
-def admin_browser() -> Client:
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456")
-    browser = Client()
-    browser.force_login(user)
-    return browser
 
 
 def test_changelist_shows_the_derived_status(admin_browser, register):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 from rest_framework.test import APIClient
@@ -19,31 +17,10 @@ from kohakku_controller.dispatchers import services
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.dispatchers.secrets import valid_signing_secrets
 
+from ..concurrency import run_together
 from .conftest import CHECKIN_URL, checkin_body, detail_url, rotate_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run ``work(i)`` in ``count`` threads released at the same moment; return results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def target(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = work(index)
-        except Exception as exc:  # reported by the assertions of the caller
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 def test_twenty_concurrent_checkins_of_one_name_make_one_dispatcher(dispatcher_client):

@@ -7,8 +7,6 @@ read, which is what a race does on any database.
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from rest_framework.exceptions import NotFound
 
 from kohakku_controller.admin_forms import stale_message
@@ -25,14 +23,6 @@ pytestmark = pytest.mark.django_db
 
 ADMIN = "/admin/kohakku_controller"
 NO_INLINE_FORMS = {"versions-TOTAL_FORMS": "0", "versions-INITIAL_FORMS": "0"}
-
-
-@pytest.fixture
-def admin_browser() -> Client:
-    user = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456")
-    browser = Client()
-    browser.force_login(user)
-    return browser
 
 
 def _upload(skill: Skill, n: int) -> services.UploadResult:

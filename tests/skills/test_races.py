@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from kohakku_controller.skills import services
 from kohakku_controller.skills.models import Skill, SkillVersion
 
+from ..concurrency import run_together
 from .conftest import stored_names, upload_file
 from .zips import package
 
@@ -20,30 +18,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 THREADS = 6
 
 
-def _together(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run ``work(i)`` in ``count`` threads released at once; results (or exceptions)."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = work(index)
-        except Exception as exc:  # reported through the results
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
-
-
 def _race(skill: Skill, payloads: list[bytes]) -> list[Any]:
-    return _together(
+    return run_together(
         len(payloads),
         lambda index: services.upload_package(
             Skill.objects.get(pk=skill.pk), upload_file(payloads[index])
@@ -61,7 +37,7 @@ def _api_posts(staff_client: Any, url: str, body: dict[str, Any]) -> list[tuple[
         response = client.post(url, body, format="json")
         return response.status_code, response.json()
 
-    results = _together(THREADS, post)
+    results = run_together(THREADS, post)
     assert all(isinstance(result, tuple) for result in results), results
     return results
 

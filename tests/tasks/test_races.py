@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from kohakku_controller.exceptions import Conflict
 from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.services import cancel_task, create_task
 
+from ..concurrency import run_all
 from .conftest import post_callback, signed_headers
 
 DONE = json.dumps({"status": "completed", "exit_code": 0}).encode()
-
-
-def run_together(work: list[Callable[[], Any]]) -> list[Any]:
-    """Run each of ``work`` in its own thread, released at once; results or exceptions."""
-    barrier = threading.Barrier(len(work))
-    results: list[Any] = [None] * len(work)
-
-    def target(index: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[index] = work[index]()
-        except Exception as exc:  # reported by the assertions
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(len(work))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 def _client_like(staff_client: APIClient) -> APIClient:
@@ -75,7 +52,7 @@ def test_cancel_racing_the_final_callback_never_loses_the_outcome(
         task, token = dispatch(create_task(skill="code-review"), dispatcher)
         headers = signed_headers(token, task.signing_secret, DONE)
         cancel_url = f"/api/v1/tasks/{task.guid}/cancel/"
-        cancelled, called_back = run_together(
+        cancelled, called_back = run_all(
             [
                 lambda url=cancel_url: _client_like(staff_client).post(url).status_code,
                 lambda task=task, headers=headers: (
@@ -107,7 +84,7 @@ def test_racing_creations_with_one_idempotency_key_make_one_task(skill_version, 
 
     same = {"skill": "code-review", "input": {"n": 1}}
     other = {"skill": "code-review", "input": {"n": 2}}
-    results = run_together([create(same)] * 6 + [create(other)] * 2)
+    results = run_all([create(same)] * 6 + [create(other)] * 2)
 
     assert all(isinstance(result, tuple) for result in results), results
     task = Task.objects.get()
@@ -137,7 +114,7 @@ def test_concurrent_uploads_of_one_name_take_turns_under_one_key(skill_version, 
             HTTP_AUTHORIZATION=f"Bearer {token}",
         )
 
-    answers = run_together([upload(body) for body in bodies])
+    answers = run_all([upload(body) for body in bodies])
     assert [answer.status_code for answer in answers] == [201] * len(bodies)
     key = f"results/{task.guid}/output.json"
     assert {answer.json()["result_key"] for answer in answers} == {key}

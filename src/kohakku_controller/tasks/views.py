@@ -28,7 +28,7 @@ from ..schema import ErrorSerializer
 from ..storage import get_storage, presigned_url, storage_is_remote
 from . import services
 from .filters import TaskFilter
-from .models import ACTIVE_STATUSES, Task
+from .models import ACTIVE_STATUSES, Task, TaskStatus
 from .serializers import (
     CallbackResponseSerializer,
     CallbackSerializer,
@@ -126,7 +126,10 @@ class TaskViewSet(
     def cancel(self, request: Request, guid: str | None = None) -> Response:
         """Cancel at once if queued (200), else ask the dispatcher (202)."""
         task = services.cancel_task(self.get_object())
-        code = status.HTTP_200_OK if task.is_final else status.HTTP_202_ACCEPTED
+        # 200 when the task is cancelled now; 202 when its dispatcher was asked, even if the
+        # task ended otherwise (completed, failed) before this answer was written.
+        cancelled = task.status == TaskStatus.CANCELLED
+        code = status.HTTP_200_OK if cancelled else status.HTTP_202_ACCEPTED
         return Response(TaskSerializer(task).data, status=code)
 
     @extend_schema(
