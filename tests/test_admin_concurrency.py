@@ -19,7 +19,7 @@ from kohakku_controller.admin_forms import VERSION_FIELD, stale_message
 from kohakku_controller.dispatchers import admin as dispatchers_admin
 from kohakku_controller.dispatchers import services as dispatcher_services
 from kohakku_controller.dispatchers.models import Dispatcher
-from kohakku_controller.oauth import ClientScopes
+from kohakku_controller.oauth import ClientScopes, create_or_reset_client
 from kohakku_controller.skills import admin as skills_admin
 from kohakku_controller.skills import services as skill_services
 from kohakku_controller.skills.models import Skill
@@ -37,6 +37,11 @@ ADMIN = "/admin/kohakku_controller"
 @pytest.fixture
 def skill() -> Skill:
     return Skill.objects.create(name="triage", slug="triage")
+
+
+@pytest.fixture
+def clientscopes(application: Any) -> ClientScopes:
+    return ClientScopes.objects.create(application=application, scopes=["tasks:read"])
 
 
 @pytest.fixture
@@ -127,7 +132,25 @@ def dispatcher_kept(dispatcher: Dispatcher) -> bool:
     return (stored.draining, stored.capacity) == (False, 9)
 
 
+def clientscopes_edit(grant: ClientScopes) -> dict[str, Any]:
+    return {"application": str(grant.application_id), "scopes": ["tasks:read", "tasks:write"]}
+
+
+def clientscopes_changed_elsewhere(grant: ClientScopes) -> None:
+    create_or_reset_client(grant.application.name, ["dispatchers"])  # as the command does
+
+
+def clientscopes_kept(grant: ClientScopes) -> bool:
+    return ClientScopes.objects.get(pk=grant.pk).scopes == ["dispatchers"]
+
+
 CASES = {
+    "clientscopes": (
+        root_admin.ClientScopesAdmin,
+        clientscopes_edit,
+        clientscopes_changed_elsewhere,
+        clientscopes_kept,
+    ),
     "workflow": (
         workflows_admin.WorkflowAdmin,
         workflow_edit,

@@ -1,9 +1,11 @@
 """Admin registrations: each domain registers its own models; this module loads them."""
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 
-from .admin_forms import ConcurrencySafeAdmin
+from .admin_forms import ConcurrencySafeAdmin, VersionCheckedForm, update_if_unchanged
 from .auth import SCOPES
 from .dispatchers import admin as dispatchers_admin  # noqa: F401
 from .oauth import ClientScopes, validate_scopes
@@ -12,9 +14,13 @@ from .webhooks import admin as webhooks_admin  # noqa: F401
 from .workflows import admin as workflows_admin  # noqa: F401
 
 
-class ClientScopesForm(forms.ModelForm):
+class ClientScopesForm(VersionCheckedForm):
     """Scopes are picked from :data:`~kohakku_controller.auth.SCOPES`, as with
-    ``kohakku_create_client``; the field is saved as a sorted list of names."""
+    ``kohakku_create_client``; the field is saved as a sorted list of names. The grant as
+    read is the version: a page opened before ``kohakku_create_client`` or another page
+    changed it is refused."""
+
+    version_fields = ("application_id", "scopes")
 
     scopes = forms.MultipleChoiceField(
         choices=[(name, f"{name}: {description}") for name, description in SCOPES.items()],
@@ -40,3 +46,9 @@ class ClientScopesAdmin(ConcurrencySafeAdmin):
     list_display = ("application", "scopes")
     search_fields = ("application__name", "application__client_id")
     raw_id_fields = ("application",)
+
+    def save_model(self, request: Any, obj: ClientScopes, form: Any, change: bool) -> None:
+        if change:
+            update_if_unchanged(form)
+        else:
+            super().save_model(request, obj, form, change)
