@@ -155,3 +155,28 @@ def test_concurrent_replays_of_one_delivery_each_record_a_replay_and_a_task(
     assert replays.count() == 6
     assert len({replay.task_guid for replay in replays}) == 6
     assert Task.objects.count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_of_a_delivery_pruned_meanwhile_is_still_answered(
+    post_webhook, make_workflow, monkeypatch
+):
+    make_workflow("triage-prs", source="github", event="pull_request")
+    body = as_body(PAYLOAD)
+    headers = github_headers(body, "pull_request", delivery="d-pruned")
+    first = post_webhook(body, headers).json()
+    claimant = services._claimant
+
+    def pruned_after_it_was_read(source: str, claim: str) -> Any:
+        original = claimant(source, claim)
+        Delivery.objects.filter(pk=original.pk).delete()  # a prune, between read and insert
+        return original
+
+    monkeypatch.setattr(services, "_claimant", pruned_after_it_was_read)
+    second = post_webhook(body, headers)
+    assert second.status_code == 200
+    answer = second.json()
+    assert (answer["duplicate"], answer["task_guid"]) == (True, first["task_guid"])
+    duplicate = Delivery.objects.get(guid=answer["delivery_id"])
+    assert (duplicate.status, duplicate.duplicate_of) == ("duplicate", None)
+    assert Task.objects.count() == 1

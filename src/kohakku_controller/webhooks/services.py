@@ -354,17 +354,26 @@ def _create_task_and_record(
 
 
 def _duplicate(incoming: _Incoming, context: _Context, original: Delivery) -> IngestResult:
-    delivery = _record(
-        incoming,
-        context,
-        status=DeliveryStatus.DUPLICATE,
-        detail=f"Duplicate of delivery {original.guid}; nothing done.",
-        status_code=200,
-        workflow_id=original.workflow_id,
-        routed_to=original.routed_to,
-        task_guid=original.task_guid,
-        duplicate_of=original,
-    )
+    recorded = {
+        "status": DeliveryStatus.DUPLICATE,
+        "detail": f"Duplicate of delivery {original.guid}; nothing done.",
+        "status_code": 200,
+        "routed_to": original.routed_to,
+        "task_guid": original.task_guid,
+    }
+    try:
+        with transaction.atomic():
+            delivery = _record(
+                incoming,
+                context,
+                **recorded,
+                workflow_id=original.workflow_id,
+                duplicate_of=original,
+            )
+    except IntegrityError:
+        # The original (or its workflow) was deleted since it was read, by a prune: record
+        # the duplicate without the references; the answer is still the original's.
+        delivery = _record(incoming, context, **recorded)
     data = _answer(original)
     data.update(delivery_id=str(delivery.guid), duplicate=True, duplicate_of=str(original.guid))
     return IngestResult(200, data, delivery)
