@@ -1,12 +1,17 @@
-"""OpenAPI generation: drf-spectacular's AutoSchema plus the controller's error responses."""
+"""OpenAPI generation: drf-spectacular's AutoSchema plus the controller's security
+requirements, error responses and list headers."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
+
+from .auth import ScopedPermission
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -20,24 +25,86 @@ _ERROR_DESCRIPTIONS = {
     "401": "No valid credential was sent.",
     "403": "The credential lacks the scope or permission for this action.",
     "404": "No such object.",
+    "409": "The request conflicts with the current state of the resource.",
     "411": "The body was sent without Content-Length (chunked); send its length.",
     "413": "The request body is larger than allowed.",
     "415": "Unsupported content type.",
+    "503": "The database or another backing service is unavailable; nothing was changed. "
+    "Retry after Retry-After seconds.",
 }
+_LIST_ERROR_DESCRIPTIONS = {
+    "400": "A filter, page or page_size is invalid; the body names the parameter.",
+    "404": "The page is past the last page.",
+}
+
+#: Response headers of every paginated list (see ``pagination.LinkHeaderPagination``).
+LIST_HEADERS = [
+    OpenApiParameter(
+        "Link",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description='RFC 8288 links to the "first", "prev", "next" and "last" pages.',
+    ),
+    OpenApiParameter(
+        "X-Total-Count",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="Number of items across all pages.",
+    ),
+]
+#: The header of every 503 the exception handler answers.
+_RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}
 
 
 class ControllerAutoSchema(AutoSchema):
-    """Adds the error responses a client can meet to every operation."""
+    """Adds the security requirements and the error responses a client can meet."""
+
+    def get_auth(self) -> list[Any]:
+        auths = super().get_auth()
+        scopes = [
+            permission.required_scope(self.view.request, self.view)
+            for permission in self.view.get_permissions()
+            if isinstance(permission, ScopedPermission)
+        ]
+        if scopes and scopes[0] is not None and "oauth2" in self._authenticator_names():
+            # The extension for django-oauth-toolkit only knows its own permission classes.
+            auths = [{"oauth2": [scopes[0]]}, *(a for a in auths if "oauth2" not in a)]
+        return auths
+
+    def _authenticator_names(self) -> set[str]:
+        names = set()
+        for authenticator in self.view.get_authenticators():
+            scheme = OpenApiAuthenticationExtension.get_match(authenticator)
+            if scheme is not None and isinstance(scheme.name, str):
+                names.add(scheme.name)
+        return names
+
+    def _is_paginated_list(self) -> bool:
+        return self.method == "GET" and self._is_list_view() and self._get_paginator() is not None
+
+    def _reads_body(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
 
     def error_codes(self) -> list[str]:
         codes = []
         if self.method in ("POST", "PUT", "PATCH"):
-            codes += ["400", "411", "413", "415"]
+            # Every view refuses a chunked body, whether or not it reads one.
+            codes.append("411")
+        if self._reads_body():
+            codes += ["400", "413"]
+            # A view that reads its raw body itself takes any content type.
+            if not getattr(self.view, "reads_raw_body", False):
+                codes.append("415")
+        if self._is_paginated_list():
+            codes += ["400", "404"]
         if self.view.get_authenticators():
             codes += ["401", "403"]
         if "{" in self.path:
             codes.append("404")
-        return codes
+        codes.append("503")
+        return list(dict.fromkeys(codes))
 
     def get_filter_backends(self) -> list[Any]:
         # The same backends the view applies: list filters only on the list action.
@@ -45,14 +112,28 @@ class ControllerAutoSchema(AutoSchema):
             return super().get_filter_backends()
         return self.view.filter_backends_for_action()
 
+    def get_override_parameters(self) -> list[Any]:
+        parameters = list(super().get_override_parameters())
+        if self._is_paginated_list():
+            parameters += LIST_HEADERS
+        return parameters
+
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
+        list_view = self._is_paginated_list()
         for code in self.error_codes():
-            if code not in responses:
-                responses[code] = self._get_response_for_code(
-                    OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code]),
-                    code,
-                )
+            if code in responses:
+                continue
+            description = _ERROR_DESCRIPTIONS[code]
+            if list_view and code in _LIST_ERROR_DESCRIPTIONS:
+                description = _LIST_ERROR_DESCRIPTIONS[code]
+                if code == "404" and "{" in self.path:
+                    description = "No such object, or the page is past the last page."
+            responses[code] = self._get_response_for_code(
+                OpenApiResponse(ErrorSerializer, description=description), code
+            )
+            if code == "503":
+                responses[code]["headers"] = {"Retry-After": dict(_RETRY_AFTER)}
         return responses

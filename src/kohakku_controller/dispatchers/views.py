@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
@@ -21,6 +22,7 @@ from rest_framework.response import Response
 
 from ..api import ControllerGenericViewSet
 from ..auth import is_oauth2_token
+from ..schema import ErrorSerializer
 from . import services
 from .filters import DispatcherFilter
 from .models import Dispatcher
@@ -88,6 +90,7 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
         responses={
             201: OpenApiResponse(CheckinResponseSerializer, description="Registered."),
             200: OpenApiResponse(CheckinResponseSerializer, description="Updated."),
+            409: OpenApiResponse(ErrorSerializer, description="A concurrent check-in; retry."),
         },
         auth=[{"oauth2": [DISPATCHER_SCOPE]}],
     )
@@ -129,7 +132,10 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
     @extend_schema(
         summary="Change an operator switch: enabled, draining or capacity",
         request=DispatcherControlsSerializer,
-        responses={200: DispatcherSerializer},
+        responses={
+            200: DispatcherSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Changed concurrently; retry."),
+        },
     )
     def partial_update(self, request: Request, guid: str | None = None) -> Response:
         dispatcher = self.get_object()
@@ -143,13 +149,17 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
         parameters=[
             OpenApiParameter(
                 "force",
-                bool,
-                description="Delete even with unfinished tasks; they are requeued.",
+                OpenApiTypes.BOOL,
+                description="Delete even with unfinished tasks; they are requeued. "
+                "true/1/yes or false/0/no.",
             )
         ],
         responses={
             204: OpenApiResponse(description="Deleted."),
-            409: OpenApiResponse(description="It has unfinished tasks and force is not set."),
+            400: OpenApiResponse(ErrorSerializer, description="?force= is not a boolean."),
+            409: OpenApiResponse(
+                ErrorSerializer, description="It has unfinished tasks and force is not set."
+            ),
         },
     )
     def destroy(self, request: Request, guid: str | None = None) -> Response:
@@ -160,7 +170,10 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
     @extend_schema(
         summary="Rotate the signing secret of a dispatcher",
         request=RotateSecretSerializer,
-        responses={200: RotateSecretResponseSerializer},
+        responses={
+            200: RotateSecretResponseSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Rotated concurrently; retry."),
+        },
     )
     @action(
         detail=True,

@@ -84,6 +84,44 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
     return any(tag.removeprefix("W/") == etag for tag in parse_etags(if_none_match))
 
 
+_DOWNLOAD_RESPONSE_HEADERS = [
+    OpenApiParameter(
+        "ETag",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200, 302, 304],
+        description="The package's content hash, quoted.",
+    ),
+    OpenApiParameter(
+        "X-Content-Hash",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200, 302, 304],
+        description="sha256 of the package.",
+    ),
+    OpenApiParameter(
+        "Content-Disposition",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="attachment; filename=<slug>-<version>.zip",
+    ),
+    OpenApiParameter(
+        "Location",
+        OpenApiTypes.URI,
+        OpenApiParameter.HEADER,
+        response=[302],
+        description="The presigned URL.",
+    ),
+    OpenApiParameter(
+        "Retry-After",
+        OpenApiTypes.INT,
+        OpenApiParameter.HEADER,
+        response=[503],
+        description="Seconds to wait before retrying.",
+    ),
+]
+
 _DOWNLOAD_HEADERS_DOC = (
     "Streams `application/zip` with `X-Content-Hash` (sha256), a strong `ETag`, "
     "`Content-Length` and `Content-Disposition`. `If-None-Match` answers 304."
@@ -167,14 +205,26 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         skill = services.update_skill(skill, **serializer.validated_data)
         return Response(SkillDetailSerializer(skill).data)
 
-    @extend_schema(request=None, responses={200: SkillDetailSerializer, 409: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=None,
+        responses={
+            200: SkillDetailSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The skill is already archived."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def archive(self, request: Request, slug: str | None = None) -> Response:
         """Archive the skill: it leaves the list and new tasks cannot use it."""
         skill = services.set_skill_archived(self.get_object(), True)
         return Response(SkillDetailSerializer(skill).data)
 
-    @extend_schema(request=None, responses={200: SkillDetailSerializer, 409: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=None,
+        responses={
+            200: SkillDetailSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The skill is not archived."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def unarchive(self, request: Request, slug: str | None = None) -> Response:
         """Restore an archived skill."""
@@ -188,7 +238,10 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
             200: OpenApiResponse(
                 UploadResultSerializer, description="The same bytes as an existing version."
             ),
-            409: OpenApiResponse(OpenApiTypes.OBJECT, description="The skill is archived."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The skill is archived, or another upload to it is in progress.",
+            ),
         },
     )
     @action(detail=True, methods=["post"], parser_classes=UPLOAD_PARSERS)
@@ -217,13 +270,30 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
             OpenApiParameter("version", int, description="Pinned version; latest by default."),
             OpenApiParameter("expires", int, description="Signed URLs only."),
             OpenApiParameter("signature", str, description="Signed URLs only."),
+            OpenApiParameter(
+                "If-None-Match",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="ETag of the client's copy; a match answers 304.",
+            ),
+            *_DOWNLOAD_RESPONSE_HEADERS,
         ],
+        # A signed URL (expires and signature) is the whole credential.
+        auth=[{"oauth2": ["skills:read"]}, {"tokenAuth": []}, {}],
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY),
             302: OpenApiResponse(description="Redirect to a presigned S3 URL."),
             304: OpenApiResponse(description="The client's copy (If-None-Match) is current."),
             400: OpenApiResponse(
                 ErrorSerializer, description="?version= is not a positive integer."
+            ),
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="The credential lacks the permission, or the signed URL is "
+                "invalid or expired.",
+            ),
+            404: OpenApiResponse(
+                ErrorSerializer, description="No such skill, or no such (non-yanked) version."
             ),
             503: OpenApiResponse(
                 ErrorSerializer, description="The package could not be read from storage."
@@ -333,7 +403,10 @@ class SkillVersionViewSet(
 
     @extend_schema(
         request=YankSerializer,
-        responses={200: SkillVersionSerializer, 409: OpenApiTypes.OBJECT},
+        responses={
+            200: SkillVersionSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The version is already yanked."),
+        },
     )
     @action(detail=True, methods=["post"])
     def yank(self, request: Request, **kwargs: Any) -> Response:
@@ -342,7 +415,10 @@ class SkillVersionViewSet(
 
     @extend_schema(
         request=YankSerializer,
-        responses={200: SkillVersionSerializer, 409: OpenApiTypes.OBJECT},
+        responses={
+            200: SkillVersionSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="The version is not yanked."),
+        },
     )
     @action(detail=True, methods=["post"])
     def unyank(self, request: Request, **kwargs: Any) -> Response:

@@ -105,7 +105,7 @@ class TaskEventSerializer(serializers.ModelSerializer):
 class CallbackSerializer(serializers.Serializer):
     """The callback body (for the schema; the service validates the raw body)."""
 
-    status = serializers.CharField(help_text="running, completed, failed or cancelled.")
+    status = serializers.ChoiceField(choices=["running", "completed", "failed", "cancelled"])
     exit_code = serializers.IntegerField(required=False, allow_null=True)
     result_key = serializers.CharField(required=False, allow_blank=True)
     result_metadata = serializers.DictField(required=False)

@@ -39,6 +39,13 @@ from .serializers import (
 )
 
 _CHUNK = 64 * 1024
+_LOCATION = OpenApiParameter(
+    "Location",
+    OpenApiTypes.URI,
+    OpenApiParameter.HEADER,
+    response=[302],
+    description="The presigned URL.",
+)
 
 
 class TaskViewSet(
@@ -71,12 +78,24 @@ class TaskViewSet(
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
                 description="Same key and body: the same task (200). Same key, other body: 409.",
-            )
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true"],
+                description="Sent when the answer is the task an earlier request created.",
+            ),
         ],
         responses={
-            201: TaskSerializer,
-            200: TaskSerializer,
-            409: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused."),
+            201: OpenApiResponse(TaskSerializer, description="Created."),
+            200: OpenApiResponse(
+                TaskSerializer, description="A retry with the same Idempotency-Key and body."
+            ),
+            409: OpenApiResponse(
+                ErrorSerializer, description="Idempotency-Key reused with another body."
+            ),
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -133,10 +152,18 @@ class TaskViewSet(
         return Response(TaskSerializer(task).data, status=code)
 
     @extend_schema(
+        parameters=[_LOCATION],
         responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (200, "*/*"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The result file; Content-Type is guessed from its name "
+                "(application/octet-stream when unknown).",
+            ),
             302: OpenApiResponse(description="Redirect to a presigned download URL (S3)."),
-        }
+            404: OpenApiResponse(
+                ErrorSerializer, description="No such task, or the task has no stored result."
+            ),
+        },
     )
     @action(detail=True, methods=["get"])
     def result(self, request: Request, guid: str | None = None) -> Any:
@@ -163,6 +190,8 @@ class TaskCallbackView(ControllerAPIView):
     dispatcher's HMAC signature; see docs/dispatcher-contract.md.
     """
 
+    reads_raw_body = True  # any content type: never 415
+
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
     renderer_classes = [JSONRenderer]
@@ -181,11 +210,19 @@ class TaskCallbackView(ControllerAPIView):
         responses={
             200: CallbackResponseSerializer,
             401: OpenApiResponse(ErrorSerializer, description="Bad token or signature."),
+            404: OpenApiResponse(ErrorSerializer, description="No such task."),
             409: OpenApiResponse(ErrorSerializer, description="The task ended differently."),
+            413: OpenApiResponse(
+                ErrorSerializer, description="The body is over CALLBACK_MAX_BODY_BYTES."
+            ),
         },
         parameters=[
-            OpenApiParameter("X-Kohakku-Timestamp", OpenApiTypes.STR, OpenApiParameter.HEADER),
-            OpenApiParameter("X-Kohakku-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER),
+            OpenApiParameter(
+                "X-Kohakku-Timestamp", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True
+            ),
+            OpenApiParameter(
+                "X-Kohakku-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True
+            ),
         ],
         auth=[],
     )
@@ -221,6 +258,8 @@ class TaskResultUploadView(ControllerAPIView):
     token, and stores it under ``results/<guid>/`` (``?name=`` picks the file name).
     """
 
+    reads_raw_body = True  # any content type: never 415
+
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
@@ -229,10 +268,21 @@ class TaskResultUploadView(ControllerAPIView):
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},
-        parameters=[OpenApiParameter("name", OpenApiTypes.STR, OpenApiParameter.QUERY)],
+        parameters=[
+            OpenApiParameter(
+                "name",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                default="output.json",
+                description="File name under the task's result prefix; no '..'.",
+            )
+        ],
         responses={
             201: ResultUploadResponseSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="?name= is not a valid file name."),
             401: OpenApiResponse(ErrorSerializer, description="Bad callback token."),
+            404: OpenApiResponse(ErrorSerializer, description="No such task."),
+            413: OpenApiResponse(ErrorSerializer, description="The body is over RESULT_MAX_BYTES."),
             409: OpenApiResponse(ErrorSerializer, description="The task is not running."),
         },
         auth=[],

@@ -85,6 +85,6 @@ class IngestRejectionSerializer(serializers.Serializer):
     reason = serializers.CharField(
         help_text="unknown_source, source_not_configured, signature_missing, "
         "signature_malformed, signature_expired, signature_mismatch, malformed_body, "
-        "malformed_event, too_large"
+        "malformed_event, too_large, length_required"
     )
     delivery_id = serializers.UUIDField()

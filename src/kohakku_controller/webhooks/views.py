@@ -18,6 +18,7 @@ from ..api import ControllerAPIView, ControllerReadOnlyViewSet
 from ..conf import kohakku_settings
 from ..exceptions import LengthRequired, PayloadTooLarge
 from ..parsers import read_bounded
+from ..schema import ErrorSerializer
 from . import services
 from .filters import DeliveryFilter
 from .models import Delivery
@@ -69,6 +70,8 @@ class WebhookIngestView(ControllerAPIView):
         request={
             "application/json": OpenApiTypes.OBJECT,
             "application/x-www-form-urlencoded": OpenApiTypes.OBJECT,
+            # Read as JSON too, like any application/*+json type.
+            "text/plain": OpenApiTypes.STR,
         },
         responses={
             200: IngestAnswerSerializer,
@@ -125,7 +128,17 @@ class DeliveryViewSet(ControllerReadOnlyViewSet):
     def get_serializer_class(self) -> type[DeliveryListSerializer]:
         return DeliveryListSerializer if self.action == "list" else DeliverySerializer
 
-    @extend_schema(request=None, responses={201: DeliverySerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            201: DeliverySerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The delivery cannot be replayed (unverified, a handshake, or its "
+                "stored body is truncated or unparsable).",
+            ),
+        },
+    )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, guid: str | None = None) -> Response:
         """Route the stored body again with today's workflows; answers the new delivery."""
