@@ -69,10 +69,23 @@ class _Server(ThreadingHTTPServer):
 
 
 class StubDispatcher:
-    """A threaded HTTP server on 127.0.0.1 that records pushes and cancel requests."""
+    """A threaded HTTP server on 127.0.0.1 that records pushes and cancel requests.
 
-    def __init__(self, fail_times: int = 0, status: int = 200, inbox: Any = None) -> None:
+    ``respond(stub, handler)``, if given, answers each push in place of the usual JSON reply
+    (a dispatcher that never answers, redirects, streams an endless body…); it may wait on
+    ``stub.stopped``, which is set when the stub stops.
+    """
+
+    def __init__(
+        self,
+        fail_times: int = 0,
+        status: int = 200,
+        inbox: Any = None,
+        respond: Callable[[StubDispatcher, BaseHTTPRequestHandler], None] | None = None,
+    ) -> None:
         self.inbox = inbox  # a queue.Queue that also receives each accepted push
+        self.respond = respond
+        self.stopped = threading.Event()
         self.pushes: list[dict[str, Any]] = []
         self.cancels: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -91,6 +104,7 @@ class StubDispatcher:
                     "headers": dict(self.headers.items()),
                     "raw": raw,
                     "body": json.loads(raw or b"{}"),
+                    "client": self.client_address,
                 }
                 with stub.lock:
                     if self.path.endswith("/cancel/"):
@@ -105,6 +119,9 @@ class StubDispatcher:
                             code = stub.status
                         if stub.inbox is not None and 200 <= code < 300:
                             stub.inbox.put((stub, record))
+                if stub.respond is not None and not self.path.endswith("/cancel/"):
+                    stub.respond(stub, self)
+                    return
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
@@ -121,6 +138,7 @@ class StubDispatcher:
         self.thread.start()
 
     def stop(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
 

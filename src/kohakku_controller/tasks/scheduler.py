@@ -38,7 +38,13 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -232,6 +238,28 @@ def _set_assignment_columns(
     claimed_at_param = claimed_at if postgres else adapt(claimed_at)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, claimed_by, claimed_at_param])
+
+
+_BODY_READ_LIMIT = 65536
+
+
+def _read_head(response: httpx.Response) -> bytes:
+    """The start of a dispatcher's answer: the status decides, the body is only for logs.
+
+    A short body is read whole, so its connection is reused; one longer than 64 KiB, still
+    coming after ``PUSH_READ_TIMEOUT``, or broken off is cut short (its connection is closed).
+    A huge or never-ending body thus neither stalls the pass nor turns a 2xx into a failure.
+    """
+    head = b""
+    deadline = time.monotonic() + kohakku_settings.PUSH_READ_TIMEOUT
+    try:
+        for chunk in response.iter_raw():
+            head += chunk
+            if len(head) >= _BODY_READ_LIMIT or time.monotonic() > deadline:
+                break
+    except httpx.HTTPError:
+        pass  # the status line and headers arrived; that is the answer
+    return head
 
 
 class Scheduler:
@@ -598,7 +626,8 @@ class Scheduler:
             **sign_request(secret, body),
         }
         try:
-            response = self.http.post(url, content=body, headers=signed)
+            with self.http.stream("POST", url, content=body, headers=signed) as response:
+                head = _read_head(response)
         except httpx.TimeoutException as exc:
             return f"timed out ({type(exc).__name__}) calling {url}"
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
@@ -610,7 +639,8 @@ class Scheduler:
             return f"could not call {url}: {type(exc).__name__}"[:400]
         if 200 <= response.status_code < 300:
             return ""
-        return f"{url} answered HTTP {response.status_code}: {response.text[:200]!r}"
+        excerpt = head[:200].decode(errors="replace")
+        return f"{url} answered HTTP {response.status_code}: {excerpt!r}"
 
     def push_claims(self, claims: list[Claim]) -> tuple[int, int]:
         """Push every claim concurrently, then record the outcomes; returns (ok, failed)."""
@@ -734,12 +764,8 @@ class Scheduler:
                     report = self.run_pass()
                     failures = 0
                 except Exception as exc:
-                    # The database restarted or is unreachable (drop the connection), or a
-                    # bug: log it, back off and try again rather than stop scheduling.
                     failures += 1
-                    logger.exception("scheduler pass failed; retrying")
-                    if isinstance(exc, DatabaseError):
-                        connection.close()
+                    self._after_failure(exc, "scheduler pass")
                     stop.wait(min(30.0, 0.5 * 2**failures))
                     continue
                 if report.claimed + report.unmatched >= self.batch_size:
@@ -755,10 +781,19 @@ class Scheduler:
                 if released:
                     logger.info("start-up: took back %s unconfirmed claims", released)
                 return
-            except DatabaseError:
-                logger.exception("start-up reconciliation failed; retrying")
-                connection.close()
+            except Exception as exc:
+                self._after_failure(exc, "start-up reconciliation")
                 stop.wait(2.0)
+
+    @staticmethod
+    def _after_failure(exc: Exception, what: str) -> None:
+        """Log a failed step; after a database error (the server restarted or is unreachable,
+        or the connection was closed under us) drop the connection so the retry opens one.
+        Any other error (a bug) is logged and retried too rather than stop scheduling.
+        """
+        logger.exception("%s failed; retrying", what)
+        if isinstance(exc, DatabaseError | InterfaceError):
+            connection.close()
 
 
 # --- wake-ups ---------------------------------------------------------------------------

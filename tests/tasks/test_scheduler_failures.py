@@ -1,0 +1,417 @@
+"""Failure injection: dispatchers that misbehave, storage, database and Redis failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import InterfaceError, connection
+from django.utils import timezone
+
+from kohakku_controller.skills.models import SkillVersion
+from kohakku_controller.tasks import scheduler as scheduler_module
+from kohakku_controller.tasks.models import Task, TaskEvent
+from kohakku_controller.tasks.scheduler import PollWaiter, Scheduler, make_wakeup_waiter
+from kohakku_controller.tasks.services import create_task
+
+from .conftest import wakes
+
+pytestmark = pytest.mark.django_db
+
+READ_TIMEOUT = 0.5
+ENDLESS = 8.0  # how long an "endless" body goes on; a bounded pass ends well before
+
+
+@pytest.fixture(autouse=True)
+def _short_timeouts(settings: Any) -> None:
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_BACKOFF_BASE_SECONDS": 30,
+        "PUSH_BACKOFF_MAX_SECONDS": 60,
+        "PUSH_CONNECT_TIMEOUT": READ_TIMEOUT,
+        "PUSH_READ_TIMEOUT": READ_TIMEOUT,
+        "PUBLIC_BASE_URL": "https://controller.example",
+    }
+
+
+@pytest.fixture
+def fast_scheduler() -> Iterator[Scheduler]:
+    with Scheduler(name="faulty", push_concurrency=4) as instance:
+        yield instance
+
+
+# --- dispatcher behaviours (``respond`` hooks of the stub) -------------------------------
+
+
+def never_answer(stub: Any, handler: Any) -> None:
+    stub.stopped.wait()
+
+
+def answer(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> Any:
+    def respond(stub: Any, handler: Any) -> None:
+        handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
+def endless_body(status: int) -> Any:
+    """Answers ``status`` at once, then a body that goes on (a chunk every 0.1 s) for 8 s."""
+
+    def respond(stub: Any, handler: Any) -> None:
+        handler.send_response(status)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        chunk = b"x" * 65536
+        ends = time.monotonic() + ENDLESS
+        while not stub.stopped.wait(0.1) and time.monotonic() < ends:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            handler.wfile.flush()
+
+    return respond
+
+
+def timed_pass(sched: Scheduler) -> tuple[Any, float]:
+    """Run one pass; returns its report and how long it took."""
+    started = time.monotonic()
+    report = sched.run_pass()
+    return report, time.monotonic() - started
+
+
+def assert_released_with_backoff(task: Task, reason: str) -> None:
+    task.refresh_from_db()
+    assert task.status == "queued"
+    assert task.dispatcher_id is None
+    assert task.not_before > timezone.now()  # with the backoff, not at once
+    event = TaskEvent.objects.filter(task=task, kind="push_failed").get()
+    assert reason in event.reason
+
+
+# --- dispatchers ------------------------------------------------------------------------
+
+
+def test_a_dispatcher_that_never_answers_fails_after_the_read_timeout(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    make_dispatcher(endpoint_url=stub_dispatcher(respond=never_answer).url)
+    task = create_task(skill="code-review")
+    report, elapsed = timed_pass(fast_scheduler)
+    assert (report.claimed, report.pushed, report.push_failed) == (1, 0, 1)
+    assert elapsed < READ_TIMEOUT + 2
+    assert_released_with_backoff(task, "timed out")
+
+
+@pytest.mark.parametrize(
+    ("respond", "reason"),
+    [
+        (answer(500, body=b"boom"), "HTTP 500: 'boom'"),
+        (answer(429, {"Retry-After": "1"}), "HTTP 429"),
+        (answer(302, {"Location": "http://127.0.0.1:9/tasks/"}), "HTTP 302"),
+        (answer(307, {"Location": "/elsewhere/"}), "HTTP 307"),
+    ],
+)
+def test_refused_and_redirected_pushes_are_released_with_backoff(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, respond, reason
+):
+    stub = stub_dispatcher(respond=respond)
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, report.push_failed) == (0, 1)
+    assert len(stub.pushes) == 1  # a redirect is not followed
+    assert_released_with_backoff(task, reason)
+
+
+@pytest.mark.parametrize(
+    "respond",
+    [
+        answer(200, {"Content-Type": "application/json"}, b"{not json"),
+        answer(202, {"Content-Type": "application/json"}, b"[" * 2_000_000),
+        endless_body(200),
+    ],
+    ids=["malformed", "large", "endless"],
+)
+def test_a_2xx_answer_is_accepted_whatever_its_body(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, respond
+):
+    make_dispatcher(endpoint_url=stub_dispatcher(respond=respond).url)
+    task = create_task(skill="code-review")
+    report, elapsed = timed_pass(fast_scheduler)
+    assert (report.pushed, report.push_failed) == (1, 0)
+    assert elapsed < ENDLESS / 2
+    task.refresh_from_db()
+    assert (task.status, task.pushed_at is not None) == ("dispatched", True)
+
+
+def test_an_error_answer_with_an_endless_body_fails_the_push_in_bounded_time(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    make_dispatcher(endpoint_url=stub_dispatcher(respond=endless_body(503)).url)
+    task = create_task(skill="code-review")
+    report, elapsed = timed_pass(fast_scheduler)
+    assert report.push_failed == 1
+    assert elapsed < ENDLESS / 2
+    assert_released_with_backoff(task, "HTTP 503: 'xxxx")
+
+
+def test_the_connection_to_a_dispatcher_is_kept_alive_between_pushes(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    for _ in range(2):
+        create_task(skill="code-review")
+        assert fast_scheduler.run_pass().pushed == 1
+    assert stub.pushes[0]["client"] == stub.pushes[1]["client"]
+
+
+def test_an_endpoint_that_resolves_to_nothing_is_a_failed_push(
+    skill_version, make_dispatcher, fast_scheduler
+):
+    make_dispatcher(endpoint_url="http://no-such-dispatcher.invalid")
+    task = create_task(skill="code-review")
+    report, _ = timed_pass(fast_scheduler)
+    assert report.push_failed == 1
+    assert_released_with_backoff(task, "could not reach")
+
+
+def test_many_broken_dispatchers_neither_stall_the_pass_nor_starve_a_healthy_one(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    for index in range(6):
+        make_dispatcher(f"hung{index}", endpoint_url=stub_dispatcher(respond=never_answer).url)
+    make_dispatcher("endless", endpoint_url=stub_dispatcher(respond=endless_body(500)).url)
+    make_dispatcher("nowhere", endpoint_url="http://nowhere.invalid")
+    healthy = stub_dispatcher()
+    make_dispatcher("healthy", endpoint_url=healthy.url)
+    for _ in range(9):
+        create_task(skill="code-review")
+    # Nine pushes, four at a time: three rounds of at most the read timeout each.
+    report, elapsed = timed_pass(fast_scheduler)
+    assert (report.claimed, report.pushed, report.push_failed) == (9, 1, 8)
+    assert elapsed < 3 * READ_TIMEOUT + 3
+    assert len(healthy.pushes) == 1
+    assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 1
+    assert Task.objects.filter(status="queued").count() == 8
+
+
+# --- storage ----------------------------------------------------------------------------
+
+
+def test_storage_failing_while_the_push_is_built_releases_the_claim(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, monkeypatch
+):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+
+    def presign_fails(*args: Any, **kwargs: Any) -> str:
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(scheduler_module, "storage_is_remote", lambda: True)
+    monkeypatch.setattr(scheduler_module, "presigned_url", presign_fails)
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.claimed, report.pushed, report.push_failed) == (1, 0, 1)
+    assert stub.pushes == []
+    assert_released_with_backoff(task, "storage unreachable")
+
+
+# --- the task changes between claim and push --------------------------------------------
+
+
+def test_a_task_deleted_between_claim_and_push(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    stub = stub_dispatcher(status=503)
+    make_dispatcher(endpoint_url=stub.url)
+    kept = create_task(skill="code-review")
+    gone = create_task(skill="code-review")
+    claims, _ = fast_scheduler.claim_and_assign(timezone.now())
+    Task.objects.filter(pk=gone.pk).delete()
+    assert fast_scheduler.push_claims(claims) == (0, 2)
+    kept.refresh_from_db()
+    assert kept.status == "queued"
+    assert not Task.objects.filter(pk=gone.pk).exists()
+
+
+def test_a_version_yanked_between_claim_and_push_is_still_pushed(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    claims, _ = fast_scheduler.claim_and_assign(timezone.now())
+    SkillVersion.objects.filter(pk=skill_version.pk).update(yanked=True)
+    assert fast_scheduler.push_claims(claims) == (1, 0)
+    assert stub.pushes[0]["body"]["skill"]["version"] == 1
+    task.refresh_from_db()
+    assert task.pushed_at is not None
+
+
+# --- the loop: database and Redis ---------------------------------------------------------
+
+
+def run_briefly(sched: Scheduler, seconds: float = 10, until: Any = None) -> None:
+    """Run ``run_forever`` until ``until()`` holds (at most ``seconds``), then stop it."""
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sched.run_forever(stop, poll_seconds=0.2)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            connection.close()  # this thread's own
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends and thread.is_alive() and not (until and until()):
+        time.sleep(0.1)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not failure, f"run_forever ended with {failure[0]!r}"
+
+
+@pytest.fixture
+def drop_scheduler_connections(transactional_db: Any) -> Callable[[], int]:
+    """Kills the test database's sessions but the test's own, as a server restart would."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        [test_pid] = cursor.fetchone()
+    params = connection.get_connection_params()
+
+    def drop() -> int:
+        raw = connection.get_new_connection(params)
+        try:
+            raw.autocommit = True
+            return len(
+                raw.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND pid <> pg_backend_pid() AND pid <> %s",
+                    [test_pid],
+                ).fetchall()
+            )
+        finally:
+            raw.close()
+
+    return drop
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_run_forever_recovers_when_the_database_drops_between_passes(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, drop_scheduler_connections
+):
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review")
+
+    def second_task_after_a_drop() -> bool:
+        if len(stub.pushes) == 1 and not Task.objects.filter(status="queued").exists():
+            assert drop_scheduler_connections() >= 1
+            create_task(skill="code-review")
+        return len(stub.pushes) == 2
+
+    run_briefly(fast_scheduler, until=second_task_after_a_drop)
+    assert len(stub.pushes) == 2
+    assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_no_claim_is_kept_when_the_database_drops_during_the_push(
+    skill_version,
+    make_dispatcher,
+    stub_dispatcher,
+    fast_scheduler,
+    settings,
+    drop_scheduler_connections,
+):
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_LEASE_SECONDS": 1}
+
+    def drop_once_then_accept(stub: Any, handler: Any) -> None:
+        if len(stub.pushes) == 1:
+            drop_scheduler_connections()  # the pass cannot record this push
+        answer(200)(stub, handler)
+
+    stub = stub_dispatcher(respond=drop_once_then_accept)
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+
+    def recorded() -> bool:
+        return Task.objects.filter(pk=task.pk, pushed_at__isnull=False).exists()
+
+    run_briefly(fast_scheduler, until=recorded)
+    task.refresh_from_db()
+    # The unrecorded push's lease expired, and the task went out again as a new attempt.
+    assert (task.status, task.attempt, len(stub.pushes)) == ("dispatched", 2, 2)
+    assert "lease_expired" in TaskEvent.objects.filter(task=task).values_list("kind", flat=True)
+
+
+def test_start_up_survives_an_interface_error(fast_scheduler, monkeypatch):
+    calls = []
+
+    def reconcile() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise InterfaceError("connection already closed")
+        return 0
+
+    monkeypatch.setattr(fast_scheduler, "reconcile_on_startup", reconcile)
+    monkeypatch.setattr(fast_scheduler, "run_pass", lambda: scheduler_module.PassReport())
+    run_briefly(fast_scheduler, 2.5)
+    assert len(calls) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_redis_down_the_scheduler_polls(
+    settings, skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/13",  # nothing listens there
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_WAKEUP": "redis"}
+    waiter = make_wakeup_waiter()
+    assert type(waiter) is PollWaiter
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review")  # its wake-up is lost
+    run_briefly(fast_scheduler, until=lambda: stub.pushes)
+    assert len(stub.pushes) == 1
+
+
+@pytest.mark.usefixtures("redis_cache")
+def test_redis_wakeups_resume_after_redis_drops_the_connection(
+    skill_version, settings, django_capture_on_commit_callbacks
+):
+    from django_redis import get_redis_connection
+
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_WAKEUP": "redis"}
+    waiter = make_wakeup_waiter()
+    host, port = waiter.pubsub.connection._sock.getsockname()[:2]
+    get_redis_connection("default").execute_command("CLIENT", "KILL", "ADDR", f"{host}:{port}")
+    stop = threading.Event()
+    started = time.monotonic()
+    waiter.wait(3, stop)  # notices the loss
+
+    def create() -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            create_task(skill="code-review")
+
+    assert wakes(waiter, create)
+    assert time.monotonic() - started < 10
