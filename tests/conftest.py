@@ -227,3 +227,16 @@ def admin_browser(db: Any) -> Any:
     browser = Client()
     browser.force_login(user)
     return browser
+
+
+@pytest.fixture
+def application(db: Any) -> Any:
+    """A confidential client-credentials OAuth2 application named "orchestrator"."""
+    from oauth2_provider.models import get_application_model
+
+    model = get_application_model()
+    return model.objects.create(
+        name="orchestrator",
+        client_type=model.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=model.GRANT_CLIENT_CREDENTIALS,
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from oauth2_provider.models import get_application_model
 
 from kohakku_controller import admin as root_admin
 from kohakku_controller.admin_forms import VERSION_FIELD, stale_message
@@ -57,16 +56,6 @@ def dispatcher(application: Any) -> Dispatcher:
         application=application,
         data={"name": "local-dev", "endpoint_url": "http://dispatcher:8080", "backends": ["local"]},
     ).dispatcher
-
-
-@pytest.fixture
-def application() -> Any:
-    model = get_application_model()
-    return model.objects.create(
-        name="orchestrator",
-        client_type=model.CLIENT_CONFIDENTIAL,
-        authorization_grant_type=model.GRANT_CLIENT_CREDENTIALS,
-    )
 
 
 # Per model: the change form's fields as the page shows them, with the operator's edit;

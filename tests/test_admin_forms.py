@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from oauth2_provider.models import get_application_model
 
 from kohakku_controller.oauth import ClientScopes
 from kohakku_controller.skills.models import Skill, SkillVersion
@@ -191,16 +190,6 @@ def test_skill_change_keeps_the_name_and_checks_the_category(admin_browser):
 
 
 # --- OAuth2 client scopes -------------------------------------------------------------------
-
-
-@pytest.fixture
-def application() -> Any:
-    model = get_application_model()
-    return model.objects.create(
-        name="orchestrator",
-        client_type=model.CLIENT_CONFIDENTIAL,
-        authorization_grant_type=model.GRANT_CLIENT_CREDENTIALS,
-    )
 
 
 @pytest.mark.parametrize(
