@@ -84,8 +84,11 @@ def signed(body: bytes, secret: str, token: str = TOKEN) -> dict[str, str]:
 
 
 @pytest.fixture
-def world(settings, staff_client, oauth_client, api_client) -> SimpleNamespace:
-    """One of everything, reached through the API where that is as cheap."""
+def world(settings, filesystem_storage, staff_client, oauth_client, api_client) -> SimpleNamespace:
+    """One of everything, reached through the API where that is as cheap. On filesystem
+    storage whatever storage the run uses: the controller serves downloads and signed URLs
+    itself there (on S3 it redirects to presigned URLs, a 302 the rows below do not expect).
+    """
     settings.KOHAKKU_CONTROLLER = {
         **settings.KOHAKKU_CONTROLLER,
         "WEBHOOK_SECRETS": {"github": [GITHUB_SECRET]},
