@@ -20,3 +20,25 @@ def opened_version(browser: Client, url: str) -> dict[str, str]:
 def messages_of(response: Any) -> list[str]:
     """The admin messages the request behind ``response`` queued."""
     return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def workflow_form(skill: Any, **overrides: Any) -> dict[str, Any]:
+    """The workflow add or change form as a browser posts it, for ``skill``."""
+    data = {
+        "name": "Triage PRs",
+        "slug": "",
+        "enabled": "on",
+        "priority": "100",
+        "source": "github",
+        "event": "pull_request",
+        "conditions": "[]",
+        "skill": str(skill.pk),
+        "skill_version": "",
+        "input_template": "payload",
+        "backend": "local",
+        "labels": "{}",
+        "task_priority": "0",
+        "timeout_seconds": "",
+    }
+    data.update(overrides)
+    return data

@@ -26,7 +26,7 @@ from kohakku_controller.workflows import admin as workflows_admin
 from kohakku_controller.workflows.models import Workflow
 from kohakku_controller.workflows.services import save_workflow
 
-from .admin_pages import messages_of, opened_version
+from .admin_pages import messages_of, opened_version, workflow_form
 
 pytestmark = pytest.mark.django_db
 
@@ -63,21 +63,7 @@ def dispatcher(application: Any) -> Dispatcher:
 
 
 def workflow_edit(workflow: Workflow) -> dict[str, Any]:
-    return {
-        "name": workflow.name,
-        "enabled": "",  # the operator disables it
-        "priority": "100",
-        "source": "github",
-        "event": "pull_request",
-        "conditions": "[]",
-        "skill": str(workflow.skill_id),
-        "skill_version": "",
-        "input_template": "payload",
-        "backend": "local",
-        "labels": "{}",
-        "task_priority": "0",
-        "timeout_seconds": "",
-    }
+    return workflow_form(workflow.skill, name=workflow.name, enabled="")  # the operator disables it
 
 
 def workflow_changed_elsewhere(workflow: Workflow) -> None:

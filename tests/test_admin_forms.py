@@ -13,7 +13,7 @@ from kohakku_controller.skills.models import Skill, SkillVersion
 from kohakku_controller.workflows.models import Workflow
 from kohakku_controller.workflows.serializers import WorkflowSerializer
 
-from .admin_pages import opened_version
+from .admin_pages import opened_version, workflow_form
 
 pytestmark = pytest.mark.django_db
 
@@ -37,27 +37,6 @@ def triage() -> Skill:
         skill=skill, version_number=1, content_hash="a" * 64, size=10, storage_ref="x.zip"
     )
     return skill
-
-
-def workflow_form(skill: Skill, **overrides: Any) -> dict[str, Any]:
-    data = {
-        "name": "Triage PRs",
-        "slug": "",
-        "enabled": "on",
-        "priority": "100",
-        "source": "github",
-        "event": "pull_request",
-        "conditions": "[]",
-        "skill": str(skill.pk),
-        "skill_version": "",
-        "input_template": "payload",
-        "backend": "local",
-        "labels": "{}",
-        "task_priority": "0",
-        "timeout_seconds": "",
-    }
-    data.update(overrides)
-    return data
 
 
 @pytest.mark.parametrize(

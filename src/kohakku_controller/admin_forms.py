@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from django import forms
@@ -106,6 +107,23 @@ class VersionCheckedForm(forms.ModelForm):
         """The model fields the submission changed (not the version it carries)."""
         return [name for name in self.changed_data if name != VERSION_FIELD]
 
+    @property
+    def changes(self) -> dict[str, Any]:
+        """The changed fields' new values, as a conditional write takes them."""
+        return {name: self.cleaned_data[name] for name in self.changed_fields}
+
+
+@contextmanager
+def stale_on_conflict(instance: models.Model) -> Iterator[None]:
+    """A service's ``Conflict`` (its conditional write matched nothing) as :class:`StaleEdit`,
+    in the admin's words."""
+    try:
+        yield
+    except StaleEdit:
+        raise
+    except Conflict:
+        raise StaleEdit(stale_message(instance)) from None
+
 
 def update_if_unchanged(form: VersionCheckedForm, **extra: Any) -> None:
     """Write the fields ``form`` changed, and ``extra``, to its object in one ``UPDATE``
@@ -113,7 +131,7 @@ def update_if_unchanged(form: VersionCheckedForm, **extra: Any) -> None:
 
     Raises :class:`StaleEdit` when it matches nothing: changed or deleted meanwhile.
     """
-    changes = {name: form.cleaned_data[name] for name in form.changed_fields}
+    changes = form.changes
     if not changes:
         return
     instance = form.instance

@@ -11,6 +11,8 @@ from django.core.checks import Error, Tags, Warning, register
 
 from .auth import SCOPES
 from .conf import DEFAULTS, IMPORT_STRINGS, REMOVED_SETTINGS, SETTINGS_NAME, perform_import
+from .dispatchers.serializers import MAX_CAPACITY
+from .parsers import MAX_QUERY_INT
 
 REQUIRED_APPS = (
     "rest_framework",
@@ -146,11 +148,11 @@ def _meets(key: str, value: Any) -> bool:
 #: another setting they must not exceed (a default above its own limit refuses every task
 #: that relies on it).
 UPPER_BOUNDS: dict[str, int | str] = {
-    "TASK_MAX_TIMEOUT_SECONDS": 2**31 - 1,
+    "TASK_MAX_TIMEOUT_SECONDS": MAX_QUERY_INT,  # a 32-bit integer column
     "TASK_DEFAULT_TIMEOUT_SECONDS": "TASK_MAX_TIMEOUT_SECONDS",
-    "TASK_MAX_ATTEMPTS_LIMIT": 2**15 - 1,
+    "TASK_MAX_ATTEMPTS_LIMIT": 2**15 - 1,  # a 16-bit integer column
     "TASK_DEFAULT_MAX_ATTEMPTS": "TASK_MAX_ATTEMPTS_LIMIT",
-    "DEFAULT_DISPATCHER_CAPACITY": 10_000,  # the most a dispatcher may declare
+    "DEFAULT_DISPATCHER_CAPACITY": MAX_CAPACITY,  # the most a dispatcher may declare
 }
 WAKEUP_MODES = ("auto", "postgres", "redis", "poll")
 

@@ -54,6 +54,14 @@ LIST_HEADERS = [
         description="Number of items across all pages.",
     ),
 ]
+#: The header of a 302 to a presigned storage URL (package and result downloads on S3).
+PRESIGNED_LOCATION_HEADER = OpenApiParameter(
+    "Location",
+    OpenApiTypes.URI,
+    OpenApiParameter.HEADER,
+    response=[302],
+    description="The presigned URL.",
+)
 #: The header of every 503 the exception handler answers.
 _RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}
 

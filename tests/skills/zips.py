@@ -6,6 +6,7 @@ import io
 import struct
 import warnings
 import zipfile
+from collections.abc import Iterator
 
 
 def manifest_text(
@@ -92,11 +93,7 @@ def point_entry_at(data: bytes, name: str, target: str) -> bytes:
 def declare_size(data: bytes, name: str, file_size: int, crc: int) -> bytes:
     """Make both headers (local and central) of ``name`` declare ``file_size`` and ``crc``."""
     out = bytearray(data)
-    for record in _central_records(data):
-        name_length = struct.unpack_from("<H", data, record + 28)[0]
-        if data[record + 46 : record + 46 + name_length] != name.encode():
-            continue
-        (local,) = struct.unpack_from("<L", data, record + 42)
+    for record, local in _entries_named(data, name):
         for crc_offset, size_offset in ((record + 16, record + 24), (local + 14, local + 22)):
             struct.pack_into("<L", out, crc_offset, crc)
             struct.pack_into("<L", out, size_offset, file_size)
@@ -108,13 +105,17 @@ def patch_local_header(
 ) -> bytes:
     """Change the compression method or the uncompressed size in ``name``'s local header only."""
     out = bytearray(data)
-    for record in _central_records(data):
-        name_length = struct.unpack_from("<H", data, record + 28)[0]
-        if data[record + 46 : record + 46 + name_length] != name.encode():
-            continue
-        (local,) = struct.unpack_from("<L", data, record + 42)
+    for _, local in _entries_named(data, name):
         if method is not None:
             struct.pack_into("<H", out, local + 8, method)
         if size is not None:
             struct.pack_into("<L", out, local + 22, size)
     return bytes(out)
+
+
+def _entries_named(data: bytes, name: str) -> Iterator[tuple[int, int]]:
+    """The offsets of the central record and the local header of each entry named ``name``."""
+    for record in _central_records(data):
+        name_length = struct.unpack_from("<H", data, record + 28)[0]
+        if data[record + 46 : record + 46 + name_length] == name.encode():
+            yield record, struct.unpack_from("<L", data, record + 42)[0]

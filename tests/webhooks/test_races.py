@@ -15,6 +15,7 @@ from kohakku_controller.exceptions import Conflict
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.webhooks import services
 from kohakku_controller.webhooks.models import Delivery, Verification
+from tests.concurrency import run_together
 from tests.webhooks.conftest import URL, as_body, github_headers, slack_headers
 
 PAYLOAD = {"action": "opened", "number": 1, "repository": {"full_name": "org/repo"}}
@@ -131,24 +132,13 @@ def test_concurrent_replays_of_one_delivery_each_record_a_replay_and_a_task(
 ):
     original = _routed_delivery(make_workflow)
     authorization = staff_client._credentials["HTTP_AUTHORIZATION"]
-    barrier = threading.Barrier(6)
-    codes: list[int] = []
 
-    def replay() -> None:
+    def replay(_: int) -> int:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=authorization)
-        try:
-            barrier.wait(timeout=10)
-            response = client.post(f"/api/v1/webhooks/deliveries/{original.guid}/replay/")
-            codes.append(response.status_code)
-        finally:
-            connection.close()
+        return client.post(f"/api/v1/webhooks/deliveries/{original.guid}/replay/").status_code
 
-    threads = [threading.Thread(target=replay) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    codes = run_together(6, replay)
 
     assert codes == [201] * 6
     replays = Delivery.objects.filter(replay_of=original)

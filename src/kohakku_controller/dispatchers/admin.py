@@ -14,11 +14,9 @@ from rest_framework.exceptions import NotFound
 from ..admin_forms import (
     VERSION_FIELD,
     ConcurrencySafeAdmin,
-    StaleEdit,
     VersionCheckedForm,
-    stale_message,
+    stale_on_conflict,
 )
-from ..exceptions import Conflict
 from . import services as dispatcher_services
 from .models import Dispatcher, DispatcherStatus
 from .serializers import MAX_CAPACITY, MIN_CAPACITY
@@ -137,13 +135,10 @@ class DispatcherAdmin(ConcurrencySafeAdmin):
     def save_model(self, request: HttpRequest, obj: Dispatcher, form: Any, change: bool) -> None:
         # Conditional on the controls as the page showed them, so a change made meanwhile
         # through the API or another page is not written over.
-        changes = {name: form.cleaned_data[name] for name in form.changed_fields}
-        try:
+        with stale_on_conflict(obj):
             dispatcher_services.set_dispatcher_controls(
-                obj, **changes, if_unchanged=form.read_values
+                obj, **form.changes, if_unchanged=form.read_values
             )
-        except Conflict:
-            raise StaleEdit(stale_message(obj)) from None
 
     def _set(self, request: HttpRequest, queryset: QuerySet, **changes: Any) -> None:
         changed = deleted = 0

@@ -31,7 +31,7 @@ from ..api import UPLOAD_PARSERS, ControllerGenericViewSet
 from ..conf import kohakku_settings
 from ..exceptions import PayloadTooLarge, ServiceUnavailable
 from ..parsers import positive_int_param
-from ..schema import ErrorSerializer
+from ..schema import PRESIGNED_LOCATION_HEADER, ErrorSerializer
 from ..storage import storage_is_remote
 from . import services
 from .filters import SkillFilter
@@ -106,13 +106,7 @@ _DOWNLOAD_RESPONSE_HEADERS = [
         response=[200],
         description="attachment; filename=<slug>-<version>.zip",
     ),
-    OpenApiParameter(
-        "Location",
-        OpenApiTypes.URI,
-        OpenApiParameter.HEADER,
-        response=[302],
-        description="The presigned URL.",
-    ),
+    PRESIGNED_LOCATION_HEADER,
     OpenApiParameter(
         "Retry-After",
         OpenApiTypes.INT,

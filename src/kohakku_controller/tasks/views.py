@@ -24,7 +24,7 @@ from ..api import ControllerAPIView, ControllerGenericViewSet
 from ..auth import is_oauth2_token
 from ..conf import kohakku_settings
 from ..exceptions import Conflict, PayloadTooLarge
-from ..schema import ErrorSerializer
+from ..schema import PRESIGNED_LOCATION_HEADER, ErrorSerializer
 from ..storage import get_storage, presigned_url, storage_is_remote
 from . import services
 from .filters import TaskFilter
@@ -39,13 +39,6 @@ from .serializers import (
 )
 
 _CHUNK = 64 * 1024
-_LOCATION = OpenApiParameter(
-    "Location",
-    OpenApiTypes.URI,
-    OpenApiParameter.HEADER,
-    response=[302],
-    description="The presigned URL.",
-)
 
 
 class TaskViewSet(
@@ -152,7 +145,7 @@ class TaskViewSet(
         return Response(TaskSerializer(task).data, status=code)
 
     @extend_schema(
-        parameters=[_LOCATION],
+        parameters=[PRESIGNED_LOCATION_HEADER],
         responses={
             (200, "*/*"): OpenApiResponse(
                 OpenApiTypes.BINARY,

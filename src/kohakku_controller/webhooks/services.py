@@ -529,15 +529,18 @@ def _delete_deliveries(ids: list[int], *, tries: int = 3) -> int:
     recorded while the batch is being deleted refers to a row the batch removes, and fails
     the batch at commit: the batch is then deleted again, which finds that reference too.
     """
-    for attempt in range(1, tries + 1):
+    for _ in range(tries - 1):
         try:
-            with transaction.atomic():
-                _, per_model = Delivery.objects.filter(pk__in=ids).delete()
-            return per_model.get(Delivery._meta.label, 0)
+            return _delete_batch(ids)
         except IntegrityError:
-            if attempt == tries:
-                raise
-    return 0  # pragma: no cover - the loop returns or raises
+            continue  # a reference recorded meanwhile: deleting again unlinks it
+    return _delete_batch(ids)
+
+
+def _delete_batch(ids: list[int]) -> int:
+    with transaction.atomic():
+        _, per_model = Delivery.objects.filter(pk__in=ids).delete()
+    return per_model.get(Delivery._meta.label, 0)
 
 
 def _claimant(source: str, claim: str) -> Delivery | None:

@@ -11,12 +11,10 @@ from django.http import HttpRequest
 
 from ..admin_forms import (
     ConcurrencySafeAdmin,
-    StaleEdit,
     VersionCheckedForm,
     add_api_errors,
-    stale_message,
+    stale_on_conflict,
 )
-from ..exceptions import Conflict
 from .models import Workflow
 from .serializers import WorkflowSerializer
 from .services import save_workflow
@@ -87,10 +85,6 @@ class WorkflowAdmin(ConcurrencySafeAdmin):
         # still has the version the form checked (a later edit makes it raise Conflict).
         if not change:
             save_workflow(obj)
-        elif form.changed_fields:
-            try:
-                save_workflow(
-                    obj, **{name: form.cleaned_data[name] for name in form.changed_fields}
-                )
-            except Conflict:
-                raise StaleEdit(stale_message(obj)) from None  # in the admin's words
+        elif form.changes:
+            with stale_on_conflict(obj):
+                save_workflow(obj, **form.changes)

@@ -19,51 +19,44 @@ MIN_POLL_SECONDS = 0.1
 MAX_POLL_SECONDS = 86_400.0
 MAX_NAME_LENGTH = 200  # Task.claimed_by
 
+#: The tuning options: flag, what it parses to, and its help.
+OPTIONS = [
+    (
+        "--batch-size",
+        int_range(1, MAX_BATCH_SIZE),
+        f"Tasks claimed per pass, 1 to {MAX_BATCH_SIZE} (default: SCHEDULER_BATCH_SIZE).",
+    ),
+    (
+        "--poll-seconds",
+        float_range(MIN_POLL_SECONDS, MAX_POLL_SECONDS),
+        f"Longest wait between passes, {MIN_POLL_SECONDS:g} to {MAX_POLL_SECONDS:g} "
+        "(default: SCHEDULER_POLL_SECONDS).",
+    ),
+    (
+        "--concurrency",
+        int_range(1, MAX_CONCURRENCY),
+        f"Pushes in flight, 1 to {MAX_CONCURRENCY} (default: SCHEDULER_PUSH_CONCURRENCY).",
+    ),
+    (
+        "--name",
+        label(MAX_NAME_LENGTH),
+        "Name recorded on claims (default: host:pid:random).",
+    ),
+]
+
 
 class Command(BaseCommand):
     help = "Claim queued tasks and push them to dispatchers (any number of replicas may run)."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--once", action="store_true", help="Run a single pass and exit.")
-        parser.add_argument(
-            "--batch-size",
-            type=int_range(1, MAX_BATCH_SIZE),
-            default=None,
-            help=f"Tasks claimed per pass, 1 to {MAX_BATCH_SIZE} (default: SCHEDULER_BATCH_SIZE).",
-        )
-        parser.add_argument(
-            "--poll-seconds",
-            type=float_range(MIN_POLL_SECONDS, MAX_POLL_SECONDS),
-            default=None,
-            help=(
-                f"Longest wait between passes, {MIN_POLL_SECONDS:g} to {MAX_POLL_SECONDS:g} "
-                "(default: SCHEDULER_POLL_SECONDS)."
-            ),
-        )
-        parser.add_argument(
-            "--concurrency",
-            type=int_range(1, MAX_CONCURRENCY),
-            default=None,
-            help=(
-                f"Pushes in flight, 1 to {MAX_CONCURRENCY} (default: SCHEDULER_PUSH_CONCURRENCY)."
-            ),
-        )
-        parser.add_argument(
-            "--name",
-            type=label(MAX_NAME_LENGTH),
-            default=None,
-            help="Name recorded on claims (default: host:pid:random).",
-        )
+        for flag, parse, help_text in OPTIONS:
+            parser.add_argument(flag, type=parse, default=None, help=help_text)
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Options passed to call_command() as keywords bypass the argparse types.
-        limits = {
-            "batch_size": ("--batch-size", int_range(1, MAX_BATCH_SIZE)),
-            "concurrency": ("--concurrency", int_range(1, MAX_CONCURRENCY)),
-            "poll_seconds": ("--poll-seconds", float_range(MIN_POLL_SECONDS, MAX_POLL_SECONDS)),
-            "name": ("--name", label(MAX_NAME_LENGTH)),
-        }
-        for key, (flag, parse) in limits.items():
+        for flag, parse, _ in OPTIONS:
+            key = flag.removeprefix("--").replace("-", "_")
             if options.get(key) is not None:
                 options[key] = checked(flag, options[key], parse)
         with Scheduler(
