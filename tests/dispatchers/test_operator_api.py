@@ -40,6 +40,7 @@ DISPATCHER_FIELDS = {
     "lost_at",
     "reported_free_capacity",
     "reported_running_tasks",
+    "busy_until",
     "previous_secret_valid_until",
 }
 

@@ -117,6 +117,35 @@ def test_cancel_stops_a_running_task(stack, skills):
     wait_until(lambda: process_is_gone(pid), timeout=10, what="the skill process to be stopped")
 
 
+def test_pushes_a_full_dispatcher_refuses_cost_no_attempt(stack, skills):
+    # The controller believes each dispatcher has room for 4; each really runs 2, answers
+    # the third push 429 with Retry-After, and must not be pushed to again before then.
+    urls = {
+        d["name"]: f"/api/v1/dispatchers/{d['guid']}/"
+        for d in stack.client.get("/api/v1/dispatchers/").json()
+    }
+    try:
+        for name in stack.dispatchers:
+            patched = stack.client.patch(urls[name], json={"capacity": 4})
+            assert patched.status_code == 200, patched.text
+        tasks = [stack.create_task("e2e-sleep", {"seconds": 2}, max_attempts=1) for _ in range(6)]
+        finished = [stack.wait_until_finished(guid, timeout=60) for guid in tasks]
+    finally:
+        for name in stack.dispatchers:
+            stack.client.patch(urls[name], json={"capacity": 2})
+
+    assert [task["status"] for task in finished] == ["completed"] * 6, finished
+    assert [task["attempt"] for task in finished] == [1] * 6
+    deferred = [
+        event
+        for guid in tasks
+        for event in stack.client.get(f"/api/v1/tasks/{guid}/events/").json()
+        if event["kind"] == "push_deferred"
+    ]
+    assert deferred, "no push was refused: the dispatchers never ran out of room"
+    assert all("HTTP 429" in event["reason"] for event in deferred)
+
+
 def test_task_of_a_killed_dispatcher_is_requeued_and_finished_by_the_other(stack, skills):
     pid_file = stack.workdir / "killed.pid"
     guid = stack.create_task("e2e-sleep", {"seconds": 3, "pid_file": str(pid_file)})

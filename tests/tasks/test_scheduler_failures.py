@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pytest
 from django.db import InterfaceError, connection
 from django.utils import timezone
 
+from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.skills.models import SkillVersion
 from kohakku_controller.tasks import scheduler as scheduler_module
 from kohakku_controller.tasks.models import Task, TaskEvent
@@ -112,7 +116,7 @@ def test_a_dispatcher_that_never_answers_fails_after_the_read_timeout(
     ("respond", "reason"),
     [
         (answer(500, body=b"boom"), "HTTP 500: 'boom'"),
-        (answer(429, {"Retry-After": "1"}), "HTTP 429"),
+        (answer(503, body=b"down"), "HTTP 503: 'down'"),  # no Retry-After: maybe dead
         (answer(302, {"Location": "http://127.0.0.1:9/tasks/"}), "HTTP 302"),
         (answer(307, {"Location": "/elsewhere/"}), "HTTP 307"),
     ],
@@ -200,6 +204,131 @@ def test_many_broken_dispatchers_neither_stall_the_pass_nor_starve_a_healthy_one
     assert len(healthy.pushes) == 1
     assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 1
     assert Task.objects.filter(status="queued").count() == 8
+
+
+# --- dispatchers out of room (429, or 503 with Retry-After) -----------------------------
+
+
+def busy_at_first(refusals: int, status: int = 429, retry_after: str = "45") -> Any:
+    """Refuses the first ``refusals`` pushes for lack of room, then accepts."""
+
+    def respond(stub: Any, handler: Any) -> None:
+        if len(stub.pushes) <= refusals:
+            body = b'{"detail": "at capacity"}'
+            answer(status, {"Retry-After": retry_after}, body)(stub, handler)
+        else:
+            answer(202, {"Content-Type": "application/json"}, b"{}")(stub, handler)
+
+    return respond
+
+
+def test_a_full_dispatcher_keeps_the_attempt_and_gets_nothing_until_retry_after(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    stub = stub_dispatcher(respond=busy_at_first(1))
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.claimed, report.pushed, report.push_failed, report.push_deferred) == (
+        1, 0, 0, 1,
+    )  # fmt: skip
+    task.refresh_from_db()
+    dispatcher.refresh_from_db()
+    assert (task.status, task.attempt, task.dispatcher_id) == ("queued", 0, None)
+    assert task.not_before <= timezone.now()  # for any other dispatcher at once
+    wait = (dispatcher.busy_until - timezone.now()).total_seconds()
+    assert 40 < wait <= 45
+    event = TaskEvent.objects.get(task=task, kind="push_deferred")
+    assert (event.from_status, event.to_status, event.attempt) == ("dispatched", "queued", 1)
+    assert "HTTP 429" in event.reason and dispatcher.name in event.reason
+
+    report, _ = timed_pass(fast_scheduler)  # still busy: left alone
+    assert (report.claimed, report.unmatched, len(stub.pushes)) == (0, 1, 1)
+    task.refresh_from_db()
+    assert task.status_reason.endswith("are at capacity")
+
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(busy_until=timezone.now())
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, len(stub.pushes)) == (1, 2)
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("dispatched", 1)
+    assert stub.pushes[1]["headers"]["Idempotency-Key"] == f"{task.guid}:1"
+
+
+def test_refusals_for_lack_of_room_never_use_up_the_attempts(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    stub = stub_dispatcher(respond=busy_at_first(3))
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=1)
+    for _ in range(3):
+        assert timed_pass(fast_scheduler)[0].push_deferred == 1
+        Dispatcher.objects.filter(pk=dispatcher.pk).update(busy_until=None)
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("queued", 0)
+    assert timed_pass(fast_scheduler)[0].pushed == 1
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("dispatched", 1)
+
+
+def test_a_task_refused_by_a_full_dispatcher_goes_to_another_one(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    full = stub_dispatcher(respond=busy_at_first(1, status=503, retry_after="30"))
+    free = stub_dispatcher()
+    make_dispatcher("a-full", endpoint_url=full.url)
+    other = make_dispatcher("b-free", endpoint_url=free.url)
+    task = create_task(skill="code-review")
+    assert timed_pass(fast_scheduler)[0].push_deferred == 1  # "a-full" comes first
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, len(full.pushes), len(free.pushes)) == (1, 1, 1)
+    task.refresh_from_db()
+    assert (task.status, task.dispatcher_id, task.attempt) == ("dispatched", other.pk, 1)
+
+
+def test_a_cancellation_pending_when_the_push_is_refused_ends_the_task(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    make_dispatcher(endpoint_url=stub_dispatcher(respond=busy_at_first(1)).url)
+    task = create_task(skill="code-review")
+    claims, _ = fast_scheduler.claim_and_assign(timezone.now())
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    claims[0].task.cancel_requested_at = timezone.now()
+    assert fast_scheduler.push_claims(claims) == (0, 0)
+    task.refresh_from_db()
+    assert task.status == "cancelled"
+
+
+def _busy(status: int, retry_after: str | None = None) -> float | None:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return scheduler_module._busy_seconds(httpx.Response(status, headers=headers))
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [
+        (429, "45", 45),
+        (429, None, 30),  # no advice: the backoff base
+        (429, "0", 30),  # not below the base: a dispatcher cannot make the scheduler spin
+        (429, "86400", 60),  # not beyond PUSH_BACKOFF_MAX_SECONDS
+        (429, "9" * 400, 60),
+        (429, "soon", 30),
+        (429, "-5", 30),
+        (429, "Wed, 21 Oct 2015 07:28:00 GMT", 30),  # a date in the past
+        (503, "45", 45),
+        (503, None, None),  # a 503 without advice is a failed push
+        (500, "45", None),
+        (400, "45", None),
+    ],
+)
+def test_how_long_a_busy_dispatcher_is_left_alone(status, retry_after, expected):
+    assert _busy(status, retry_after) == expected
+
+
+def test_retry_after_as_an_http_date_in_the_future():
+    moment = timezone.now() + timedelta(seconds=50)
+    seconds = _busy(429, format_datetime(moment, usegmt=True))
+    assert 48 <= seconds <= 50
 
 
 # --- storage ----------------------------------------------------------------------------

@@ -106,6 +106,7 @@ class DispatcherAdmin(ConcurrencySafeAdmin):
                     "lost_at",
                     "reported_free_capacity",
                     "reported_task_guids",
+                    "busy_until",
                     "previous_secret_valid_until",
                 )
             },

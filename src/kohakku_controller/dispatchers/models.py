@@ -143,6 +143,9 @@ class Dispatcher(models.Model):
     # the list leaves it as it was).
     reported_free_capacity = models.IntegerField(null=True, blank=True, editable=False)
     reported_task_guids = models.JSONField(default=list, blank=True, editable=False)
+    # Set when the dispatcher refused a push for lack of room (429, or 503 with Retry-After):
+    # the scheduler sends it no task before this time.
+    busy_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = DispatcherQuerySet.as_manager()
 
@@ -155,6 +158,10 @@ class Dispatcher(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def is_busy(self, now: datetime | None = None) -> bool:
+        """True while the dispatcher's last refusal for lack of room (``busy_until``) holds."""
+        return self.busy_until is not None and self.busy_until > (now or timezone.now())
 
     @property
     def offline_after(self) -> timedelta:

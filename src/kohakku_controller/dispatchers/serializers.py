@@ -374,6 +374,7 @@ class DispatcherSerializer(serializers.ModelSerializer):
             "lost_at",
             "reported_free_capacity",
             "reported_running_tasks",
+            "busy_until",
             "previous_secret_valid_until",
         ]
         read_only_fields = fields

@@ -13,7 +13,8 @@ One pass (:meth:`Scheduler.run_pass`):
    commits;
 5. pushes the claimed tasks over HTTP, several at once, and records the outcome: a failed
    push sends the task back to ``queued`` with exponential backoff, or to ``failed`` once
-   its attempts are used up;
+   its attempts are used up; a dispatcher that answers it is out of room (429, or 503 with
+   ``Retry-After``) gets the attempt back and no task until the time it asked for;
 6. sends cancel requests to dispatchers: for pending cancellations, and for timed-out
    tasks (whether a pass or a late callback noticed the timeout).
 
@@ -34,6 +35,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -93,6 +95,7 @@ class PassReport:
     unmatched: int = 0
     pushed: int = 0
     push_failed: int = 0
+    push_deferred: int = 0
     cancels_sent: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -262,6 +265,47 @@ def _read_head(response: httpx.Response) -> bytes:
     return head
 
 
+@dataclass(frozen=True)
+class CallOutcome:
+    """How a dispatcher answered a signed call."""
+
+    #: Empty when the call was accepted (2xx); otherwise why it was not, for logs and events.
+    error: str = ""
+    #: Seconds the dispatcher asked to be left alone (429, or 503 with ``Retry-After``),
+    #: bounded by the push backoff settings; ``None`` for any other answer.
+    busy_seconds: float | None = None
+
+
+def _busy_seconds(response: httpx.Response) -> float | None:
+    """How long a dispatcher that answered it is out of room wants no pushes, or ``None``.
+
+    A 429 always means "at capacity"; a 503 only with ``Retry-After`` (without it, it may
+    as well be a proxy in front of a dead dispatcher). The wait is the ``Retry-After``
+    delay (seconds or an HTTP date), at least ``PUSH_BACKOFF_BASE_SECONDS`` and at most
+    ``PUSH_BACKOFF_MAX_SECONDS``; the base when the header is missing or unreadable.
+    """
+    header = response.headers.get("Retry-After", "").strip()
+    if response.status_code != 429 and not (response.status_code == 503 and header):
+        return None
+    asked = _retry_after_seconds(header)
+    floor = kohakku_settings.PUSH_BACKOFF_BASE_SECONDS
+    ceiling = kohakku_settings.PUSH_BACKOFF_MAX_SECONDS
+    return min(max(asked if asked is not None else floor, floor), ceiling)
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """A ``Retry-After`` value (RFC 9110 section 10.2.3) in seconds from now, or ``None``."""
+    if value.isascii() and value.isdigit():
+        return float(value[:12])  # anything longer is beyond every ceiling anyway
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None  # an HTTP date is always GMT; one without a zone is not an HTTP date
+    return (moment - timezone.now()).total_seconds()
+
+
 class Scheduler:
     """One scheduler replica. Not thread-safe: run one pass at a time per instance."""
 
@@ -316,6 +360,7 @@ class Scheduler:
         report.claimed = len(claims)
         pushed, failed = self.push_claims(claims)
         report.pushed, report.push_failed = pushed, failed
+        report.push_deferred = len(claims) - pushed - failed
         report.cancels_sent = self.send_cancel_requests(now)
         return report
 
@@ -512,7 +557,7 @@ class Scheduler:
             events: list[TaskEvent] = []
             assignments: list[tuple[Task, Dispatcher, str]] = []
             for task in tasks:
-                chosen = self._choose(task, candidates, active)
+                chosen = self._choose(task, candidates, active, now)
                 if chosen is None:
                     unmatched += 1
                     reason = explain_no_match(task, candidates, active)[:500]
@@ -594,7 +639,7 @@ class Scheduler:
 
     @staticmethod
     def _choose(
-        task: Task, candidates: list[Dispatcher], active: dict[int, int]
+        task: Task, candidates: list[Dispatcher], active: dict[int, int], now: datetime
     ) -> Dispatcher | None:
         best = None
         best_key = None
@@ -604,7 +649,7 @@ class Scheduler:
             if not _carries_labels(dispatcher, task.labels):
                 continue
             load = active.get(dispatcher.pk, 0)
-            if load >= dispatcher.capacity:
+            if load >= dispatcher.capacity or dispatcher.is_busy(now):
                 continue
             key = (load / max(dispatcher.capacity, 1), load, dispatcher.pk)
             if best_key is None or key < best_key:
@@ -613,13 +658,15 @@ class Scheduler:
 
     # --- push --------------------------------------------------------------------------
 
-    def _post_signed(self, dispatcher: Dispatcher, path: str, body: bytes, headers: dict) -> str:
-        """POST a signed body; return '' on 2xx, or why it failed."""
+    def _post_signed(
+        self, dispatcher: Dispatcher, path: str, body: bytes, headers: dict
+    ) -> CallOutcome:
+        """POST a signed body; the outcome says whether it was accepted (2xx), and if not why."""
         url = dispatcher.endpoint_url.rstrip("/") + path
         try:
             secret = current_signing_secret(dispatcher)
         except ValueError as exc:
-            return str(exc)
+            return CallOutcome(str(exc))
         signed = {
             "Content-Type": "application/json",
             **headers,
@@ -629,21 +676,27 @@ class Scheduler:
             with self.http.stream("POST", url, content=body, headers=signed) as response:
                 head = _read_head(response)
         except httpx.TimeoutException as exc:
-            return f"timed out ({type(exc).__name__}) calling {url}"
+            return CallOutcome(f"timed out ({type(exc).__name__}) calling {url}")
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             # InvalidURL, UnicodeError: a host no client can call ("[v1.x]", "a..b").
-            return f"could not reach {url}: {type(exc).__name__}: {exc}"[:400]
+            return CallOutcome(f"could not reach {url}: {type(exc).__name__}: {exc}"[:400])
         except Exception as exc:
             # One dispatcher must not stop the pass for the others: a failed call, logged.
             logger.exception("calling %s failed", url)
-            return f"could not call {url}: {type(exc).__name__}"[:400]
+            return CallOutcome(f"could not call {url}: {type(exc).__name__}"[:400])
         if 200 <= response.status_code < 300:
-            return ""
+            return CallOutcome()
         excerpt = head[:200].decode(errors="replace")
-        return f"{url} answered HTTP {response.status_code}: {excerpt!r}"
+        return CallOutcome(
+            f"{url} answered HTTP {response.status_code}: {excerpt!r}", _busy_seconds(response)
+        )
 
     def push_claims(self, claims: list[Claim]) -> tuple[int, int]:
-        """Push every claim concurrently, then record the outcomes; returns (ok, failed)."""
+        """Push every claim concurrently, then record the outcomes.
+
+        Returns (accepted, failed); pushes a busy dispatcher refused (see
+        :meth:`record_push_deferred`) count as neither.
+        """
         if not claims:
             return 0, 0
         jobs = []
@@ -652,20 +705,24 @@ class Scheduler:
                 body = json.dumps(build_push_body(claim.task, claim.callback_token)).encode()
             except Exception as exc:  # e.g. storage cannot presign: counts as a failed push
                 logger.exception("could not build the push for task %s", claim.task.guid)
-                jobs.append((claim, None, f"could not build the push: {exc}"[:400]))
+                jobs.append((claim, CallOutcome(f"could not build the push: {exc}"[:400])))
                 continue
             headers = {"Idempotency-Key": f"{claim.task.guid}:{claim.task.attempt}"}
             future = self.pool.submit(self._post_signed, claim.dispatcher, "/tasks/", body, headers)
-            jobs.append((claim, future, None))
+            jobs.append((claim, future))
         ok: list[Claim] = []
-        failed: list[tuple[Claim, str]] = []
-        for claim, future, error in jobs:
-            error = error if future is None else future.result()
-            (failed.append((claim, error)) if error else ok.append(claim))
+        failed = 0
+        for claim, pending in jobs:
+            outcome = pending if isinstance(pending, CallOutcome) else pending.result()
+            if not outcome.error:
+                ok.append(claim)
+            elif outcome.busy_seconds is not None:
+                self.record_push_deferred(claim, outcome)
+            else:
+                failed += 1
+                self.record_push_failure(claim, outcome.error)
         self.record_pushed(ok)
-        for claim, error in failed:
-            self.record_push_failure(claim, error)
-        return len(ok), len(failed)
+        return len(ok), failed
 
     def record_pushed(self, claims: list[Claim]) -> int:
         """Record accepted pushes; a claim is identified by (task, scheduler, claim time)."""
@@ -696,6 +753,34 @@ class Scheduler:
             reason=f"push to {claim.dispatcher.name} failed: {error}",
             from_statuses=(TaskStatus.DISPATCHED,),
             backoff_seconds=backoff,
+        )
+
+    def record_push_deferred(self, claim: Claim, outcome: CallOutcome) -> str | None:
+        """A dispatcher refused a push for lack of room: leave it alone, keep the attempt.
+
+        The dispatcher gets no task before ``busy_until`` (now plus the wait it asked for;
+        a later time already set stays). The task goes back to ``queued`` at once, for any
+        other dispatcher, with its attempt given back: being turned away by a full
+        dispatcher is not a failure of the task, so it cannot use up its attempts.
+        """
+        task, dispatcher = claim.task, claim.dispatcher
+        until = timezone.now() + timedelta(seconds=outcome.busy_seconds or 0)
+        Dispatcher.objects.filter(pk=dispatcher.pk).filter(
+            Q(busy_until__isnull=True) | Q(busy_until__lt=until)
+        ).update(busy_until=until)
+        logger.info(
+            "dispatcher %s is busy until %s; task %s goes back to the queue: %s",
+            dispatcher.name,
+            until.isoformat(),
+            task.guid,
+            outcome.error,
+        )
+        return release_task(
+            task,
+            kind="push_deferred",
+            reason=f"{dispatcher.name} is busy until {until.isoformat()}: {outcome.error}",
+            from_statuses=(TaskStatus.DISPATCHED,),
+            count_attempt=False,
         )
 
     # --- cancel --------------------------------------------------------------------------
@@ -731,7 +816,7 @@ class Scheduler:
             jobs.append((task, reason, future))
         sent = 0
         for task, reason, future in jobs:
-            error = future.result()
+            error = future.result().error
             if error:
                 logger.warning("cancel request for task %s failed: %s", task.guid, error)
                 continue

@@ -400,13 +400,16 @@ def release_task(
     from_statuses: frozenset[str] | tuple[str, ...] = ACTIVE_STATUSES,
     backoff_seconds: float = 0.0,
     now: datetime | None = None,
+    count_attempt: bool = True,
 ) -> str | None:
     """Take a task away from its dispatcher (or from a scheduler that claimed it).
 
     It goes back to ``queued`` (after ``backoff_seconds``), or ends ``failed`` once its
-    attempts are used up, or ``cancelled`` if a cancellation was pending. The update only
-    applies if the task is still in ``from_statuses`` at the same attempt; returns the new
-    status, or ``None`` when something else changed the task first.
+    attempts are used up, or ``cancelled`` if a cancellation was pending. With
+    ``count_attempt=False`` (the dispatcher never took the task) the attempt is given back:
+    the task is queued again with its previous attempt number and cannot fail for it. The
+    update only applies if the task is still in ``from_statuses`` at the same attempt;
+    returns the new status, or ``None`` when something else changed the task first.
     """
     now = now or timezone.now()
     updates: dict[str, Any] = {
@@ -421,7 +424,7 @@ def release_task(
     if task.cancel_requested_at is not None:
         to_status = TaskStatus.CANCELLED
         updates.update(finished_at=now, status_reason=f"cancelled: {reason}")
-    elif task.attempt >= task.max_attempts:
+    elif count_attempt and task.attempt >= task.max_attempts:
         to_status = TaskStatus.FAILED
         message = f"{reason}; gave up after {task.attempt} of {task.max_attempts} attempts"
         updates.update(finished_at=now, status_reason=message[:500], error_message=message)
@@ -441,6 +444,8 @@ def release_task(
             )[:500],
         )
         data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
+        if not count_attempt:
+            updates["attempt"] = task.attempt - 1
     dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
     with transaction.atomic():
         still_there = {"pk": task.pk, "status": tuple(from_statuses), "attempt": task.attempt}
