@@ -40,6 +40,19 @@ def test_operations_document_auth_and_errors(client):
     assert "409" in workflow["put"]["responses"]
 
 
+def test_dispatcher_callbacks_document_the_callback_token(client):
+    document = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    scheme = document["components"]["securitySchemes"]["callbackToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    callback = document["paths"]["/api/v1/tasks/{guid}/callback/"]["post"]
+    upload = document["paths"]["/api/v1/tasks/{guid}/result/upload/"]["put"]
+    for operation in (callback, upload):
+        assert operation["security"] == [{"callbackToken": []}]
+        assert "401" in operation["responses"]
+    headers = {p["name"] for p in callback["parameters"] if p["in"] == "header"}
+    assert headers == {"X-Kohakku-Timestamp", "X-Kohakku-Signature"}
+
+
 def test_swagger_ui_renders_with_local_assets(client):
     response = client.get("/api/v1/docs/")
     assert response.status_code == 200

@@ -7,6 +7,7 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
@@ -66,10 +67,32 @@ PRESIGNED_LOCATION_HEADER = OpenApiParameter(
 _RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}
 
 
+#: The security scheme of the endpoints a dispatcher calls with a task's callback token (views
+#: that set ``callback_token_auth = True``).
+CALLBACK_TOKEN_SCHEME = "callbackToken"
+_CALLBACK_TOKEN_DEFINITION = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The task's callback token: `callback_token` of the push, valid for that "
+    "attempt only. Callbacks are signed as well (X-Kohakku-Timestamp, X-Kohakku-Signature); "
+    "see the dispatcher contract.",
+}
+
+
 class ControllerAutoSchema(AutoSchema):
     """Adds the security requirements and the error responses a client can meet."""
 
     def get_auth(self) -> list[Any]:
+        if getattr(self.view, "callback_token_auth", False):
+            self.registry.register_on_missing(
+                ResolvedComponent(
+                    name=CALLBACK_TOKEN_SCHEME,
+                    type=ResolvedComponent.SECURITY_SCHEMA,
+                    object=CALLBACK_TOKEN_SCHEME,
+                    schema=_CALLBACK_TOKEN_DEFINITION,
+                )
+            )
+            return [{CALLBACK_TOKEN_SCHEME: []}]
         auths = super().get_auth()
         scopes = [
             permission.required_scope(self.view.request, self.view)
@@ -109,6 +132,8 @@ class ControllerAutoSchema(AutoSchema):
             codes += ["400", "404"]
         if self.view.get_authenticators():
             codes += ["401", "403"]
+        elif getattr(self.view, "callback_token_auth", False):
+            codes.append("401")
         if "{" in self.path:
             codes.append("404")
         codes.append("503")

@@ -82,6 +82,14 @@ def endless_body(status: int) -> Any:
     return respond
 
 
+def trickled_headers(stub: Any, handler: Any) -> None:
+    """A status line, then a header line every 0.1 s for 8 s: no read ever waits long."""
+    handler.wfile.write(b"HTTP/1.1 202 Accepted\r\n")
+    ends = time.monotonic() + ENDLESS
+    while not stub.stopped.wait(0.1) and time.monotonic() < ends:
+        handler.wfile.write(b"X-Slowly: 1\r\n")
+
+
 def timed_pass(sched: Scheduler) -> tuple[Any, float]:
     """Run one pass; returns its report and how long it took."""
     started = time.monotonic()
@@ -163,6 +171,36 @@ def test_an_error_answer_with_an_endless_body_fails_the_push_in_bounded_time(
     assert report.push_failed == 1
     assert elapsed < ENDLESS / 2
     assert_released_with_backoff(task, "HTTP 503: 'xxxx")
+
+
+def test_a_dispatcher_that_trickles_its_answer_cannot_hold_the_pass(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    slow = stub_dispatcher(respond=trickled_headers)
+    fine = stub_dispatcher()
+    make_dispatcher("slow", endpoint_url=slow.url, capacity=1)
+    make_dispatcher("fine", endpoint_url=fine.url, capacity=1)
+    tasks = [create_task(skill="code-review") for _ in range(2)]
+    report, elapsed = timed_pass(fast_scheduler)
+    assert (report.pushed, report.push_failed) == (1, 1)
+    assert elapsed < 2 * READ_TIMEOUT + 2  # the call's deadline: connect + read timeouts
+    released = TaskEvent.objects.get(task__in=tasks, kind="push_failed")
+    assert "timed out (ReadTimeout)" in released.reason and slow.url in released.reason
+
+
+def test_pushes_go_straight_to_the_dispatcher_whatever_proxy_the_environment_names(
+    skill_version, make_dispatcher, stub_dispatcher, monkeypatch
+):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review")
+    with Scheduler(name="behind-a-proxy") as sched:
+        assert sched.run_pass().pushed == 1
+    assert len(stub.pushes) == 1
 
 
 def test_the_connection_to_a_dispatcher_is_kept_alive_between_pushes(

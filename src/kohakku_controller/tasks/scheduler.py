@@ -58,6 +58,7 @@ from ..dispatchers.services import mark_lost_dispatchers
 from ..signing import sign_request
 from ..skills.services import package_download_url
 from ..storage import presigned_url, storage_is_remote
+from .deadlines import DeadlineTransport, call_deadline
 from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_token
 from .services import (
     WAKEUP_CHANNEL,
@@ -246,19 +247,27 @@ def _set_assignment_columns(
 _BODY_READ_LIMIT = 65536
 
 
+def push_deadline_seconds() -> float:
+    """How long one call to a dispatcher may take in all, answer included.
+
+    ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS`` must
+    exceed (system check E008), so a claim's lease never ends while its push is in flight.
+    """
+    return kohakku_settings.PUSH_CONNECT_TIMEOUT + kohakku_settings.PUSH_READ_TIMEOUT
+
+
 def _read_head(response: httpx.Response) -> bytes:
     """The start of a dispatcher's answer: the status decides, the body is only for logs.
 
     A short body is read whole, so its connection is reused; one longer than 64 KiB, still
-    coming after ``PUSH_READ_TIMEOUT``, or broken off is cut short (its connection is closed).
+    coming at the call's deadline, or broken off is cut short (its connection is closed).
     A huge or never-ending body thus neither stalls the pass nor turns a 2xx into a failure.
     """
     head = b""
-    deadline = time.monotonic() + kohakku_settings.PUSH_READ_TIMEOUT
     try:
         for chunk in response.iter_raw():
             head += chunk
-            if len(head) >= _BODY_READ_LIMIT or time.monotonic() > deadline:
+            if len(head) >= _BODY_READ_LIMIT:
                 break
     except httpx.HTTPError:
         pass  # the status line and headers arrived; that is the answer
@@ -325,9 +334,11 @@ class Scheduler:
             write=kohakku_settings.PUSH_READ_TIMEOUT,
             pool=kohakku_settings.PUSH_CONNECT_TIMEOUT,
         )
+        # Straight to each dispatcher's endpoint_url (no HTTP(S)_PROXY from the environment:
+        # a push carries a callback token), each call bounded as a whole (see _post_signed).
         self.http = httpx.Client(
+            transport=DeadlineTransport(limits=httpx.Limits(max_connections=concurrency * 2)),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=concurrency * 2),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
         )
@@ -673,7 +684,10 @@ class Scheduler:
             **sign_request(secret, body),
         }
         try:
-            with self.http.stream("POST", url, content=body, headers=signed) as response:
+            with (
+                call_deadline(push_deadline_seconds()),
+                self.http.stream("POST", url, content=body, headers=signed) as response,
+            ):
                 head = _read_head(response)
         except httpx.TimeoutException as exc:
             return CallOutcome(f"timed out ({type(exc).__name__}) calling {url}")

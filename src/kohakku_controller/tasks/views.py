@@ -185,8 +185,10 @@ class TaskCallbackView(ControllerAPIView):
 
     reads_raw_body = True  # any content type: never 415
 
+    # Authenticated by the task's callback token in the view (the schema shows the scheme).
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    callback_token_auth = True
     renderer_classes = [JSONRenderer]
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
@@ -217,7 +219,6 @@ class TaskCallbackView(ControllerAPIView):
                 "X-Kohakku-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True
             ),
         ],
-        auth=[],
     )
     def post(self, request: Request, guid: str) -> Response:
         limit = kohakku_settings.CALLBACK_MAX_BODY_BYTES
@@ -253,8 +254,10 @@ class TaskResultUploadView(ControllerAPIView):
 
     reads_raw_body = True  # any content type: never 415
 
+    # Authenticated by the task's callback token in the view (the schema shows the scheme).
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    callback_token_auth = True
 
     def get_authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="kohakku-callback"'
@@ -278,7 +281,6 @@ class TaskResultUploadView(ControllerAPIView):
             413: OpenApiResponse(ErrorSerializer, description="The body is over RESULT_MAX_BYTES."),
             409: OpenApiResponse(ErrorSerializer, description="The task is not running."),
         },
-        auth=[],
     )
     def put(self, request: Request, guid: str) -> Response:
         task = services.authenticate_task_token(guid, request.headers.get("Authorization"))
