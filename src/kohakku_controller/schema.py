@@ -69,7 +69,7 @@ _RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait b
 
 #: The security scheme of the endpoints a dispatcher calls with a task's callback token (views
 #: that set ``callback_token_auth = True``).
-CALLBACK_TOKEN_SCHEME = "callbackToken"
+CALLBACK_TOKEN_SCHEME = "callbackToken"  # noqa: S105  (a scheme name, not a secret)
 _CALLBACK_TOKEN_DEFINITION = {
     "type": "http",
     "scheme": "bearer",
