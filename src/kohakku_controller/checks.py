@@ -95,6 +95,7 @@ MAY_BE_ZERO = frozenset(
         "UNMATCHED_RECHECK_SECONDS",
         "WEBHOOK_LOG_BODY_BYTES",
         "WEBHOOK_DELIVERY_RETENTION_DAYS",
+        "TASK_RETENTION_DAYS",
     }
 )
 

@@ -145,6 +145,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_TIMESTAMP_TOLERANCE_SECONDS": 300,
     # Days kohakku_prune_deliveries keeps deliveries for.
     "WEBHOOK_DELIVERY_RETENTION_DAYS": 30,
+    # Days kohakku_prune_tasks keeps finished tasks (with their events and results) for.
+    "TASK_RETENTION_DAYS": 90,
 }
 
 # Settings whose values are dotted import paths (or lists of them).

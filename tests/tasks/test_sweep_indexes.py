@@ -41,6 +41,7 @@ def test_each_sweep_uses_its_own_partial_index(plan_with_indexes_preferred):
         "kohakku_task_unsent_cancel_idx": Task.objects.timed_out_cancel_unsent(
             now - timedelta(minutes=5)
         ),
+        "kohakku_task_finished_idx": Task.objects.finished_before(now - timedelta(days=90)),
     }
     for index, queryset in sweeps.items():
         # As the scheduler reads them: with the dispatcher joined, a batch at a time.

@@ -38,6 +38,7 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 ACTIVE_STATUSES: frozenset[str] = frozenset({TaskStatus.DISPATCHED, TaskStatus.RUNNING})
 # In one fixed order, as the partial indexes' conditions name them.
 _ACTIVE = [TaskStatus.DISPATCHED.value, TaskStatus.RUNNING.value]
+_FINAL = sorted(status.value for status in FINAL_STATUSES)
 
 
 class TaskOrigin(models.TextChoices):
@@ -93,6 +94,10 @@ class TaskQuerySet(models.QuerySet):
             dispatcher__isnull=False,
             finished_at__gte=since,
         ).order_by("finished_at")
+
+    def finished_before(self, cutoff):
+        """Tasks that ended (in any final status) before ``cutoff``, the oldest first."""
+        return self.filter(status__in=_FINAL, finished_at__lt=cutoff).order_by("finished_at", "pk")
 
 
 class Task(models.Model):
@@ -202,6 +207,12 @@ class Task(models.Model):
                 name="kohakku_task_unsent_cancel_idx",
             ),
             models.Index(fields=["status", "created_at"], name="kohakku_task_status_idx"),
+            # kohakku_prune_tasks: finished tasks, oldest first.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(status__in=_FINAL),
+                name="kohakku_task_finished_idx",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -1,0 +1,95 @@
+"""Retention: finished tasks are deleted after a while, with their events and stored results.
+
+Without it the task table, its events and the result files grow for ever, and a skill
+version that any task ran can never be deleted (tasks protect the versions they ran).
+``kohakku_prune_tasks`` (run it from cron, like ``kohakku_prune_deliveries``) calls
+:func:`prune_tasks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.core.files.storage import Storage
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ..conf import kohakku_settings
+from ..storage import get_storage
+from .models import Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune_tasks` deleted (or, on a dry run, would delete)."""
+
+    tasks: int = 0
+    result_files: int = 0
+    #: Result files the storage failed to delete (their tasks are gone all the same).
+    failed_files: list[str] = field(default_factory=list)
+
+
+def prune_tasks(
+    *, older_than: timedelta | None = None, dry_run: bool = False, batch_size: int = 500
+) -> PruneReport:
+    """Delete the tasks that ended before now - ``older_than`` (default:
+    ``TASK_RETENTION_DAYS``), oldest first, with their events and their result files.
+
+    Queued and running tasks are never touched, however old. Each batch of rows is deleted
+    in its own transaction, then the files under the batch's ``results/<guid>/`` prefixes;
+    a file the storage fails to delete is logged and listed in the report. A task's
+    idempotency key is forgotten with it. Concurrent runs share the work without failing.
+    With ``dry_run`` only the tasks are counted.
+    """
+    if older_than is None:
+        older_than = timedelta(days=kohakku_settings.TASK_RETENTION_DAYS)
+    expired = Task.objects.finished_before(timezone.now() - older_than)
+    report = PruneReport()
+    if dry_run:
+        report.tasks = expired.count()
+        return report
+    storage = get_storage()
+    after: Q = Q()
+    while True:
+        batch = list(expired.filter(after).values_list("pk", "guid", "finished_at")[:batch_size])
+        if not batch:
+            return report
+        last_pk, _, last_finished = batch[-1]
+        # Keyset pagination: each batch starts after the last one, whatever was deleted.
+        after = Q(finished_at__gt=last_finished) | Q(finished_at=last_finished, pk__gt=last_pk)
+        with transaction.atomic():
+            _, deleted = Task.objects.filter(pk__in=[pk for pk, _, _ in batch]).delete()
+        report.tasks += deleted.get(Task._meta.label, 0)
+        for _, guid, _ in batch:
+            _delete_tree(storage, f"results/{guid}/", report)
+
+
+def _delete_tree(storage: Storage, prefix: str, report: PruneReport) -> None:
+    """Delete every file under ``prefix`` (and, on a local disk, the emptied directories)."""
+    try:
+        directories, files = storage.listdir(prefix)
+    except FileNotFoundError:
+        return  # a local storage where this task stored nothing
+    except Exception:
+        logger.exception("could not list the result files under %s", prefix)
+        report.failed_files.append(prefix)
+        return
+    for directory in directories:
+        _delete_tree(storage, f"{prefix}{directory}/", report)
+    for name in files:
+        try:
+            storage.delete(prefix + name)
+        except Exception:
+            logger.exception("could not delete the result file %s", prefix + name)
+            report.failed_files.append(prefix + name)
+        else:
+            report.result_files += 1
+    with contextlib.suppress(NotImplementedError, OSError):
+        os.rmdir(storage.path(prefix))  # object stores have no directories to remove
