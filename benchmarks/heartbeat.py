@@ -310,7 +310,9 @@ def drive(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--dispatchers", type=int, default=5000)
+    parser.add_argument(
+        "--dispatchers", type=int, default=FLEET_SIZE, help="dispatchers registered"
+    )
     parser.add_argument("--clients", type=int, default=20, help="OAuth2 clients owning them")
     parser.add_argument("--requests", type=int, default=3000, help="per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per endpoint")

@@ -131,8 +131,9 @@ def test_batches_follow_each_other_through_tasks_that_ended_at_the_same_moment(t
 
 
 @pytest.mark.django_db
-def test_a_result_file_storage_cannot_delete_fails_the_run_after_the_rest(task_in, monkeypatch):
-    stuck, other = task_in("completed", 100 * DAY, results=1), task_in("failed", 100 * DAY)
+def test_a_task_whose_result_file_cannot_be_deleted_is_kept_for_the_next_run(task_in, monkeypatch):
+    stuck = task_in("completed", 100 * DAY, results=1)
+    task_in("failed", 100 * DAY)
     storage = get_storage()
     real_delete = storage.delete
 
@@ -145,8 +146,13 @@ def test_a_result_file_storage_cannot_delete_fails_the_run_after_the_rest(task_i
     out = StringIO()
     with pytest.raises(CommandError, match=f"1 result file.*{stuck.result_prefix}output.json"):
         call_command("kohakku_prune_tasks", stdout=out)
-    assert "Deleted 2 finished tasks" in out.getvalue()
-    assert not Task.objects.filter(pk__in=[stuck.pk, other.pk]).exists()
+    assert "Deleted 1 finished tasks" in out.getvalue()
+    assert set(Task.objects.values_list("pk", flat=True)) == {stuck.pk}
+    assert result_names(stuck) == ["output.json"]
+
+    monkeypatch.setattr(storage, "delete", real_delete)
+    assert "Deleted 1 finished tasks" in run()
+    assert not Task.objects.exists()
 
 
 @pytest.mark.postgres

@@ -283,7 +283,7 @@ def test_a_full_dispatcher_keeps_the_attempt_and_gets_nothing_until_retry_after(
     report, _ = timed_pass(fast_scheduler)  # still busy: left alone
     assert (report.claimed, report.unmatched, len(stub.pushes)) == (0, 1, 1)
     task.refresh_from_db()
-    assert task.status_reason.endswith("are at capacity")
+    assert "are at capacity; 1 of them refused a push and are busy until" in task.status_reason
 
     Dispatcher.objects.filter(pk=dispatcher.pk).update(busy_until=timezone.now())
     report, _ = timed_pass(fast_scheduler)
@@ -353,6 +353,8 @@ def _busy(status: int, retry_after: str | None = None) -> float | None:
         (429, "soon", 30),
         (429, "-5", 30),
         (429, "Wed, 21 Oct 2015 07:28:00 GMT", 30),  # a date in the past
+        (429, "Mon, 01 Jan 2020 99999999999999999999:00:00 GMT", 30),  # overflows: unreadable
+        (429, "0000000000000045", 45),
         (503, "45", 45),
         (503, None, None),  # a 503 without advice is a failed push
         (500, "45", None),
@@ -361,6 +363,65 @@ def _busy(status: int, retry_after: str | None = None) -> float | None:
 )
 def test_how_long_a_busy_dispatcher_is_left_alone(status, retry_after, expected):
     assert _busy(status, retry_after) == expected
+
+
+@pytest.mark.parametrize("retry_after", [None, "0"])
+def test_a_busy_dispatcher_is_left_alone_a_second_even_without_a_backoff(settings, retry_after):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_BACKOFF_BASE_SECONDS": 0,
+        "PUSH_BACKOFF_MAX_SECONDS": 0,
+    }
+    assert _busy(429, retry_after) == 1.0  # else each refusal would start the next pass
+
+
+def test_accepted_pushes_are_recorded_even_when_recording_a_failure_fails(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, monkeypatch
+):
+    make_dispatcher("a-fine", endpoint_url=stub_dispatcher().url, capacity=1)
+    make_dispatcher("b-down", endpoint_url=stub_dispatcher(status=500).url, capacity=1)
+    tasks = [create_task(skill="code-review") for _ in range(2)]
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(fast_scheduler, "record_push_failure", broken)
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, report.push_failed) == (1, 1)
+    pushed = Task.objects.filter(pk__in=[t.pk for t in tasks], pushed_at__isnull=False)
+    assert pushed.count() == 1
+
+
+def test_no_push_starts_once_its_claim_lease_is_nearly_over(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, settings
+):
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_LEASE_SECONDS": 1.5}
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=1)
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, report.push_failed, report.push_deferred) == (0, 0, 1)
+    assert stub.pushes == []
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("queued", 0)
+    event = TaskEvent.objects.get(task=task, kind="push_deferred")
+    assert "lease ran out before the push could start" in event.reason
+
+
+def test_a_push_is_cut_short_when_its_claim_lease_ends(
+    skill_version, make_dispatcher, stub_dispatcher, settings
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUSH_READ_TIMEOUT": 5.0,
+        "SCHEDULER_LEASE_SECONDS": 2.6,  # 1.6 s to push, after the 1 s margin
+    }
+    make_dispatcher(endpoint_url=stub_dispatcher(respond=never_answer).url)
+    create_task(skill="code-review")
+    with Scheduler(name="short-lease") as sched:
+        report, elapsed = timed_pass(sched)
+    assert report.push_failed == 1
+    assert 1.4 < elapsed < 3.5  # the lease's 1.6 s, not the 5.5 s a push may take otherwise
 
 
 def test_retry_after_as_an_http_date_in_the_future():

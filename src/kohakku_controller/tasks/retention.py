@@ -32,7 +32,8 @@ class PruneReport:
 
     tasks: int = 0
     result_files: int = 0
-    #: Result files the storage failed to delete (their tasks are gone all the same).
+    #: Result files (or prefixes) the storage failed to delete or list; their tasks are kept,
+    #: for the next run to try again.
     failed_files: list[str] = field(default_factory=list)
 
 
@@ -42,11 +43,12 @@ def prune_tasks(
     """Delete the tasks that ended before now - ``older_than`` (default:
     ``TASK_RETENTION_DAYS``), oldest first, with their events and their result files.
 
-    Queued and running tasks are never touched, however old. Each batch of rows is deleted
-    in its own transaction, then the files under the batch's ``results/<guid>/`` prefixes;
-    a file the storage fails to delete is logged and listed in the report. A task's
-    idempotency key is forgotten with it. Concurrent runs share the work without failing.
-    With ``dry_run`` only the tasks are counted.
+    Queued and running tasks are never touched, however old. For each batch the files under
+    the tasks' ``results/<guid>/`` prefixes go first, then, in one transaction, the rows of
+    the tasks whose files all went: a task whose files the storage failed to delete (logged
+    and listed in the report) is kept for the next run, so no file outlives its task's row.
+    A task's idempotency key is forgotten with it. Concurrent runs share the work without
+    failing. With ``dry_run`` only the tasks are counted.
     """
     if older_than is None:
         older_than = timedelta(days=kohakku_settings.TASK_RETENTION_DAYS)
@@ -64,32 +66,37 @@ def prune_tasks(
         last_pk, _, last_finished = batch[-1]
         # Keyset pagination: each batch starts after the last one, whatever was deleted.
         after = Q(finished_at__gt=last_finished) | Q(finished_at=last_finished, pk__gt=last_pk)
-        with transaction.atomic():
-            _, deleted = Task.objects.filter(pk__in=[pk for pk, _, _ in batch]).delete()
-        report.tasks += deleted.get(Task._meta.label, 0)
-        for _, guid, _ in batch:
-            _delete_tree(storage, f"results/{guid}/", report)
+        cleared = [pk for pk, guid, _ in batch if _delete_tree(storage, f"results/{guid}/", report)]
+        if cleared:
+            with transaction.atomic():
+                # Only the keys: the events go by one statement, and no task body is loaded.
+                _, deleted = Task.objects.filter(pk__in=cleared).only("pk").delete()
+            report.tasks += deleted.get(Task._meta.label, 0)
 
 
-def _delete_tree(storage: Storage, prefix: str, report: PruneReport) -> None:
-    """Delete every file under ``prefix`` (and, on a local disk, the emptied directories)."""
+def _delete_tree(storage: Storage, prefix: str, report: PruneReport) -> bool:
+    """Delete every file under ``prefix`` (and, on a local disk, the emptied directories);
+    True when nothing is left there."""
     try:
         directories, files = storage.listdir(prefix)
     except FileNotFoundError:
-        return  # a local storage where this task stored nothing
+        return True  # a local storage where this task stored nothing
     except Exception:
         logger.exception("could not list the result files under %s", prefix)
         report.failed_files.append(prefix)
-        return
+        return False
+    cleared = True
     for directory in directories:
-        _delete_tree(storage, f"{prefix}{directory}/", report)
+        cleared = _delete_tree(storage, f"{prefix}{directory}/", report) and cleared
     for name in files:
         try:
             storage.delete(prefix + name)
         except Exception:
             logger.exception("could not delete the result file %s", prefix + name)
             report.failed_files.append(prefix + name)
+            cleared = False
         else:
             report.result_files += 1
     with contextlib.suppress(NotImplementedError, OSError):
         os.rmdir(storage.path(prefix))  # object stores have no directories to remove
+    return cleared

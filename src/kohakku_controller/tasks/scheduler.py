@@ -176,7 +176,16 @@ def _carries_labels(dispatcher: Dispatcher, labels: dict[str, Any]) -> bool:
     return all(k in have and str(have[k]) == str(v) for k, v in labels.items())
 
 
-def explain_no_match(task: Task, dispatchers: list[Dispatcher], active: dict[int, int]) -> str:
+#: How every "waiting for room" reason starts its last clause: the task keeps its place.
+_AT_CAPACITY = "are at capacity"
+
+
+def explain_no_match(
+    task: Task,
+    dispatchers: list[Dispatcher],
+    active: dict[int, int],
+    now: datetime | None = None,
+) -> str:
     """Why no dispatcher can take ``task`` now, in words an operator understands."""
     wanted = f"backend {task.backend!r}"
     if task.labels:
@@ -189,7 +198,13 @@ def explain_no_match(task: Task, dispatchers: list[Dispatcher], active: dict[int
     matching = [d for d in with_backend if _carries_labels(d, task.labels)]
     if not matching:
         return f"waiting: no online dispatcher with {wanted}"
-    return f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
+    reason = f"waiting: all {len(matching)} online dispatcher(s) with {wanted} {_AT_CAPACITY}"
+    busy = [d for d in matching if d.is_busy(now)]
+    if busy:
+        until = min(d.busy_until for d in busy)
+        moment = until.isoformat(timespec="seconds")
+        reason += f"; {len(busy)} of them refused a push and are busy until {moment} or later"
+    return reason
 
 
 def _set_assignment_columns(
@@ -245,14 +260,17 @@ def _set_assignment_columns(
 
 
 _BODY_READ_LIMIT = 65536
+#: A push is not started with less than this left of its claim's lease (see ``_push``).
+_LEASE_MARGIN_SECONDS = 1.0
+#: The shortest a dispatcher that refused a push is left alone, whatever it or the settings
+#: say: a pass per refusal would otherwise spin.
+_MIN_BUSY_SECONDS = 1.0
 
 
 def push_deadline_seconds() -> float:
-    """How long one call to a dispatcher may take in all, answer included.
-
-    ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS`` must
-    exceed (system check E008), so a claim's lease never ends while its push is in flight.
-    """
+    """How long one call to a dispatcher may take in all, answer included (name resolution
+    aside): ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS``
+    must exceed (system check E008)."""
     return kohakku_settings.PUSH_CONNECT_TIMEOUT + kohakku_settings.PUSH_READ_TIMEOUT
 
 
@@ -283,6 +301,8 @@ class CallOutcome:
     #: Seconds the dispatcher asked to be left alone (429, or 503 with ``Retry-After``),
     #: bounded by the push backoff settings; ``None`` for any other answer.
     busy_seconds: float | None = None
+    #: False when the call was never made (a push whose claim's lease ran out first).
+    sent: bool = True
 
 
 def _busy_seconds(response: httpx.Response) -> float | None:
@@ -290,25 +310,25 @@ def _busy_seconds(response: httpx.Response) -> float | None:
 
     A 429 always means "at capacity"; a 503 only with ``Retry-After`` (without it, it may
     as well be a proxy in front of a dead dispatcher). The wait is the ``Retry-After``
-    delay (seconds or an HTTP date), at least ``PUSH_BACKOFF_BASE_SECONDS`` and at most
-    ``PUSH_BACKOFF_MAX_SECONDS``; the base when the header is missing or unreadable.
+    delay (seconds or an HTTP date), at least ``PUSH_BACKOFF_BASE_SECONDS`` (and 1 s) and
+    at most ``PUSH_BACKOFF_MAX_SECONDS``; the floor when the header is missing or unreadable.
     """
     header = response.headers.get("Retry-After", "").strip()
     if response.status_code != 429 and not (response.status_code == 503 and header):
         return None
     asked = _retry_after_seconds(header)
-    floor = kohakku_settings.PUSH_BACKOFF_BASE_SECONDS
-    ceiling = kohakku_settings.PUSH_BACKOFF_MAX_SECONDS
+    floor = max(kohakku_settings.PUSH_BACKOFF_BASE_SECONDS, _MIN_BUSY_SECONDS)
+    ceiling = max(kohakku_settings.PUSH_BACKOFF_MAX_SECONDS, floor)
     return min(max(asked if asked is not None else floor, floor), ceiling)
 
 
 def _retry_after_seconds(value: str) -> float | None:
     """A ``Retry-After`` value (RFC 9110 section 10.2.3) in seconds from now, or ``None``."""
     if value.isascii() and value.isdigit():
-        return float(value[:12])  # anything longer is beyond every ceiling anyway
+        return float(value)  # a huge one is inf, which the ceiling bounds
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         return None  # an HTTP date is always GMT; one without a zone is not an HTTP date
@@ -571,8 +591,8 @@ class Scheduler:
                 chosen = self._choose(task, candidates, active, now)
                 if chosen is None:
                     unmatched += 1
-                    reason = explain_no_match(task, candidates, active)[:500]
-                    at_capacity = reason.endswith("are at capacity")
+                    reason = explain_no_match(task, candidates, active, now)[:500]
+                    at_capacity = _AT_CAPACITY in reason
                     if at_capacity and reason == task.status_reason:
                         continue  # it keeps its place; capacity frees up as tasks end
                     # With no dispatcher that could ever take it, look again later instead
@@ -669,10 +689,29 @@ class Scheduler:
 
     # --- push --------------------------------------------------------------------------
 
-    def _post_signed(
-        self, dispatcher: Dispatcher, path: str, body: bytes, headers: dict
+    def _push(
+        self, dispatcher: Dispatcher, body: bytes, headers: dict, lease_ends: float
     ) -> CallOutcome:
-        """POST a signed body; the outcome says whether it was accepted (2xx), and if not why."""
+        """POST one task, within what is left of its claim's lease (``lease_ends``, on the
+        monotonic clock, less a margin): a push that would outlive the lease could be taken
+        back and sent again by another scheduler while still in flight, so it is not started
+        with less than a second left, and is cut short when the lease ends."""
+        left = lease_ends - time.monotonic()
+        if left < _LEASE_MARGIN_SECONDS:
+            return CallOutcome("its claim's lease ran out before the push could start", sent=False)
+        return self._post_signed(dispatcher, "/tasks/", body, headers, within=left)
+
+    def _post_signed(
+        self,
+        dispatcher: Dispatcher,
+        path: str,
+        body: bytes,
+        headers: dict,
+        *,
+        within: float | None = None,
+    ) -> CallOutcome:
+        """POST a signed body, taking at most ``push_deadline_seconds()`` (or ``within``, if
+        shorter); the outcome says whether it was accepted (2xx), and if not why."""
         url = dispatcher.endpoint_url.rstrip("/") + path
         try:
             secret = current_signing_secret(dispatcher)
@@ -684,11 +723,15 @@ class Scheduler:
             **sign_request(secret, body),
         }
         try:
+            deadline = (
+                push_deadline_seconds() if within is None else min(within, push_deadline_seconds())
+            )
             with (
-                call_deadline(push_deadline_seconds()),
+                call_deadline(deadline),
                 self.http.stream("POST", url, content=body, headers=signed) as response,
             ):
                 head = _read_head(response)
+                busy = _busy_seconds(response)
         except httpx.TimeoutException as exc:
             return CallOutcome(f"timed out ({type(exc).__name__}) calling {url}")
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
@@ -701,9 +744,7 @@ class Scheduler:
         if 200 <= response.status_code < 300:
             return CallOutcome()
         excerpt = head[:200].decode(errors="replace")
-        return CallOutcome(
-            f"{url} answered HTTP {response.status_code}: {excerpt!r}", _busy_seconds(response)
-        )
+        return CallOutcome(f"{url} answered HTTP {response.status_code}: {excerpt!r}", busy)
 
     def push_claims(self, claims: list[Claim]) -> tuple[int, int]:
         """Push every claim concurrently, then record the outcomes.
@@ -713,6 +754,9 @@ class Scheduler:
         """
         if not claims:
             return 0, 0
+        lease_ends = (
+            time.monotonic() + kohakku_settings.SCHEDULER_LEASE_SECONDS - _LEASE_MARGIN_SECONDS
+        )
         jobs = []
         for claim in claims:
             try:
@@ -722,20 +766,30 @@ class Scheduler:
                 jobs.append((claim, CallOutcome(f"could not build the push: {exc}"[:400])))
                 continue
             headers = {"Idempotency-Key": f"{claim.task.guid}:{claim.task.attempt}"}
-            future = self.pool.submit(self._post_signed, claim.dispatcher, "/tasks/", body, headers)
+            future = self.pool.submit(self._push, claim.dispatcher, body, headers, lease_ends)
             jobs.append((claim, future))
-        ok: list[Claim] = []
-        failed = 0
-        for claim, pending in jobs:
-            outcome = pending if isinstance(pending, CallOutcome) else pending.result()
-            if not outcome.error:
-                ok.append(claim)
-            elif outcome.busy_seconds is not None:
-                self.record_push_deferred(claim, outcome)
-            else:
-                failed += 1
-                self.record_push_failure(claim, outcome.error)
+        outcomes = [
+            (claim, pending if isinstance(pending, CallOutcome) else pending.result())
+            for claim, pending in jobs
+        ]
+        # Accepted pushes first: a task a dispatcher took must never be pushed again because
+        # recording another claim's outcome failed.
+        ok = [claim for claim, outcome in outcomes if not outcome.error]
         self.record_pushed(ok)
+        failed = 0
+        for claim, outcome in outcomes:
+            if not outcome.error:
+                continue
+            deferred = outcome.busy_seconds is not None or not outcome.sent
+            failed += not deferred
+            try:
+                if deferred:
+                    self.record_push_deferred(claim, outcome)
+                else:
+                    self.record_push_failure(claim, outcome.error)
+            except Exception:
+                # The claim stays dispatched; its lease expiring sends it back to the queue.
+                logger.exception("could not record the push of task %s", claim.task.guid)
         return len(ok), failed
 
     def record_pushed(self, claims: list[Claim]) -> int:
@@ -770,29 +824,28 @@ class Scheduler:
         )
 
     def record_push_deferred(self, claim: Claim, outcome: CallOutcome) -> str | None:
-        """A dispatcher refused a push for lack of room: leave it alone, keep the attempt.
+        """A push refused for lack of room, or never sent: keep the attempt.
 
-        The dispatcher gets no task before ``busy_until`` (now plus the wait it asked for;
-        a later time already set stays). The task goes back to ``queued`` at once, for any
-        other dispatcher, with its attempt given back: being turned away by a full
-        dispatcher is not a failure of the task, so it cannot use up its attempts.
+        A dispatcher that refused it gets no task before ``busy_until`` (now plus the wait it
+        asked for; a later time already set stays). The task goes back to ``queued`` at once,
+        for any dispatcher, with its attempt given back: being turned away by a full
+        dispatcher, or a scheduler too far behind to push in time, is not a failure of the
+        task, so it cannot use up its attempts.
         """
         task, dispatcher = claim.task, claim.dispatcher
-        until = timezone.now() + timedelta(seconds=outcome.busy_seconds or 0)
-        Dispatcher.objects.filter(pk=dispatcher.pk).filter(
-            Q(busy_until__isnull=True) | Q(busy_until__lt=until)
-        ).update(busy_until=until)
-        logger.info(
-            "dispatcher %s is busy until %s; task %s goes back to the queue: %s",
-            dispatcher.name,
-            until.isoformat(),
-            task.guid,
-            outcome.error,
-        )
+        if outcome.busy_seconds is None:
+            reason = f"not pushed to {dispatcher.name}: {outcome.error}"
+        else:
+            until = timezone.now() + timedelta(seconds=outcome.busy_seconds)
+            Dispatcher.objects.filter(pk=dispatcher.pk).filter(
+                Q(busy_until__isnull=True) | Q(busy_until__lt=until)
+            ).update(busy_until=until)
+            reason = f"{dispatcher.name} is busy until {until.isoformat()}: {outcome.error}"
+        logger.info("task %s goes back to the queue: %s", task.guid, reason)
         return release_task(
             task,
             kind="push_deferred",
-            reason=f"{dispatcher.name} is busy until {until.isoformat()}: {outcome.error}",
+            reason=reason,
             from_statuses=(TaskStatus.DISPATCHED,),
             count_attempt=False,
         )

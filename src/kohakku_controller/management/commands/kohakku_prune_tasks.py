@@ -32,6 +32,6 @@ class Command(RetentionCommand):
         failed = self.report.failed_files
         if failed:
             raise CommandError(
-                f"{len(failed)} result file(s) could not be deleted (their tasks are gone; "
-                f"see the log): {', '.join(failed[:10])}"
+                f"{len(failed)} result file(s) could not be deleted; their tasks are kept for "
+                f"the next run (see the log): {', '.join(failed[:10])}"
             )

@@ -69,7 +69,8 @@ class Command(BaseCommand):
                 report = scheduler.run_pass()
                 self.stdout.write(
                     f"claimed={report.claimed} pushed={report.pushed} "
-                    f"push_failed={report.push_failed} unmatched={report.unmatched} "
+                    f"push_failed={report.push_failed} push_deferred={report.push_deferred} "
+                    f"unmatched={report.unmatched} "
                     f"released={report.released} timed_out={report.timed_out} "
                     f"lost_dispatchers={report.lost_dispatchers}"
                 )
