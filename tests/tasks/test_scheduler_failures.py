@@ -393,12 +393,25 @@ def test_accepted_pushes_are_recorded_even_when_recording_a_failure_fails(
 
 
 def test_no_push_starts_once_its_claim_lease_is_nearly_over(
-    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, settings
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
 ):
-    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, "SCHEDULER_LEASE_SECONDS": 1.5}
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    outcome = fast_scheduler._push(dispatcher, b"{}", {}, lease_ends=time.monotonic() + 0.5)
+    assert (outcome.sent, stub.pushes) == (False, [])  # under a second of a 60 s lease left
+    assert fast_scheduler._push(dispatcher, b"{}", {}, lease_ends=time.monotonic() + 5).sent
+
+
+def test_a_push_not_sent_in_time_goes_back_without_using_an_attempt(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler, monkeypatch
+):
     stub = stub_dispatcher()
     make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review", max_attempts=1)
+    late = scheduler_module.CallOutcome(
+        "its claim's lease ran out before the push could start", sent=False
+    )
+    monkeypatch.setattr(fast_scheduler, "_push", lambda *args: late)
     report, _ = timed_pass(fast_scheduler)
     assert (report.pushed, report.push_failed, report.push_deferred) == (0, 0, 1)
     assert stub.pushes == []
@@ -414,14 +427,14 @@ def test_a_push_is_cut_short_when_its_claim_lease_ends(
     settings.KOHAKKU_CONTROLLER = {
         **settings.KOHAKKU_CONTROLLER,
         "PUSH_READ_TIMEOUT": 5.0,
-        "SCHEDULER_LEASE_SECONDS": 2.6,  # 1.6 s to push, after the 1 s margin
+        "SCHEDULER_LEASE_SECONDS": 2.5,
     }
     make_dispatcher(endpoint_url=stub_dispatcher(respond=never_answer).url)
     create_task(skill="code-review")
     with Scheduler(name="short-lease") as sched:
         report, elapsed = timed_pass(sched)
     assert report.push_failed == 1
-    assert 1.4 < elapsed < 3.5  # the lease's 1.6 s, not the 5.5 s a push may take otherwise
+    assert 2.3 < elapsed < 4  # the lease's 2.5 s, not the 5.5 s a push may take otherwise
 
 
 def test_retry_after_as_an_http_date_in_the_future():

@@ -260,7 +260,8 @@ def _set_assignment_columns(
 
 
 _BODY_READ_LIMIT = 65536
-#: A push is not started with less than this left of its claim's lease (see ``_push``).
+#: A push is not started with less than this left of its claim's lease (see ``_push``), nor
+#: with less than a tenth of the lease.
 _LEASE_MARGIN_SECONDS = 1.0
 #: The shortest a dispatcher that refused a push is left alone, whatever it or the settings
 #: say: a pass per refusal would otherwise spin.
@@ -693,11 +694,12 @@ class Scheduler:
         self, dispatcher: Dispatcher, body: bytes, headers: dict, lease_ends: float
     ) -> CallOutcome:
         """POST one task, within what is left of its claim's lease (``lease_ends``, on the
-        monotonic clock, less a margin): a push that would outlive the lease could be taken
-        back and sent again by another scheduler while still in flight, so it is not started
-        with less than a second left, and is cut short when the lease ends."""
+        monotonic clock): a push that outlived the lease could be taken back and sent again
+        by another scheduler while still in flight, so it is cut short when the lease ends,
+        and not started with less than a second (or a tenth of the lease) left."""
         left = lease_ends - time.monotonic()
-        if left < _LEASE_MARGIN_SECONDS:
+        margin = min(_LEASE_MARGIN_SECONDS, kohakku_settings.SCHEDULER_LEASE_SECONDS / 10)
+        if left < margin:
             return CallOutcome("its claim's lease ran out before the push could start", sent=False)
         return self._post_signed(dispatcher, "/tasks/", body, headers, within=left)
 
@@ -754,9 +756,7 @@ class Scheduler:
         """
         if not claims:
             return 0, 0
-        lease_ends = (
-            time.monotonic() + kohakku_settings.SCHEDULER_LEASE_SECONDS - _LEASE_MARGIN_SECONDS
-        )
+        lease_ends = time.monotonic() + kohakku_settings.SCHEDULER_LEASE_SECONDS
         jobs = []
         for claim in claims:
             try:
