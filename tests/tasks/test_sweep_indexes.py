@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from kohakku_controller.tasks.models import Task
+from kohakku_controller.tasks.retention import next_batch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -47,6 +48,16 @@ def test_each_sweep_uses_its_own_partial_index(plan_with_indexes_preferred):
         # As the scheduler reads them: with the dispatcher joined, a batch at a time.
         plan = plan_with_indexes_preferred(queryset.select_related("dispatcher")[:100])
         assert index in plan, f"{index} not used:\n{plan}"
+
+
+def test_each_retention_batch_starts_its_index_scan_after_the_last(plan_with_indexes_preferred):
+    expired = Task.objects.finished_before(timezone.now() - timedelta(days=90))
+    after = (timezone.now() - timedelta(days=400), 1234)
+    plan = plan_with_indexes_preferred(next_batch(expired, after, 500))
+    assert "kohakku_task_finished_idx" in plan, plan
+    scan = next(line for line in plan.splitlines() if "Index Cond" in line)
+    assert "finished_at >=" in scan and "finished_at <" in scan, plan  # a bounded range
+    assert "Sort" not in plan, plan  # read in index order, not sorted each batch
 
 
 def test_pending_cancels_not_yet_sent_use_the_cancel_index(plan_with_indexes_preferred):

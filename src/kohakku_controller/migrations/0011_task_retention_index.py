@@ -16,6 +16,6 @@ class Migration(migrations.Migration):
     operations = [
         AddIndexWithoutBlockingWrites(
             model_name='task',
-            index=models.Index(condition=models.Q(('status__in', ['cancelled', 'completed', 'failed', 'timed_out'])), fields=['finished_at'], name='kohakku_task_finished_idx'),
+            index=models.Index(condition=models.Q(('status__in', ['cancelled', 'completed', 'failed', 'timed_out'])), fields=['finished_at', 'id'], name='kohakku_task_finished_idx'),
         ),
     ]

@@ -207,9 +207,9 @@ class Task(models.Model):
                 name="kohakku_task_unsent_cancel_idx",
             ),
             models.Index(fields=["status", "created_at"], name="kohakku_task_status_idx"),
-            # kohakku_prune_tasks: finished tasks, oldest first.
+            # kohakku_prune_tasks: finished tasks, oldest first, a batch after another.
             models.Index(
-                fields=["finished_at"],
+                fields=["finished_at", "id"],
                 condition=Q(status__in=_FINAL),
                 name="kohakku_task_finished_idx",
             ),

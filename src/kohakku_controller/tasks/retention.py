@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.core.files.storage import Storage
 from django.db import transaction
@@ -46,9 +47,9 @@ def prune_tasks(
     Queued and running tasks are never touched, however old. For each batch the files under
     the tasks' ``results/<guid>/`` prefixes go first, then, in one transaction, the rows of
     the tasks whose files all went: a task whose files the storage failed to delete (logged
-    and listed in the report) is kept for the next run, so no file outlives its task's row.
-    A task's idempotency key is forgotten with it. Concurrent runs share the work without
-    failing. With ``dry_run`` only the tasks are counted.
+    and listed in the report) is kept for the next run, so no such file is left without its
+    task's row. A task's idempotency key is forgotten with it. Concurrent runs go through
+    the same batches without failing. With ``dry_run`` only the tasks are counted.
     """
     if older_than is None:
         older_than = timedelta(days=kohakku_settings.TASK_RETENTION_DAYS)
@@ -58,20 +59,31 @@ def prune_tasks(
         report.tasks = expired.count()
         return report
     storage = get_storage()
-    after: Q = Q()
+    after: tuple[Any, int] | None = None
     while True:
-        batch = list(expired.filter(after).values_list("pk", "guid", "finished_at")[:batch_size])
+        batch = list(next_batch(expired, after, batch_size))
         if not batch:
             return report
         last_pk, _, last_finished = batch[-1]
-        # Keyset pagination: each batch starts after the last one, whatever was deleted.
-        after = Q(finished_at__gt=last_finished) | Q(finished_at=last_finished, pk__gt=last_pk)
+        after = (last_finished, last_pk)
         cleared = [pk for pk, guid, _ in batch if _delete_tree(storage, f"results/{guid}/", report)]
         if cleared:
             with transaction.atomic():
                 # Only the keys: the events go by one statement, and no task body is loaded.
                 _, deleted = Task.objects.filter(pk__in=cleared).only("pk").delete()
             report.tasks += deleted.get(Task._meta.label, 0)
+
+
+def next_batch(expired: Any, after: tuple[Any, int] | None, size: int) -> Any:
+    """The next ``size`` of ``expired`` as (pk, guid, finished_at), after the key ``after``
+    ((finished_at, pk) of the last one seen): keyset pagination, which neither skips nor
+    repeats a row whatever was deleted meanwhile, and starts its index scan at ``after``."""
+    if after is not None:
+        finished_at, pk = after
+        expired = expired.filter(finished_at__gte=finished_at).filter(
+            Q(finished_at__gt=finished_at) | Q(pk__gt=pk)
+        )
+    return expired.values_list("pk", "guid", "finished_at")[:size]
 
 
 def _delete_tree(storage: Storage, prefix: str, report: PruneReport) -> bool:

@@ -176,8 +176,16 @@ def _carries_labels(dispatcher: Dispatcher, labels: dict[str, Any]) -> bool:
     return all(k in have and str(have[k]) == str(v) for k, v in labels.items())
 
 
-#: How every "waiting for room" reason starts its last clause: the task keeps its place.
-_AT_CAPACITY = "are at capacity"
+@dataclass(frozen=True)
+class Waiting:
+    """Why no dispatcher can take a task now (see :func:`explain_no_match`)."""
+
+    #: In words an operator understands; becomes the task's ``status_reason``.
+    reason: str
+    #: Some online dispatcher could take it, once it has room.
+    at_capacity: bool = False
+    #: When every such dispatcher refused a push and is busy: the first ``busy_until``.
+    busy_until: datetime | None = None
 
 
 def explain_no_match(
@@ -185,26 +193,28 @@ def explain_no_match(
     dispatchers: list[Dispatcher],
     active: dict[int, int],
     now: datetime | None = None,
-) -> str:
-    """Why no dispatcher can take ``task`` now, in words an operator understands."""
+) -> Waiting:
+    """Why no dispatcher can take ``task`` now."""
     wanted = f"backend {task.backend!r}"
     if task.labels:
         wanted += f" and labels {_labels_text(task.labels)}"
     if not dispatchers:
-        return f"waiting: no online dispatcher (needs {wanted})"
+        return Waiting(f"waiting: no online dispatcher (needs {wanted})")
     with_backend = [d for d in dispatchers if task.backend in (d.backends or [])]
     if not with_backend:
-        return f"waiting: no online dispatcher with backend {task.backend!r}"
+        return Waiting(f"waiting: no online dispatcher with backend {task.backend!r}")
     matching = [d for d in with_backend if _carries_labels(d, task.labels)]
     if not matching:
-        return f"waiting: no online dispatcher with {wanted}"
-    reason = f"waiting: all {len(matching)} online dispatcher(s) with {wanted} {_AT_CAPACITY}"
+        return Waiting(f"waiting: no online dispatcher with {wanted}")
+    reason = f"waiting: all {len(matching)} online dispatcher(s) with {wanted} are at capacity"
     busy = [d for d in matching if d.is_busy(now)]
-    if busy:
-        until = min(d.busy_until for d in busy)
-        moment = until.isoformat(timespec="seconds")
-        reason += f"; {len(busy)} of them refused a push and are busy until {moment} or later"
-    return reason
+    if not busy:
+        return Waiting(reason, at_capacity=True)
+    # No time in the words: they stay the same while the same dispatchers wait, so a
+    # waiting task is not rewritten on every pass.
+    reason += f"; {len(busy)} of them refused a push and asked to wait"
+    first = min(d.busy_until for d in busy) if len(busy) == len(matching) else None
+    return Waiting(reason, at_capacity=True, busy_until=first)
 
 
 def _set_assignment_columns(
@@ -592,16 +602,23 @@ class Scheduler:
                 chosen = self._choose(task, candidates, active, now)
                 if chosen is None:
                     unmatched += 1
-                    reason = explain_no_match(task, candidates, active, now)[:500]
-                    at_capacity = _AT_CAPACITY in reason
-                    if at_capacity and reason == task.status_reason:
-                        continue  # it keeps its place; capacity frees up as tasks end
-                    # With no dispatcher that could ever take it, look again later instead
-                    # of re-reading it on every pass.
-                    Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
-                        status_reason=reason,
-                        not_before=now if at_capacity else now + recheck,
-                    )
+                    waiting = explain_no_match(task, candidates, active, now)
+                    reason = waiting.reason[:500]
+                    if waiting.busy_until is not None:
+                        # Only busy dispatchers could take it: none before the first is free.
+                        not_before = waiting.busy_until
+                    elif waiting.at_capacity:
+                        if reason == task.status_reason:
+                            continue  # it keeps its place; capacity frees up as tasks end
+                        not_before = now
+                    else:
+                        # No dispatcher could ever take it: look again later instead of
+                        # re-reading it on every pass.
+                        not_before = now + recheck
+                    if reason != task.status_reason or not_before != task.not_before:
+                        Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
+                            status_reason=reason, not_before=not_before
+                        )
                     continue
                 active[chosen.pk] = active.get(chosen.pk, 0) + 1
                 assignments.append((task, chosen, secrets.token_urlsafe(32)))
@@ -693,12 +710,13 @@ class Scheduler:
     def _push(
         self, dispatcher: Dispatcher, body: bytes, headers: dict, lease_ends: float
     ) -> CallOutcome:
-        """POST one task, within what is left of its claim's lease (``lease_ends``, on the
-        monotonic clock): a push that outlived the lease could be taken back and sent again
-        by another scheduler while still in flight, so it is cut short when the lease ends,
-        and not started with less than a second (or a tenth of the lease) left."""
-        left = lease_ends - time.monotonic()
+        """POST one task while its claim's lease (ending at ``lease_ends`` on the monotonic
+        clock) holds. A claim whose lease ran out may be taken back and pushed again by
+        another scheduler, so the push must end, and the pass record it, before then: it is
+        cut short a margin (a second, or a tenth of the lease) before the lease ends, and not
+        started with less than another margin left."""
         margin = min(_LEASE_MARGIN_SECONDS, kohakku_settings.SCHEDULER_LEASE_SECONDS / 10)
+        left = lease_ends - margin - time.monotonic()
         if left < margin:
             return CallOutcome("its claim's lease ran out before the push could start", sent=False)
         return self._post_signed(dispatcher, "/tasks/", body, headers, within=left)
@@ -756,7 +774,10 @@ class Scheduler:
         """
         if not claims:
             return 0, 0
-        lease_ends = time.monotonic() + kohakku_settings.SCHEDULER_LEASE_SECONDS
+        # A claim's lease ends SCHEDULER_LEASE_SECONDS after its claim time, as stored (the
+        # pass's clock); here on the monotonic clock, as seen now.
+        lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
+        wall, monotonic = timezone.now(), time.monotonic()
         jobs = []
         for claim in claims:
             try:
@@ -766,6 +787,7 @@ class Scheduler:
                 jobs.append((claim, CallOutcome(f"could not build the push: {exc}"[:400])))
                 continue
             headers = {"Idempotency-Key": f"{claim.task.guid}:{claim.task.attempt}"}
+            lease_ends = monotonic + (claim.claimed_at + lease - wall).total_seconds()
             future = self.pool.submit(self._push, claim.dispatcher, body, headers, lease_ends)
             jobs.append((claim, future))
         outcomes = [
@@ -920,8 +942,8 @@ class Scheduler:
                     self._after_failure(exc, "scheduler pass")
                     stop.wait(min(30.0, 0.5 * 2**failures))
                     continue
-                if report.claimed + report.unmatched >= self.batch_size:
-                    continue  # more work is waiting
+                if report.claimed and report.claimed + report.unmatched >= self.batch_size:
+                    continue  # more work is waiting (a batch of waiting tasks alone is not)
                 waiter.wait(poll, stop)
         finally:
             waiter.close()

@@ -408,8 +408,9 @@ def release_task(
     attempts are used up, or ``cancelled`` if a cancellation was pending. With
     ``count_attempt=False`` (the dispatcher never took the task) the attempt is given back:
     the task is queued again with its previous attempt number and cannot fail for it. The
-    update only applies if the task is still in ``from_statuses`` at the same attempt;
-    returns the new status, or ``None`` when something else changed the task first.
+    update only applies if the task is still in ``from_statuses`` under the same claim (the
+    same attempt and dispatch time: an attempt number given back is used again by the next
+    claim); returns the new status, or ``None`` when something else changed the task first.
     """
     now = now or timezone.now()
     updates: dict[str, Any] = {
@@ -448,7 +449,12 @@ def release_task(
             updates["attempt"] = task.attempt - 1
     dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
     with transaction.atomic():
-        still_there = {"pk": task.pk, "status": tuple(from_statuses), "attempt": task.attempt}
+        still_there = {
+            "pk": task.pk,
+            "status": tuple(from_statuses),
+            "attempt": task.attempt,
+            "dispatched_at": task.dispatched_at,
+        }
         updated = update_rows(Task, still_there, {"status": to_status, **updates})
         if not updated:
             return None
