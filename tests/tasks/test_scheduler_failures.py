@@ -264,8 +264,9 @@ def test_a_full_dispatcher_keeps_the_attempt_and_gets_nothing_until_retry_after(
     skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
 ):
     stub = stub_dispatcher(respond=busy_at_first(1))
-    dispatcher = make_dispatcher(endpoint_url=stub.url)
-    task = create_task(skill="code-review")
+    dispatcher = make_dispatcher("gpu", endpoint_url=stub.url, labels={"gpu": "a100"})
+    make_dispatcher("plain", endpoint_url=stub_dispatcher().url)  # the backend has room
+    task = create_task(skill="code-review", labels={"gpu": "a100"})
     report, _ = timed_pass(fast_scheduler)
     assert (report.claimed, report.pushed, report.push_failed, report.push_deferred) == (
         1, 0, 0, 1,
@@ -437,14 +438,33 @@ def test_a_stale_release_cannot_end_a_newer_claim_with_the_same_attempt_number(
     assert (task.status, task.attempt, task.pushed_at is not None) == ("dispatched", 1, True)
 
 
+def test_tasks_waiting_for_full_dispatchers_do_not_hide_tasks_that_could_run(
+    skill_version, make_dispatcher, stub_dispatcher
+):
+    make_dispatcher("k8s-full", backends=("k8s",), endpoint_url=stub_dispatcher().url, capacity=0)
+    make_dispatcher("local-free", endpoint_url=stub_dispatcher().url)
+    waiting = [create_task(skill="code-review", backend="k8s") for _ in range(3)]
+    behind = create_task(skill="code-review")  # after a batch's worth of waiting tasks
+    with Scheduler(name="small-batches", batch_size=2) as sched:
+        report = sched.run_pass()
+    assert report.pushed == 1
+    behind.refresh_from_db()
+    assert behind.status == "dispatched"
+    assert set(
+        Task.objects.filter(pk__in=[t.pk for t in waiting]).values_list("status", flat=True)
+    ) == {"queued"}
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_full_batch_of_waiting_tasks_does_not_spin_the_scheduler(
     skill_version, make_dispatcher, stub_dispatcher, monkeypatch
 ):
-    make_dispatcher(endpoint_url=stub_dispatcher().url, capacity=0)
+    # The backend has room (on "plain"), but not the one dispatcher with the label they need.
+    make_dispatcher("gpu", endpoint_url=stub_dispatcher().url, labels={"gpu": "a100"}, capacity=0)
+    make_dispatcher("plain", endpoint_url=stub_dispatcher().url)
     for _ in range(3):
-        create_task(skill="code-review")
+        create_task(skill="code-review", labels={"gpu": "a100"})
     sched = Scheduler(name="waiting", batch_size=2)
     stop, passes, began = threading.Event(), [], time.monotonic()
     real_pass = sched.run_pass

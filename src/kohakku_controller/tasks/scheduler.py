@@ -217,6 +217,33 @@ def explain_no_match(
     return Waiting(reason, at_capacity=True, busy_until=first)
 
 
+def _active_counts(dispatchers: list[Dispatcher]) -> dict[int, int]:
+    """How many tasks each of ``dispatchers`` holds (``dispatched`` or ``running``)."""
+    return dict(
+        Task.objects.filter(
+            dispatcher_id__in=[d.pk for d in dispatchers], status__in=list(ACTIVE_STATUSES)
+        )
+        .order_by()
+        .values_list("dispatcher_id")
+        .annotate(n=Count("id"))
+        .values_list("dispatcher_id", "n")
+    )
+
+
+def _full_backends(
+    dispatchers: list[Dispatcher], active: dict[int, int], now: datetime
+) -> set[str]:
+    """Backends that online dispatchers offer, but none with room (all full or busy)."""
+    offered: set[str] = set()
+    with_room: set[str] = set()
+    for dispatcher in dispatchers:
+        backends = set(dispatcher.backends or [])
+        offered |= backends
+        if active.get(dispatcher.pk, 0) < dispatcher.capacity and not dispatcher.is_busy(now):
+            with_room |= backends
+    return offered - with_room
+
+
 def _set_assignment_columns(
     assignments: list[tuple[Task, Dispatcher, str]], claimed_by: str, claimed_at: datetime
 ) -> None:
@@ -571,11 +598,17 @@ class Scheduler:
         unmatched = 0
         recheck = timedelta(seconds=kohakku_settings.UNMATCHED_RECHECK_SECONDS)
         lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
+        claimable = Task.objects.claimable(now)
+        full = _full_backends(candidates, _active_counts(candidates), now)
+        if full:
+            # Tasks that only full dispatchers could take are left unread: a batch of them
+            # would otherwise hide, pass after pass, the tasks behind them that could run.
+            claimable = claimable.exclude(backend__in=sorted(full))
         with transaction.atomic():
             tasks = list(
-                Task.objects.claimable(now)
-                .select_related("skill_version__skill")
-                .select_for_update(skip_locked=True, of=("self",))[: self.batch_size]
+                claimable.select_related("skill_version__skill").select_for_update(
+                    skip_locked=True, of=("self",)
+                )[: self.batch_size]
             )
             if not tasks:
                 return [], 0
@@ -589,13 +622,7 @@ class Scheduler:
                     .order_by("pk")
                     .values_list("pk", flat=True)
                 )
-            active = dict(
-                Task.objects.filter(dispatcher_id__in=list(by_pk), status__in=list(ACTIVE_STATUSES))
-                .order_by()
-                .values_list("dispatcher_id")
-                .annotate(n=Count("id"))
-                .values_list("dispatcher_id", "n")
-            )
+            active = _active_counts(candidates)  # again, now that the dispatchers are locked
             events: list[TaskEvent] = []
             assignments: list[tuple[Task, Dispatcher, str]] = []
             for task in tasks:
