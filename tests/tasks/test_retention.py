@@ -111,6 +111,15 @@ def test_days_come_from_the_option_or_the_setting(task_in, settings):
 
 
 @pytest.mark.django_db
+def test_a_timed_out_task_stays_until_its_cancel_request_is_sent(task_in, make_dispatcher):
+    task = task_in("timed_out", timedelta(seconds=1))
+    Task.objects.filter(pk=task.pk).update(dispatcher=make_dispatcher())
+    assert "Deleted 0 finished tasks" in run("--days", "0")
+    Task.objects.filter(pk=task.pk).update(cancel_sent_at=timezone.now())
+    assert "Deleted 1 finished tasks" in run("--days", "0")
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("days", ["-1", "nan", "inf", "36501", "ten"])
 def test_a_bad_retention_is_refused_before_anything_is_deleted(task_in, days):
     task = task_in("completed", 100 * DAY)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from ..conf import kohakku_settings
 from ..storage import get_storage
-from .models import Task
+from .models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def prune_tasks(
     """Delete the tasks that ended before now - ``older_than`` (default:
     ``TASK_RETENTION_DAYS``), oldest first, with their events and their result files.
 
-    Queued and running tasks are never touched, however old. For each batch the files under
+    Queued and running tasks are never touched, however old, nor a timed-out task whose
+    cancel request the scheduler may still send. For each batch the files under
     the tasks' ``results/<guid>/`` prefixes go first, then, in one transaction, the rows of
     the tasks whose files all went: a task whose files the storage failed to delete (logged
     and listed in the report) is kept for the next run, so no such file is left without its
@@ -53,7 +54,16 @@ def prune_tasks(
     """
     if older_than is None:
         older_than = timedelta(days=kohakku_settings.TASK_RETENTION_DAYS)
-    expired = Task.objects.finished_before(timezone.now() - older_than)
+    now = timezone.now()
+    # A timed-out task whose dispatcher has not been asked to stop yet stays while the
+    # scheduler may still send that request (CANCEL_GRACE_SECONDS), whatever the retention.
+    cancel_pending = Q(
+        status=TaskStatus.TIMED_OUT,
+        cancel_sent_at__isnull=True,
+        dispatcher__isnull=False,
+        finished_at__gte=now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS),
+    )
+    expired = Task.objects.finished_before(now - older_than).exclude(cancel_pending)
     report = PruneReport()
     if dry_run:
         report.tasks = expired.count()
