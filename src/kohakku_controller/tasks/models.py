@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -39,6 +40,21 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({TaskStatus.DISPATCHED, TaskStatus.R
 # In one fixed order, as the partial indexes' conditions name them.
 _ACTIVE = [TaskStatus.DISPATCHED.value, TaskStatus.RUNNING.value]
 _FINAL = sorted(status.value for status in FINAL_STATUSES)
+
+
+def result_prefix_of(task_guid: Any) -> str:
+    """The key prefix under which the results of the task ``task_guid`` are stored."""
+    return f"results/{task_guid}/"
+
+
+def cancel_unsent(since: Any) -> Q:
+    """Tasks that timed out since ``since`` and whose dispatcher was not yet asked to stop."""
+    return Q(
+        status=TaskStatus.TIMED_OUT,
+        cancel_sent_at__isnull=True,
+        dispatcher__isnull=False,
+        finished_at__gte=since,
+    )
 
 
 class TaskOrigin(models.TextChoices):
@@ -88,12 +104,7 @@ class TaskQuerySet(models.QuerySet):
 
     def timed_out_cancel_unsent(self, since):
         """Tasks timed out since ``since`` whose dispatcher has not yet been sent a cancel."""
-        return self.filter(
-            status=TaskStatus.TIMED_OUT,
-            cancel_sent_at__isnull=True,
-            dispatcher__isnull=False,
-            finished_at__gte=since,
-        ).order_by("finished_at")
+        return self.filter(cancel_unsent(since)).order_by("finished_at")
 
     def finished_before(self, cutoff):
         """Tasks that ended (in any final status) before ``cutoff``, the oldest first."""
@@ -232,7 +243,7 @@ class Task(models.Model):
     @property
     def result_prefix(self) -> str:
         """Every result object of this task lives under this key prefix."""
-        return f"results/{self.guid}/"
+        return result_prefix_of(self.guid)
 
     def callback_token_matches(self, token: str) -> bool:
         """Constant-time check of a presented callback token against the stored hash."""

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from ..conf import kohakku_settings
 from ..storage import get_storage
-from .models import Task, TaskStatus
+from .models import Task, cancel_unsent, result_prefix_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,8 @@ def prune_tasks(
     now = timezone.now()
     # A timed-out task whose dispatcher has not been asked to stop yet stays while the
     # scheduler may still send that request (CANCEL_GRACE_SECONDS), whatever the retention.
-    cancel_pending = Q(
-        status=TaskStatus.TIMED_OUT,
-        cancel_sent_at__isnull=True,
-        dispatcher__isnull=False,
-        finished_at__gte=now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS),
-    )
-    expired = Task.objects.finished_before(now - older_than).exclude(cancel_pending)
+    grace = timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
+    expired = Task.objects.finished_before(now - older_than).exclude(cancel_unsent(now - grace))
     report = PruneReport()
     if dry_run:
         report.tasks = expired.count()
@@ -76,7 +71,9 @@ def prune_tasks(
             return report
         last_pk, _, last_finished = batch[-1]
         after = (last_finished, last_pk)
-        cleared = [pk for pk, guid, _ in batch if _delete_tree(storage, f"results/{guid}/", report)]
+        cleared = [
+            pk for pk, guid, _ in batch if _delete_tree(storage, result_prefix_of(guid), report)
+        ]
         if cleared:
             with transaction.atomic():
                 # Only the keys: the events go by one statement, and no task body is loaded.

@@ -176,19 +176,26 @@ class TaskViewSet(
         return FileResponse(storage.open(task.result_key, "rb"), content_type=content_type)
 
 
-class TaskCallbackView(ControllerAPIView):
+class CallbackTokenView(ControllerAPIView):
+    """An endpoint a dispatcher calls with a task's callback token, which the view checks
+    (with the task it names); it reads the raw body itself, so any content type is taken."""
+
+    reads_raw_body = True  # never 415
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    callback_token_auth = True  # the schema shows the callbackToken scheme
+
+    def get_authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="kohakku-callback"'
+
+
+class TaskCallbackView(CallbackTokenView):
     """``POST /tasks/{guid}/callback/``: a dispatcher reports progress or the outcome.
 
     Authenticated by the task's callback token (``Authorization: Bearer``) and the
     dispatcher's HMAC signature; see docs/dispatcher-contract.md.
     """
 
-    reads_raw_body = True  # any content type: never 415
-
-    # Authenticated by the task's callback token in the view (the schema shows the scheme).
-    authentication_classes: list[Any] = []
-    permission_classes: list[Any] = []
-    callback_token_auth = True
     renderer_classes = [JSONRenderer]
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
@@ -196,9 +203,6 @@ class TaskCallbackView(ControllerAPIView):
         # header was a tenth of a callback's CPU).
         renderer = JSONRenderer()
         return renderer, renderer.media_type
-
-    def get_authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="kohakku-callback"'
 
     @extend_schema(
         request=CallbackSerializer,
@@ -245,22 +249,12 @@ class TaskCallbackView(ControllerAPIView):
         )
 
 
-class TaskResultUploadView(ControllerAPIView):
+class TaskResultUploadView(CallbackTokenView):
     """``PUT /tasks/{guid}/result/upload/``: the result upload for filesystem storage.
 
     Takes the raw body (streamed, capped at ``RESULT_MAX_BYTES``) with the task's callback
     token, and stores it under ``results/<guid>/`` (``?name=`` picks the file name).
     """
-
-    reads_raw_body = True  # any content type: never 415
-
-    # Authenticated by the task's callback token in the view (the schema shows the scheme).
-    authentication_classes: list[Any] = []
-    permission_classes: list[Any] = []
-    callback_token_auth = True
-
-    def get_authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="kohakku-callback"'
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},
