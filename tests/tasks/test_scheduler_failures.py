@@ -455,6 +455,48 @@ def test_tasks_waiting_for_full_dispatchers_do_not_hide_tasks_that_could_run(
     ) == {"queued"}
 
 
+@pytest.mark.parametrize(
+    "waiting_for",
+    [
+        pytest.param({"labels": {"gpu": "a100"}}, id="full-label-matching-dispatchers"),
+        pytest.param({"labels": {"gpu": "h100"}}, id="no-label-matching-dispatcher"),
+        pytest.param({"backend": "nomad"}, id="no-dispatcher-with-the-backend"),
+    ],
+)
+def test_tasks_no_dispatcher_can_take_now_do_not_hide_tasks_behind_them(
+    skill_version, make_dispatcher, stub_dispatcher, waiting_for
+):
+    # The backend has room (on "plain"), but not on the dispatcher with the labels they need.
+    make_dispatcher("gpu", endpoint_url=stub_dispatcher().url, labels={"gpu": "a100"}, capacity=0)
+    make_dispatcher("plain", endpoint_url=stub_dispatcher().url)
+    waiting = [create_task(skill="code-review", **waiting_for) for _ in range(5)]
+    behind = [create_task(skill="code-review") for _ in range(2)]
+    with Scheduler(name="small-batches", batch_size=2) as sched:
+        report = sched.run_pass()
+    assert report.pushed == 2
+    statuses = Task.objects.filter(pk__in=[t.pk for t in behind]).values_list("status", flat=True)
+    assert set(statuses) == {"dispatched"}
+    for task in waiting:
+        task.refresh_from_db()
+        assert (task.status, task.attempt) == ("queued", 0)
+
+
+def test_a_claim_reads_past_waiting_tasks_a_bounded_number_of_times(
+    skill_version, make_dispatcher, stub_dispatcher
+):
+    make_dispatcher("plain", endpoint_url=stub_dispatcher().url)
+    for _ in range(20):
+        create_task(skill="code-review", backend="nomad")
+    behind = create_task(skill="code-review")
+    with Scheduler(name="small-batches", batch_size=2) as sched:
+        reports = [sched.run_pass() for _ in range(3)]
+    # Four reads of two a pass: eight tasks looked at (and put off), not all twenty at once.
+    assert [r.unmatched for r in reports] == [8, 8, 4]
+    assert [r.pushed for r in reports] == [0, 0, 1]
+    behind.refresh_from_db()
+    assert behind.status == "dispatched"
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_full_batch_of_waiting_tasks_does_not_spin_the_scheduler(

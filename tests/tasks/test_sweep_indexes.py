@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from kohakku_controller.tasks.models import Task
@@ -58,6 +59,17 @@ def test_each_retention_batch_starts_its_index_scan_after_the_last(plan_with_ind
     scan = next(line for line in plan.splitlines() if "Index Cond" in line)
     assert "finished_at >=" in scan and "finished_at <" in scan, plan  # a bounded range
     assert "Sort" not in plan, plan  # read in index order, not sorted each batch
+
+
+def test_a_claim_reading_past_waiting_tasks_stays_on_the_claim_index(
+    plan_with_indexes_preferred,
+):
+    # The read after tasks that wait for full dispatchers (Scheduler.claim_and_assign).
+    skipped = Q(pk__in=[1, 2]) | Q(backend="local", labels={"gpu": "a100"})
+    queryset = Task.objects.claimable(timezone.now()).exclude(skipped)
+    plan = plan_with_indexes_preferred(queryset.select_for_update(skip_locked=True)[:100])
+    assert "kohakku_task_claim_idx" in plan, plan
+    assert "Sort" not in plan, plan  # still in claim order straight from the index
 
 
 def test_pending_cancels_not_yet_sent_use_the_cancel_index(plan_with_indexes_preferred):

@@ -303,6 +303,8 @@ _LEASE_MARGIN_SECONDS = 1.0
 #: The shortest a dispatcher that refused a push is left alone, whatever it or the settings
 #: say: a pass per refusal would otherwise spin.
 _MIN_BUSY_SECONDS = 1.0
+#: How many reads of queued tasks one claim may make (see ``claim_and_assign``).
+_MAX_CLAIM_READS = 4
 
 
 def push_deadline_seconds() -> float:
@@ -594,9 +596,6 @@ class Scheduler:
         Returns the claims to push and how many tasks found no dispatcher.
         """
         candidates = list(Dispatcher.objects.accepting_work(now).order_by("pk"))
-        claims: list[Claim] = []
-        unmatched = 0
-        recheck = timedelta(seconds=kohakku_settings.UNMATCHED_RECHECK_SECONDS)
         lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
         claimable = Task.objects.claimable(now)
         full = _full_backends(candidates, _active_counts(candidates), now)
@@ -604,70 +603,102 @@ class Scheduler:
             # Tasks that only full dispatchers could take are left unread: a batch of them
             # would otherwise hide, pass after pass, the tasks behind them that could run.
             claimable = claimable.exclude(backend__in=sorted(full))
+        claimable = claimable.select_related("skill_version__skill").select_for_update(
+            skip_locked=True, of=("self",)
+        )
         with transaction.atomic():
-            tasks = list(
-                claimable.select_related("skill_version__skill").select_for_update(
-                    skip_locked=True, of=("self",)
-                )[: self.batch_size]
-            )
+            tasks = list(claimable[: self.batch_size])
             if not tasks:
                 return [], 0
-            by_pk = {d.pk: d for d in candidates}
-            if by_pk:
+            if candidates:
                 # Lock the dispatchers so that concurrent schedulers count capacity one at a
                 # time (tasks are skip-locked first, so this cannot deadlock).
                 list(
                     Dispatcher.objects.select_for_update()
-                    .filter(pk__in=list(by_pk))
+                    .filter(pk__in=[d.pk for d in candidates])
                     .order_by("pk")
                     .values_list("pk", flat=True)
                 )
             active = _active_counts(candidates)  # again, now that the dispatchers are locked
-            events: list[TaskEvent] = []
             assignments: list[tuple[Task, Dispatcher, str]] = []
-            for task in tasks:
-                chosen = self._choose(task, candidates, active, now)
-                if chosen is None:
-                    unmatched += 1
-                    waiting = explain_no_match(task, candidates, active, now)
-                    reason = waiting.reason[:500]
-                    if waiting.busy_until is not None:
-                        # Only busy dispatchers could take it: none before the first is free.
-                        not_before = waiting.busy_until
-                    elif waiting.at_capacity:
-                        if reason == task.status_reason:
-                            continue  # it keeps its place; capacity frees up as tasks end
-                        not_before = now
-                    else:
-                        # No dispatcher could ever take it: look again later instead of
-                        # re-reading it on every pass.
-                        not_before = now + recheck
-                    if reason != task.status_reason or not_before != task.not_before:
-                        Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
-                            status_reason=reason, not_before=not_before
-                        )
-                    continue
-                active[chosen.pk] = active.get(chosen.pk, 0) + 1
-                assignments.append((task, chosen, secrets.token_urlsafe(32)))
+            unmatched = 0
+            skipped = Q()
+            for reads in range(1, _MAX_CLAIM_READS + 1):
+                limit = self.batch_size - len(assignments)
+                if reads > 1:
+                    tasks = list(claimable.exclude(skipped)[:limit])
+                chosen, waiting, at_capacity = self._assign(tasks, candidates, active, now)
+                assignments += chosen
+                unmatched += waiting
+                if len(tasks) < limit or not waiting or len(assignments) == self.batch_size:
+                    break
+                # A full read with tasks no dispatcher can take now (for example, all the
+                # dispatchers with the labels they need are full, while others of their
+                # backend have room): read on past them, so that they cannot hide, pass
+                # after pass, the tasks behind them that could run. They stay locked and
+                # queued; those waiting for room are skipped by their (backend, labels), the
+                # others now have a later ``not_before``.
+                skipped |= Q(pk__in=[task.pk for task, _, _ in chosen])
+                for backend, labels in at_capacity:
+                    skipped |= Q(backend=backend, labels=labels)
             assignments = self._mark_dispatched(assignments, now, now + lease)
-            for task, chosen, token in assignments:
-                events.append(
-                    record_event(
-                        task,
-                        "dispatched",
-                        from_status="queued",
-                        to_status="dispatched",
-                        reason=f"assigned to {chosen.name}",
-                        now=now,
-                        dispatcher_guid=chosen.guid,
-                        save=False,
-                        data={"scheduler": self.name},
-                    )
+            events = [
+                record_event(
+                    task,
+                    "dispatched",
+                    from_status="queued",
+                    to_status="dispatched",
+                    reason=f"assigned to {chosen.name}",
+                    now=now,
+                    dispatcher_guid=chosen.guid,
+                    save=False,
+                    data={"scheduler": self.name},
                 )
-                claims.append(Claim(task, chosen, token, now))
+                for task, chosen, _ in assignments
+            ]
             if events:
                 TaskEvent.objects.bulk_create(events)
-        return claims, unmatched
+        return [Claim(task, chosen, token, now) for task, chosen, token in assignments], unmatched
+
+    def _assign(
+        self, tasks: list[Task], candidates: list[Dispatcher], active: dict[int, int], now: datetime
+    ) -> tuple[list[tuple[Task, Dispatcher, str]], int, list[tuple[str, dict[str, Any]]]]:
+        """Choose a dispatcher for each of ``tasks``, counting each choice in ``active``.
+
+        Returns the choices, how many tasks found none (each gets its reason and its next
+        look), and the ``(backend, labels)`` of those left waiting for room.
+        """
+        recheck = timedelta(seconds=kohakku_settings.UNMATCHED_RECHECK_SECONDS)
+        assignments: list[tuple[Task, Dispatcher, str]] = []
+        unmatched = 0
+        at_capacity: list[tuple[str, dict[str, Any]]] = []
+        for task in tasks:
+            chosen = self._choose(task, candidates, active, now)
+            if chosen is not None:
+                active[chosen.pk] = active.get(chosen.pk, 0) + 1
+                assignments.append((task, chosen, secrets.token_urlsafe(32)))
+                continue
+            unmatched += 1
+            waiting = explain_no_match(task, candidates, active, now)
+            reason = waiting.reason[:500]
+            if waiting.busy_until is not None:
+                # Only busy dispatchers could take it: none before the first is free.
+                not_before = waiting.busy_until
+            elif waiting.at_capacity:
+                if (task.backend, task.labels) not in at_capacity:
+                    at_capacity.append((task.backend, task.labels))
+                if reason == task.status_reason:
+                    continue  # it keeps its place; capacity frees up as tasks end
+                not_before = now
+            else:
+                # No dispatcher could ever take it: look again later instead of re-reading
+                # it on every pass.
+                not_before = now + recheck
+            if reason != task.status_reason or not_before != task.not_before:
+                Task.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
+                    status_reason=reason, not_before=not_before
+                )
+        return assignments, unmatched, at_capacity
 
     def _mark_dispatched(
         self, assignments: list[tuple[Task, Dispatcher, str]], now: datetime, lease_until: datetime
