@@ -57,3 +57,19 @@ def test_swagger_ui_renders_with_local_assets(client):
     response = client.get("/api/v1/docs/")
     assert response.status_code == 200
     assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in response.content
+
+
+def test_webhook_ingest_documents_the_headers_it_reads_and_both_answers(client):
+    document = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    ingest = document["paths"]["/api/v1/webhooks/"]["post"]
+    headers = {p["name"] for p in ingest["parameters"] if p["in"] == "header"}
+    # The seed's own, then each sender's signature and delivery id.
+    assert {"X-Webhook-Source", "X-Webhook-Event", "X-GitHub-Event", "X-Slack-Signature"} <= headers
+    assert {"X-Hub-Signature-256", "X-Slack-Request-Timestamp", "webhook-signature"} <= headers
+    assert all(not p.get("required") for p in ingest["parameters"])
+    answer = ingest["responses"]["200"]["content"]["application/json"]["schema"]
+    shapes = document["components"]["schemas"]["IngestResult"]["oneOf"]
+    assert answer == {"$ref": "#/components/schemas/IngestResult"}
+    names = {shape["$ref"].rsplit("/", 1)[1] for shape in shapes}
+    assert names == {"IngestAnswer", "SlackChallenge"}
+    assert document["components"]["schemas"]["SlackChallenge"]["required"] == ["challenge"]

@@ -13,7 +13,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from kohakku_controller import signals
+from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.dispatchers.secrets import encrypt_secret, generate_signing_secret
+from kohakku_controller.dispatchers.services import rotate_signing_secret
 from kohakku_controller.tasks.models import Task, TaskEvent
 from kohakku_controller.tasks.services import create_task
 
@@ -526,3 +528,48 @@ def test_number_too_large_for_json_is_400_and_changes_nothing(api_client, runnin
     assert response.status_code == 400
     assert response.json() == {"detail": "JSON parse error - the number 1e400 is too large"}
     assert Task.objects.get(pk=task.pk).status == "dispatched"
+
+
+# --- the key that encrypts signing secrets changed ----------------------------------------
+
+
+@pytest.fixture
+def new_encryption_key(settings):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "SECRET_ENCRYPTION_KEY": "a-new-key-" + "x" * 40,
+    }
+
+
+def test_a_secret_the_new_key_cannot_read_gets_401_naming_the_recovery(
+    api_client, running, new_encryption_key
+):
+    task, token = running
+    response = callback(api_client, task, token, DONE)
+    assert response.status_code == 401, response.content
+    assert "unreadable_secret" in response.json()["detail"]
+    assert "rotate_secret" in response.json()["detail"]
+    task.refresh_from_db()
+    assert task.status == "dispatched"
+
+
+def test_after_a_key_change_a_rotation_restores_callbacks(api_client, running, new_encryption_key):
+    task, token = running
+    new_secret = rotate_signing_secret(task.dispatcher)  # with the default grace
+    task.dispatcher.refresh_from_db()
+    assert task.dispatcher.previous_signing_secret_encrypted == ""  # unreadable: not kept
+    response = callback(api_client, task, token, DONE, secret=new_secret)
+    assert response.status_code == 200, response.content
+    task.refresh_from_db()
+    assert task.status == "completed"
+
+
+def test_a_previous_secret_the_key_cannot_read_is_ignored(api_client, running):
+    task, token = running
+    # As a rotation made before this release stored it, under a key since replaced.
+    Dispatcher.objects.filter(pk=task.dispatcher.pk).update(
+        previous_signing_secret_encrypted="gAAAAA-not-readable-with-any-key",
+        previous_secret_valid_until=timezone.now() + timedelta(hours=1),
+    )
+    response = callback(api_client, task, token, DONE)
+    assert response.status_code == 200, response.content

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import logging
 import secrets
 from datetime import datetime
 
@@ -20,6 +21,8 @@ from django.utils import timezone
 from ..conf import kohakku_settings
 
 SECRET_BYTES = 32
+
+logger = logging.getLogger(__name__)
 
 
 def _key_material() -> str:
@@ -56,16 +59,42 @@ def _decrypt(ciphertext: str, material: str) -> str:
 
 
 def valid_signing_secrets(dispatcher, now: datetime | None = None) -> list[str]:
-    """The secrets a dispatcher may sign with now: current, plus previous during its grace."""
+    """The secrets a dispatcher may sign with now: current, plus previous during its grace.
+
+    A secret the current key cannot decrypt (the key changed) is left out and logged, so
+    signatures are checked against what is left, and nothing when nothing is: the
+    dispatcher must then check in with ``rotate_secret``.
+    """
     now = now or timezone.now()
-    found = [decrypt_secret(dispatcher.signing_secret_encrypted)]
+    stored = [("current", dispatcher.signing_secret_encrypted)]
     if (
         dispatcher.previous_signing_secret_encrypted
         and dispatcher.previous_secret_valid_until
         and dispatcher.previous_secret_valid_until > now
     ):
-        found.append(decrypt_secret(dispatcher.previous_signing_secret_encrypted))
+        stored.append(("previous", dispatcher.previous_signing_secret_encrypted))
+    found = []
+    for which, ciphertext in stored:
+        try:
+            found.append(decrypt_secret(ciphertext))
+        except ValueError:
+            logger.warning(
+                "the %s signing secret of dispatcher %s cannot be decrypted with the current "
+                "key (SECRET_ENCRYPTION_KEY or SECRET_KEY changed); it is ignored until the "
+                "dispatcher checks in with rotate_secret",
+                which,
+                dispatcher.guid,
+            )
     return found
+
+
+def is_readable(ciphertext: str) -> bool:
+    """Whether the current key decrypts ``ciphertext``."""
+    try:
+        decrypt_secret(ciphertext)
+    except ValueError:
+        return False
+    return True
 
 
 def current_signing_secret(dispatcher) -> str:

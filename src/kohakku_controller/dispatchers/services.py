@@ -27,7 +27,7 @@ from ..conf import kohakku_settings
 from ..db import update_rows
 from ..exceptions import Conflict
 from .models import Dispatcher
-from .secrets import encrypt_secret, generate_signing_secret
+from .secrets import encrypt_secret, generate_signing_secret, is_readable
 from .serializers import CheckinSerializer
 
 logger = logging.getLogger("kohakku_controller.dispatchers")
@@ -82,8 +82,12 @@ def _send_after_commit(signal: Any, **kwargs: Any) -> None:
 def _rotation_changes(
     current_encrypted: str, new_secret: str, grace_seconds: int, now: datetime
 ) -> dict[str, Any]:
-    """Column values that make ``new_secret`` current and keep the old one for the grace."""
-    if grace_seconds > 0:
+    """Column values that make ``new_secret`` current and keep the old one for the grace.
+
+    An old secret the current key cannot decrypt (the key changed, which is why the
+    dispatcher rotates) is not kept: nothing could verify a signature with it.
+    """
+    if grace_seconds > 0 and is_readable(current_encrypted):
         previous, valid_until = current_encrypted, now + timedelta(seconds=grace_seconds)
     else:
         previous, valid_until = "", None

@@ -691,9 +691,16 @@ def apply_callback(
     task = authenticate_task_token(guid, authorization)
     if task.dispatcher is None:
         raise AuthenticationFailed("The task is not assigned to a dispatcher.")
+    secrets = valid_signing_secrets(task.dispatcher, now)
+    if not secrets:
+        raise AuthenticationFailed(
+            "Bad signature (unreadable_secret): the controller cannot read this dispatcher's "
+            "signing secret (its encryption key changed); the dispatcher must check in with "
+            '"rotate_secret": true.'
+        )
     try:
         verify_signature(
-            valid_signing_secrets(task.dispatcher, now),
+            secrets,
             body,
             timestamp,
             signature,

@@ -80,6 +80,12 @@ class IngestAnswerSerializer(serializers.Serializer):
     detail = serializers.CharField(required=False)
 
 
+class SlackChallengeSerializer(serializers.Serializer):
+    """The answer to Slack's ``url_verification`` handshake (not routed)."""
+
+    challenge = serializers.CharField(help_text="The challenge Slack sent, echoed back.")
+
+
 class IngestRejectionSerializer(serializers.Serializer):
     detail = serializers.CharField()
     reason = serializers.CharField(

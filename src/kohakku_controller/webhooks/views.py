@@ -8,7 +8,12 @@ from typing import Any
 from django.db.models import F, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import permissions, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -27,10 +32,35 @@ from .serializers import (
     DeliverySerializer,
     IngestAnswerSerializer,
     IngestRejectionSerializer,
+    SlackChallengeSerializer,
 )
 
 #: The largest size a delivery's ``body_size`` column holds (a signed 64-bit integer).
 _LARGEST_RECORDED_SIZE = 2**63 - 1
+
+#: The request headers ingestion reads, as the schema lists them (all optional: which are
+#: needed depends on the sender).
+_INGEST_HEADERS = [
+    OpenApiParameter(name, str, OpenApiParameter.HEADER, description=description)
+    for name, description in [
+        ("X-Webhook-Source", "github, slack or custom; detected from the headers below if absent."),
+        ("X-Webhook-Event", "The event name; else the sender's own (X-GitHub-Event, body type)."),
+        ("X-GitHub-Event", "GitHub's event name; its presence means source github."),
+        (
+            "X-GitHub-Delivery",
+            "GitHub's delivery id, the deduplication key (with X-GitHub-Hook-ID).",
+        ),
+        ("X-GitHub-Hook-ID", "GitHub's hook id."),
+        ("X-Hub-Signature-256", "GitHub: sha256=<HMAC of the body>."),
+        ("X-Slack-Signature", "Slack: v0=<HMAC of v0:<timestamp>:<body>>; means source slack."),
+        ("X-Slack-Request-Timestamp", "Slack: Unix seconds, within 300 s of the server clock."),
+        ("X-Slack-Retry-Num", "Slack: the retry number of a redelivery."),
+        ("X-Slack-Retry-Reason", "Slack: why it redelivered."),
+        ("webhook-id", "Standard Webhooks: the message id, the deduplication key."),
+        ("webhook-timestamp", "Standard Webhooks: Unix seconds."),
+        ("webhook-signature", "Standard Webhooks: space-separated v1,<base64 HMAC> values."),
+    ]
+]
 
 
 class WebhookIngestView(ControllerAPIView):
@@ -67,6 +97,7 @@ class WebhookIngestView(ControllerAPIView):
     @extend_schema(
         operation_id="webhooks_ingest",
         auth=[],
+        parameters=_INGEST_HEADERS,
         request={
             "application/json": OpenApiTypes.OBJECT,
             "application/x-www-form-urlencoded": OpenApiTypes.OBJECT,
@@ -74,7 +105,11 @@ class WebhookIngestView(ControllerAPIView):
             "text/plain": OpenApiTypes.STR,
         },
         responses={
-            200: IngestAnswerSerializer,
+            200: PolymorphicProxySerializer(
+                component_name="IngestResult",
+                serializers=[IngestAnswerSerializer, SlackChallengeSerializer],
+                resource_type_field_name=None,
+            ),
             400: OpenApiResponse(IngestRejectionSerializer, "Unknown source or malformed body."),
             401: OpenApiResponse(IngestRejectionSerializer, "Bad, missing or stale signature."),
             403: OpenApiResponse(IngestRejectionSerializer, "No secret configured for source."),
