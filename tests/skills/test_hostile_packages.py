@@ -17,11 +17,13 @@ from .conftest import stored_names
 from .zips import (
     build_zip,
     declare_size,
+    insert_before_entry,
     manifest_text,
     package,
     patch_local_header,
     point_entry_at,
     set_encrypted_flag,
+    streamed,
 )
 
 Builder = Callable[[str], bytes]
@@ -39,6 +41,15 @@ def _overlapping(slug: str) -> bytes:
     # Two entries share one compressed stream: the classic overlapping-entry bomb layout.
     data = _with_manifest(slug, {"a.bin": b"A" * 4096, "b.bin": b"B" * 4096})
     return point_entry_at(data, "b.bin", "a.bin")
+
+
+def _with_tail_gap(data: bytes) -> bytes:
+    # 64 bytes nothing lists, between the last entry's data and the central directory.
+    directory = data.find(b"PK\x01\x02")
+    out = bytearray(data[:directory] + b"\0" * 64 + data[directory:])
+    end = out.rfind(b"PK\x05\x06")
+    struct.pack_into("<L", out, end + 16, directory + 64)
+    return bytes(out)
 
 
 def _truncated(slug: str) -> bytes:
@@ -87,6 +98,22 @@ CASES: dict[str, tuple[Builder, str]] = {
         "zip bomb",
     ),
     "overlapping-entries": (_overlapping, "overlap"),
+    # A zip (with a traversal and a link) hidden in front of a valid package: zipfile reads
+    # the last directory only, a streaming extractor the first local headers.
+    "hidden-zip-before-the-first-entry": (
+        lambda slug: _with_manifest(slug, {"../evil.sh": "x"}) + package(slug),
+        "before its first entry",
+    ),
+    "hidden-entry-between-entries": (
+        lambda slug: insert_before_entry(
+            package(slug), "run.py", build_zip({"../evil.sh": "x"})[:-22]
+        ),
+        "data between entry 'SKILL.md' and 'run.py'",
+    ),
+    "data-between-the-last-entry-and-the-directory": (
+        lambda slug: _with_tail_gap(package(slug)),
+        "and the archive's directory",
+    ),
     "symlink": (
         lambda slug: _with_manifest(slug, {"link": "/etc/passwd"}, mode_bits={"link": 0o120777}),
         "symbolic link",
@@ -347,6 +374,34 @@ def test_unknown_slug_is_404(db, upload):
 
 
 # Windows tools leave the mode bits 0; Python on Windows writes st_mode there.
+@pytest.mark.parametrize("signature", [True, False], ids=["signed", "unsigned"])
+def test_zips_written_by_streaming_writers_are_accepted(skill, upload, signature):
+    # Each entry's sizes follow its data in a descriptor (12 bytes, or 16 with its signature).
+    data = streamed({"SKILL.md": manifest_text(skill.slug), "run.py": "print(1)\n"})
+    assert data.count(b"PK\x07\x08") == 2
+    if not signature:
+        data = data.replace(b"PK\x07\x08", b"")
+        data = _shift_offsets_for_removed_signatures(data)
+    response = upload(skill.slug, data)
+    assert response.status_code == 201, response.content
+
+
+def _shift_offsets_for_removed_signatures(data: bytes) -> bytes:
+    """Fix the offsets of a streamed zip whose two descriptor signatures were cut out."""
+    out = bytearray(data)
+    records = []
+    position = 0
+    while (position := data.find(b"PK\x01\x02", position)) != -1:
+        records.append(position)
+        position += 4
+    for index, record in enumerate(records):  # the second entry moved up by 4 bytes
+        (offset,) = struct.unpack_from("<L", out, record + 42)
+        struct.pack_into("<L", out, record + 42, offset - 4 * index)
+    end = out.rfind(b"PK\x05\x06")
+    struct.pack_into("<L", out, end + 16, records[0])
+    return bytes(out)
+
+
 @pytest.mark.parametrize("mode_bits", [0, 0o100666], ids=["no-mode", "regular-file"])
 def test_zips_made_on_windows_are_accepted(skill, upload, mode_bits):
     files = {"SKILL.md": manifest_text(skill.slug), "run.py": "print(1)\n"}

@@ -119,3 +119,42 @@ def _entries_named(data: bytes, name: str) -> Iterator[tuple[int, int]]:
         name_length = struct.unpack_from("<H", data, record + 28)[0]
         if data[record + 46 : record + 46 + name_length] == name.encode():
             yield record, struct.unpack_from("<L", data, record + 42)[0]
+
+
+def insert_before_entry(data: bytes, name: str, junk: bytes) -> bytes:
+    """Insert ``junk`` just before ``name``'s local header, with every offset that follows
+    (central records and the directory's own) moved along: a gap nothing lists."""
+    (_, local), *_ = _entries_named(data, name)
+    out = bytearray(data[:local] + junk + data[local:])
+    shift = len(junk)
+    for record in _central_records(bytes(out)):
+        (offset,) = struct.unpack_from("<L", out, record + 42)
+        if offset >= local:
+            struct.pack_into("<L", out, record + 42, offset + shift)
+    end = out.rfind(b"PK\x05\x06")
+    (directory,) = struct.unpack_from("<L", out, end + 16)
+    struct.pack_into("<L", out, end + 16, directory + shift)
+    return bytes(out)
+
+
+def streamed(files: dict[str, bytes | str]) -> bytes:
+    """A zip written the way streaming writers write one: each entry's CRC and sizes in a
+    data descriptor after its data (general purpose flag bit 3)."""
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.chunks: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, chunk: bytes) -> int:  # type: ignore[override]
+            self.chunks.append(bytes(chunk))
+            return len(chunk)
+
+    sink = Unseekable()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            with archive.open(name, "w") as member:
+                member.write(content.encode() if isinstance(content, str) else content)
+    return b"".join(sink.chunks)

@@ -279,6 +279,10 @@ def test_replay_inside_window_of_applied_final_state_is_harmless(api_client, run
         ({"status": "completed", "result_metadata": []}, "result_metadata"),
         ({"status": "completed", "error_message": 5}, "error_message"),
         ({"status": "completed", "result_key": 7}, "result_key"),
+        ({"status": "completed", "result_key": []}, "result_key"),
+        ({"status": "completed", "result_key": {}}, "result_key"),
+        ({"status": "completed", "result_key": False}, "result_key"),
+        ({"status": "completed", "result_key": 0}, "result_key"),
         ({"status": "completed", "extra": True}, "extra"),
     ],
 )
@@ -307,6 +311,7 @@ def test_malformed_body_is_400(api_client, running, raw):
         "results/{guid}/../x/out.json",
         "results/{guid}/a//b",
         "results/{guid}/a\\b",
+        "results/{guid}/" + "n" * 256,
         "/results/{guid}/out.json",
         "skills/x.zip",
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 import pytest
 from django.utils import timezone
@@ -92,11 +94,33 @@ def test_upload_named_file(api_client, running):
     assert response.json()["result_key"] == f"results/{task.guid}/logs/run.txt"
 
 
-@pytest.mark.parametrize("name", ["../escape", "a/../../b", "a\\b", ""])
+@pytest.mark.parametrize(
+    "name",
+    ["../escape", "a/../../b", "a\\b", "", "a" * 256, "\u00e9" * 128, f"d/{'b' * 250}/" * 4 + "x"],
+    ids=["dot-dot", "dot-dot-inside", "backslash", "empty", "part-over-255", "part-over-255-bytes",
+         "key-over-1024-bytes"],
+)  # fmt: skip
 def test_upload_rejects_bad_names(api_client, running, name):
     task, token = running
-    response = upload(api_client, task, token, b"x", name=name)
-    assert response.status_code == 400
+    response = upload(api_client, task, token, b"x", name=quote(name))
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["name"]
+
+
+@filesystem_only
+@pytest.mark.parametrize(
+    ("first", "second"), [("x", "x/y"), ("d/e", "d")], ids=["file-then-folder", "folder-then-file"]
+)
+def test_a_name_that_clashes_with_a_stored_result_is_409_and_keeps_it(
+    api_client, running, first, second
+):
+    task, token = running
+    assert upload(api_client, task, token, b"first", name=first).status_code == 201
+    response = upload(api_client, task, token, b"second", name=second)
+    assert response.status_code == 409, response.content
+    assert "clashes with another result" in response.json()["name"][0]
+    with get_storage().open(f"results/{task.guid}/{first}") as handle:
+        assert handle.read() == b"first"
 
 
 def test_upload_needs_the_task_token(api_client, running):
@@ -142,6 +166,17 @@ def test_upload_whose_task_ends_while_its_body_arrives_is_409(api_client, runnin
 def test_result_404_without_result(staff_client, running):
     task, _ = running
     assert staff_client.get(f"/api/v1/tasks/{task.guid}/result/").status_code == 404
+
+
+@filesystem_only
+def test_a_result_key_naming_a_folder_of_results_is_404(api_client, staff_client, running):
+    task, token = running
+    assert upload(api_client, task, token, b"log", name="logs/run.txt").status_code == 201
+    done = {"status": "completed", "exit_code": 0, "result_key": f"results/{task.guid}/logs"}
+    assert callback(api_client, task, token, done).status_code == 200
+    response = staff_client.get(f"/api/v1/tasks/{task.guid}/result/")
+    assert response.status_code == 404, response.content
+    assert response.json()["detail"] == "The result object is missing from storage."
 
 
 def test_result_needs_read_scope(oauth_client, running):

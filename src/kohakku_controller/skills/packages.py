@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import datetime
 import hashlib
-import itertools
 import math
 import re
 import stat
@@ -44,6 +43,10 @@ RATIO_CHECK_MIN_BYTES = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 _DATA_DESCRIPTOR_FLAG = 0x08
+#: A data descriptor is 12 bytes (CRC and sizes), plus an optional 4-byte signature, plus 8
+#: more with zip64 sizes: up to 12 bytes past the 12 every descriptor has. Too few to hide
+#: a local header (30 bytes at least).
+_DATA_DESCRIPTOR_EXTRA_BYTES = 12
 _ZIP64_PLACEHOLDER = 0xFFFFFFFF
 _ENCRYPTED_FLAG = 0x01
 
@@ -223,11 +226,14 @@ def _check_names(entries: list[zipfile.ZipInfo]) -> None:
 
 
 def _check_entry_ranges(entries: list[zipfile.ZipInfo], fileobj: IO[bytes], end: int) -> None:
-    """Every entry's data must sit in its own byte range, before the central directory, and
-    its local header must agree with the directory.
+    """The entries must tile the archive up to its central directory, and each local header
+    must agree with the directory.
 
     Overlapping entries are how a small archive can expand many times over while each
-    entry's ratio looks harmless; 3.11's zipfile does not refuse them.
+    entry's ratio looks harmless; 3.11's zipfile does not refuse them. Bytes before the
+    first entry or between entries are how an archive hides a second one: extractors that
+    stream the archive from its first byte read local headers, not the directory the checks
+    here read, and would find entries nobody checked.
     """
     ranges = []
     disagreeing = None
@@ -244,15 +250,23 @@ def _check_entry_ranges(entries: list[zipfile.ZipInfo], fileobj: IO[bytes], end:
         name_length, extra_length = fields[10], fields[11]
         start = info.header_offset
         stop = start + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+        slack = 0
         if info.flag_bits & _DATA_DESCRIPTOR_FLAG:
             stop += 12  # crc, sizes; the optional signature and zip64 sizes may follow
-        ranges.append((start, stop, info.filename))
+            slack = _DATA_DESCRIPTOR_EXTRA_BYTES
+        ranges.append((start, stop, slack, info.filename))
     ranges.sort()
-    for (_, stop, name), (next_start, _, next_name) in itertools.pairwise(ranges):
+    if ranges and ranges[0][0] != 0:
+        raise PackageError("The archive has data before its first entry.")
+    bounds = [(start, name) for start, _, _, name in ranges[1:]] + [(end, None)]
+    for (_, stop, slack, name), (next_start, next_name) in zip(ranges, bounds, strict=True):
         if next_start < stop:
+            if next_name is None:
+                raise PackageError(f"Entry {name!r} overlaps the archive's directory.")
             raise PackageError(f"Entries {name!r} and {next_name!r} overlap in the archive.")
-    if ranges and ranges[-1][1] > end:
-        raise PackageError(f"Entry {ranges[-1][2]!r} overlaps the archive's directory.")
+        if next_start - stop > slack:
+            where = "the archive's directory" if next_name is None else repr(next_name)
+            raise PackageError(f"The archive has data between entry {name!r} and {where}.")
     if disagreeing is not None:
         # Extractors that stream the archive read the local headers, not the directory the
         # checks here read: both must describe the same data.

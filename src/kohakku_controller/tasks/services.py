@@ -7,6 +7,7 @@ after commit. Views, the scheduler, management commands and host projects all ca
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -597,10 +598,12 @@ def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
     exit_code = payload.get("exit_code")
     if exit_code is not None and (not _is_int(exit_code) or not -(2**31) <= exit_code < 2**31):
         errors["exit_code"] = ["Must be a 32-bit integer or null."]
-    result_key = payload.get("result_key") or ""
+    result_key = payload.get("result_key")
+    if result_key is None:
+        result_key = ""
     if not isinstance(result_key, str):
         errors["result_key"] = ["Must be a string."]
-    elif result_key and not _result_key_is_valid(task, result_key):
+    elif result_key and not result_key_is_valid(task, result_key):
         errors["result_key"] = [f"Must be a key under {task.result_prefix!r}."]
     metadata = payload.get("result_metadata")
     if metadata is None:
@@ -633,6 +636,12 @@ def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
     }
 
 
+#: Limits of a result key: the bytes of one part (a file name) and of the whole key.
+_MAX_NAME_BYTES, _MAX_KEY_BYTES = 255, 1024
+#: What a filesystem storage raises when a result's name and a folder of results collide.
+_NAME_CLASHES = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY}
+
+
 def store_result(task: Task, key: str, content: Any) -> str:
     """Store ``content`` (a ``File``) at ``key`` for ``task``; return the stored name.
 
@@ -655,20 +664,42 @@ def store_result(task: Task, key: str, content: Any) -> str:
             raise Conflict(
                 f"The task is {current or 'gone'}; results are taken while its attempt runs."
             )
-        if storage.exists(key):
-            storage.delete(key)  # a retried upload replaces the earlier one
-        return storage.save(key, content)
+        try:
+            if storage.exists(key):
+                storage.delete(key)  # a retried upload replaces the earlier one
+            return storage.save(key, content)
+        except OSError as exc:
+            clash = isinstance(exc, FileExistsError | NotADirectoryError | IsADirectoryError)
+            if not clash and exc.errno not in _NAME_CLASHES:
+                raise
+            # On a filesystem, a name and a folder of other results cannot share a path.
+            name = key[len(task.result_prefix) :]
+            raise Conflict(
+                {
+                    "name": [
+                        f"{name!r} clashes with another result: a file and a folder of "
+                        "results cannot share a name."
+                    ]
+                }
+            ) from None
 
 
-def _result_key_is_valid(task: Task, key: str) -> bool:
+def result_key_is_valid(task: Task, key: str) -> bool:
+    """Whether ``key`` names a file under the task's result prefix that any storage can hold:
+    relative parts, none empty, ``.``, ``..`` or over 255 bytes (a file name's limit on
+    common filesystems), no backslash or control character, at most 512 characters and 1024
+    bytes (an S3 key's limit) in all."""
     prefix = task.result_prefix
     if not key.startswith(prefix) or len(key) > 512 or len(key) == len(prefix):
+        return False
+    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
         return False
     rest = key[len(prefix) :]
     parts = rest.split("/")
     return (
         "\\" not in rest
         and all(part not in ("", ".", "..") for part in parts)
+        and all(len(part.encode("utf-8", "surrogatepass")) <= _MAX_NAME_BYTES for part in parts)
         and not any(ord(ch) < 32 for ch in rest)
     )
 

@@ -170,10 +170,12 @@ class TaskViewSet(
                 task.result_key, expires_seconds=kohakku_settings.RESULT_URL_EXPIRES_SECONDS
             )
             return HttpResponseRedirect(url)
-        if not storage.exists(task.result_key):
-            raise NotFound("The result object is missing from storage.")
+        try:
+            stored = storage.open(task.result_key, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound("The result object is missing from storage.") from None
         content_type = mimetypes.guess_type(task.result_key)[0] or "application/octet-stream"
-        return FileResponse(storage.open(task.result_key, "rb"), content_type=content_type)
+        return FileResponse(stored, content_type=content_type)
 
 
 class CallbackTokenView(ControllerAPIView):
@@ -282,8 +284,14 @@ class TaskResultUploadView(CallbackTokenView):
             raise Conflict(f"The task is {task.status}; results are taken while it runs.")
         name = request.query_params.get("name", "output.json")
         key = f"{task.result_prefix}{name}"
-        if not services._result_key_is_valid(task, key):
-            raise ValidationError({"name": ["Must be a relative file name without '..'."]})
+        if not services.result_key_is_valid(task, key):
+            raise ValidationError(
+                {
+                    "name": [
+                        "Must be a relative file name without '..', each part at most 255 bytes."
+                    ]
+                }
+            )
         limit = kohakku_settings.RESULT_MAX_BYTES
         declared = request.META.get("CONTENT_LENGTH") or "0"
         if declared.isdigit() and int(declared) > limit:
