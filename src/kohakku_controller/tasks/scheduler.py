@@ -52,7 +52,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..conf import kohakku_settings
-from ..dispatchers.models import Dispatcher
+from ..dispatchers.models import Dispatcher, DispatcherStatus
 from ..dispatchers.secrets import current_signing_secret
 from ..dispatchers.services import mark_lost_dispatchers
 from ..signing import sign_request
@@ -215,6 +215,28 @@ def explain_no_match(
     reason += f"; {len(busy)} of them refused a push and asked to wait"
     first = min(d.busy_until for d in busy) if len(busy) == len(matching) else None
     return Waiting(reason, at_capacity=True, busy_until=first)
+
+
+def _lost_for(dispatcher: Dispatcher | None, now: datetime, grace: timedelta) -> str | None:
+    """Why ``dispatcher``'s tasks go back to the queue: it has been offline longer than the
+    grace (``None`` while it has not, or if it is gone: its tasks then have no dispatcher)."""
+    if dispatcher is None:
+        return None
+    seen = dispatcher.last_heartbeat_at or dispatcher.last_checkin_at
+    if seen is not None and now - seen <= dispatcher.offline_after + grace:
+        return None
+    return (
+        f"dispatcher {dispatcher.name} stopped sending heartbeats "
+        f"(last at {seen.isoformat() if seen else 'never'})"
+    )
+
+
+def _by_dispatcher(tasks: Any) -> dict[int | None, list[Task]]:
+    """``tasks`` grouped by their dispatcher's pk, in the order they were read."""
+    groups: dict[int | None, list[Task]] = defaultdict(list)
+    for task in tasks:
+        groups[task.dispatcher_id].append(task)
+    return groups
 
 
 def _active_counts(dispatchers: list[Dispatcher]) -> dict[int, int]:
@@ -453,29 +475,34 @@ class Scheduler:
             .values_list("dispatcher_id", flat=True)
             .distinct()
         )
-        gone: dict[int | None, str] = {}
         holder_ids = set(holders)
+        gone = {
+            dispatcher.pk
+            for dispatcher in Dispatcher.objects.filter(pk__in=[i for i in holder_ids if i])
+            if _lost_for(dispatcher, now, grace)
+        }
+        condition = Q(dispatcher_id__in=sorted(gone))
         if None in holder_ids:
-            gone[None] = "its dispatcher was deleted"
-        for dispatcher in Dispatcher.objects.filter(pk__in=[i for i in holder_ids if i]):
-            seen = dispatcher.last_heartbeat_at or dispatcher.last_checkin_at
-            if seen is None or now - seen > dispatcher.offline_after + grace:
-                gone[dispatcher.pk] = (
-                    f"dispatcher {dispatcher.name} stopped sending heartbeats "
-                    f"(last at {seen.isoformat() if seen else 'never'})"
-                )
-        if not gone:
-            return 0
-        condition = Q(dispatcher_id__in=[k for k in gone if k is not None])
-        if None in gone:
             condition |= Q(dispatcher__isnull=True)
-        released = 0
+        if not gone and None not in holder_ids:
+            return 0
         tasks = Task.objects.select_related("dispatcher").filter(
             condition, status__in=list(ACTIVE_STATUSES)
         )
-        for task in tasks[: self.batch_size * 10]:
-            if release_task(task, kind="requeued", reason=gone[task.dispatcher_id], now=now):
-                released += 1
+        released = 0
+        for dispatcher_id, group in _by_dispatcher(tasks[: self.batch_size * 10]).items():
+            with transaction.atomic():
+                reason = "its dispatcher was deleted"
+                if dispatcher_id is not None:
+                    # Decided again with the dispatcher locked: a heartbeat that came in
+                    # since the read above keeps its tasks (the heartbeat waits for this).
+                    locked = Dispatcher.objects.select_for_update().filter(pk=dispatcher_id)
+                    reason = _lost_for(locked.first(), now, grace)
+                    if reason is None:
+                        continue
+                for task in group:
+                    if release_task(task, kind="requeued", reason=reason, now=now):
+                        released += 1
         return released
 
     def release_expired_leases(self, now: datetime) -> int:
@@ -545,19 +572,33 @@ class Scheduler:
                 pk__in=pks, unreported_since__isnull=True, dispatcher__last_heartbeat_at=beat
             ).update(unreported_since=beat)
         released = 0
-        for task in running.select_related("dispatcher").filter(pk__in=missing_long):
-            beat = task.dispatcher.last_heartbeat_at
-            since = task.unreported_since
-            if since is None or beat is None or since > beat - grace:
-                continue  # listed again meanwhile
-            reason = (
-                f"dispatcher {task.dispatcher.name} no longer reports this task "
-                f"(missing from its heartbeats for {grace.total_seconds():g} s)"
-            )
-            if release_task(
-                task, kind="requeued", reason=reason, now=now, from_statuses=(TaskStatus.RUNNING,)
-            ):
-                released += 1
+        tasks = running.filter(pk__in=missing_long)
+        for dispatcher_id, group in _by_dispatcher(tasks).items():
+            with transaction.atomic():
+                # Decided again with the dispatcher locked: a heartbeat that came in since
+                # the read above, listing the task again, keeps it (the heartbeat waits).
+                dispatcher = Dispatcher.objects.select_for_update().filter(pk=dispatcher_id).first()
+                if dispatcher is None or dispatcher.last_heartbeat_at is None:
+                    continue
+                beat = dispatcher.last_heartbeat_at
+                reported = {str(g) for g in dispatcher.reported_task_guids or []}
+                reason = (
+                    f"dispatcher {dispatcher.name} no longer reports this task "
+                    f"(missing from its heartbeats for {grace.total_seconds():g} s)"
+                )
+                for task in group:
+                    since = task.unreported_since
+                    if since is None or since > beat - grace or str(task.guid) in reported:
+                        continue  # listed again meanwhile
+                    task.dispatcher = dispatcher
+                    if release_task(
+                        task,
+                        kind="requeued",
+                        reason=reason,
+                        now=now,
+                        from_statuses=(TaskStatus.RUNNING,),
+                    ):
+                        released += 1
         return released
 
     def time_out_overdue_tasks(self, now: datetime) -> list[tuple[Task, Dispatcher | None]]:
@@ -612,13 +653,17 @@ class Scheduler:
                 return [], 0
             if candidates:
                 # Lock the dispatchers so that concurrent schedulers count capacity one at a
-                # time (tasks are skip-locked first, so this cannot deadlock).
-                list(
-                    Dispatcher.objects.select_for_update()
-                    .filter(pk__in=[d.pk for d in candidates])
-                    .order_by("pk")
-                    .values_list("pk", flat=True)
+                # time (tasks are skip-locked first, so this cannot deadlock), and read them
+                # again as locked: an operator's change (draining, capacity) or deletion
+                # that committed since the read above applies to this claim.
+                locked = Dispatcher.objects.select_for_update().filter(
+                    pk__in=[d.pk for d in candidates]
                 )
+                candidates = [
+                    d
+                    for d in locked.order_by("pk")
+                    if d.status(now) == DispatcherStatus.ONLINE  # enabled, online, not draining
+                ]
             active = _active_counts(candidates)  # again, now that the dispatchers are locked
             assignments: list[tuple[Task, Dispatcher, str]] = []
             unmatched = 0

@@ -412,68 +412,91 @@ def release_task(
     update only applies if the task is still in ``from_statuses`` under the same claim (the
     same attempt and dispatch time: an attempt number given back is used again by the next
     claim); returns the new status, or ``None`` when something else changed the task first.
+    A cancellation requested after ``task`` was read still wins: the update also matches
+    the cancellation the decision was made on, and is decided again if that changed.
     """
     now = now or timezone.now()
+    dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
+    for _ in range(2):
+        to_status, updates, data = _release_changes(
+            task, reason, backoff_seconds, count_attempt, now
+        )
+        with transaction.atomic():
+            still_there = {
+                "pk": task.pk,
+                "status": tuple(from_statuses),
+                "attempt": task.attempt,
+                "dispatched_at": task.dispatched_at,
+                "cancel_requested_at": task.cancel_requested_at,
+            }
+            if update_rows(Task, still_there, {"status": to_status, **updates}):
+                record_event(
+                    task,
+                    kind,
+                    from_status=task.status,
+                    to_status=to_status,
+                    reason=reason,
+                    data=data,
+                    now=now,
+                    dispatcher_guid=dispatcher_guid,
+                )
+                if to_status == TaskStatus.QUEUED:
+                    notify_scheduler()
+                else:
+                    _send_after_commit(signals.task_finished, task.pk)
+                return to_status
+        cancel_requested_at = (
+            Task.objects.filter(
+                pk=task.pk,
+                status__in=list(from_statuses),
+                attempt=task.attempt,
+                dispatched_at=task.dispatched_at,
+            )
+            .exclude(cancel_requested_at=task.cancel_requested_at)
+            .values_list("cancel_requested_at", flat=True)
+            .first()
+        )
+        if cancel_requested_at is None:
+            return None  # the claim itself changed (or ended): nothing to release
+        task.cancel_requested_at = cancel_requested_at  # cancelled meanwhile: decide again
+    return None
+
+
+def _release_changes(
+    task: Task, reason: str, backoff_seconds: float, count_attempt: bool, now: datetime
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """What :func:`release_task` does to ``task``: its new status, the columns, event data."""
     updates: dict[str, Any] = {
+        "updated_at": now,
         "dispatcher": None,
         "callback_token_hash": "",
         "lease_expires_at": None,
         "deadline_at": None,
         "claimed_by": "",
-        "updated_at": now,
     }
-    data: dict[str, Any] = {}
     if task.cancel_requested_at is not None:
-        to_status = TaskStatus.CANCELLED
         updates.update(finished_at=now, status_reason=f"cancelled: {reason}")
-    elif count_attempt and task.attempt >= task.max_attempts:
-        to_status = TaskStatus.FAILED
+        return TaskStatus.CANCELLED, updates, {}
+    if count_attempt and task.attempt >= task.max_attempts:
         message = f"{reason}; gave up after {task.attempt} of {task.max_attempts} attempts"
         updates.update(finished_at=now, status_reason=message[:500], error_message=message)
-    else:
-        to_status = TaskStatus.QUEUED
-        not_before = now + timedelta(seconds=backoff_seconds)
-        updates.update(
-            not_before=not_before,
-            queued_at=now,
-            pushed_at=None,
-            dispatched_at=None,
-            started_at=None,
-            cancel_sent_at=None,
-            status_reason=(
-                f"{reason}; retrying"
-                + (f" after {backoff_seconds:.1f} s" if backoff_seconds else "")
-            )[:500],
-        )
-        data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
-        if not count_attempt:
-            updates["attempt"] = task.attempt - 1
-    dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
-    with transaction.atomic():
-        still_there = {
-            "pk": task.pk,
-            "status": tuple(from_statuses),
-            "attempt": task.attempt,
-            "dispatched_at": task.dispatched_at,
-        }
-        updated = update_rows(Task, still_there, {"status": to_status, **updates})
-        if not updated:
-            return None
-        record_event(
-            task,
-            kind,
-            from_status=task.status,
-            to_status=to_status,
-            reason=reason,
-            data=data,
-            now=now,
-            dispatcher_guid=dispatcher_guid,
-        )
-        if to_status == TaskStatus.QUEUED:
-            notify_scheduler()
-        else:
-            _send_after_commit(signals.task_finished, task.pk)
-    return to_status
+        return TaskStatus.FAILED, updates, {}
+    not_before = now + timedelta(seconds=backoff_seconds)
+    updates.update(
+        not_before=not_before,
+        queued_at=now,
+        pushed_at=None,
+        dispatched_at=None,
+        started_at=None,
+        cancel_sent_at=None,
+        status_reason=(
+            f"{reason}; retrying" + (f" after {backoff_seconds:.1f} s" if backoff_seconds else "")
+        )[:500],
+    )
+    if not count_attempt:
+        updates["attempt"] = task.attempt - 1
+    data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
+    return TaskStatus.QUEUED, updates, data
 
 
 def _send_after_commit(signal: Any, task_pk: int) -> None:
