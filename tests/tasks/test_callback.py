@@ -578,3 +578,22 @@ def test_a_previous_secret_the_key_cannot_read_is_ignored(api_client, running):
     )
     response = callback(api_client, task, token, DONE)
     assert response.status_code == 200, response.content
+
+
+def test_a_callback_for_a_task_deleted_while_it_is_applied_is_404(
+    api_client, running, monkeypatch
+):
+    from kohakku_controller.tasks import services
+
+    task, token = running
+    real_update_rows = services.update_rows
+
+    def pruned_first(model, *args, **kwargs):
+        if model is Task:
+            Task.objects.filter(pk=task.pk).delete()  # as retention would, in between
+        return real_update_rows(model, *args, **kwargs)
+
+    monkeypatch.setattr(services, "update_rows", pruned_first)
+    response = callback(api_client, task, token, DONE)
+    assert response.status_code == 404, response.content
+    assert response.json() == {"detail": "No such task."}

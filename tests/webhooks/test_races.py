@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework.test import APIClient
 
@@ -15,7 +15,8 @@ from kohakku_controller.exceptions import Conflict
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.webhooks import services
 from kohakku_controller.webhooks.models import Delivery, Verification
-from tests.concurrency import run_together
+from kohakku_controller.workflows.models import Workflow
+from tests.concurrency import run_all, run_together
 from tests.webhooks.conftest import URL, as_body, github_headers, slack_headers
 
 PAYLOAD = {"action": "opened", "number": 1, "repository": {"full_name": "org/repo"}}
@@ -170,3 +171,37 @@ def test_a_duplicate_of_a_delivery_pruned_meanwhile_is_still_answered(
     duplicate = Delivery.objects.get(guid=answer["delivery_id"])
     assert (duplicate.status, duplicate.duplicate_of) == ("duplicate", None)
     assert Task.objects.count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_routed_while_its_workflow_is_deleted_is_recorded_unrouted(
+    webhook_secrets, make_workflow
+):
+    workflow = make_workflow("triage-prs", input_template="{n: payload.number}")
+    body = as_body(PAYLOAD)
+    headers = github_headers(body, "pull_request", delivery="routed-while-deleted")
+    deleting = threading.Event()
+
+    def operator_deletes() -> None:
+        # The delete commits a moment after the delivery has matched the workflow.
+        with transaction.atomic():
+            Workflow.objects.get(pk=workflow.pk).delete()
+            deleting.set()
+            time.sleep(1.0)
+
+    def github_delivers() -> tuple[int, dict]:
+        deleting.wait(10)
+        client = APIClient(raise_request_exception=False)
+        response = client.generic(
+            "POST", URL, body, content_type="application/json", headers=headers
+        )
+        return response.status_code, response.json()
+
+    deleted, (status_code, answer) = run_all([operator_deletes, github_delivers])
+    assert deleted is None, deleted
+    assert status_code == 200, answer
+    assert (answer["routed_to"], answer["task_guid"]) == (None, None)
+    delivery = Delivery.objects.get(external_id="routed-while-deleted")
+    assert (delivery.status, delivery.workflow_id) == ("unrouted", None)
+    assert not Task.objects.exists()

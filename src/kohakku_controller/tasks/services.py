@@ -850,7 +850,13 @@ def time_out_task(task: Task, now: datetime) -> bool:
 
 
 def _refetch(task: Task) -> Task:
-    return Task.objects.select_related("dispatcher", "skill_version__skill").get(pk=task.pk)
+    """The task as it is now; ``NotFound`` if it was deleted (pruned) since it was read."""
+    current = (
+        Task.objects.select_related("dispatcher", "skill_version__skill").filter(pk=task.pk).first()
+    )
+    if current is None:
+        raise NotFound("No such task.")
+    return current
 
 
 def _apply_running(task: Task, now: datetime) -> CallbackOutcome:

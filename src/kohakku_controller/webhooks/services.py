@@ -30,6 +30,7 @@ from rest_framework.exceptions import ValidationError
 from ..conf import kohakku_settings
 from ..exceptions import Conflict, LengthRequired
 from ..workflows.events import build_event_document, redact_headers
+from ..workflows.models import Workflow
 from ..workflows.services import MatchResult, match_workflow, queue_task_for_workflow
 from . import verifiers
 from .ingest import (
@@ -280,43 +281,56 @@ def _handshake(incoming: _Incoming, context: _Context, payload: Any) -> IngestRe
     return None
 
 
-def _route(incoming: _Incoming, context: _Context, payload: Any, claim: str | None) -> IngestResult:
+def _route(
+    incoming: _Incoming, context: _Context, payload: Any, claim: str | None, *, again: bool = False
+) -> IngestResult:
     document = build_event_document(context.source, context.event, incoming.headers, payload)
     match = match_workflow(context.source, context.event, document)
-    workflow = match.workflow
     try:
-        if workflow is None:
-            with transaction.atomic():
-                delivery = _record(
-                    incoming,
-                    context,
-                    status=DeliveryStatus.UNROUTED,
-                    detail=_unrouted_reason(match),
-                    status_code=200,
-                    dedupe_key=claim,
-                )
-        elif match.input_error:
-            with transaction.atomic():
-                delivery = _record(
-                    incoming,
-                    context,
-                    status=DeliveryStatus.FAILED,
-                    detail=f"Workflow {workflow.slug!r} matched but its input template "
-                    f"failed: {match.input_error}",
-                    status_code=200,
-                    dedupe_key=claim,
-                    workflow=workflow,
-                )
-        else:
-            delivery = _create_task_and_record(incoming, context, match, claim)
+        delivery = _record_match(incoming, context, match, claim)
     except IntegrityError:
-        if claim is None:
-            raise
-        original = _claimant(context.source, claim)
-        if original is None:
-            raise
-        return _duplicate(incoming, context, original)
+        original = _claimant(context.source, claim) if claim is not None else None
+        if original is not None:
+            return _duplicate(incoming, context, original)
+        if not again and match.workflow is not None and not _workflow_exists(match.workflow):
+            # The workflow was deleted while this delivery was being routed: route it again.
+            return _route(incoming, context, payload, claim, again=True)
+        raise
     return IngestResult(200, _answer(delivery), delivery)
+
+
+def _workflow_exists(workflow: Workflow) -> bool:
+    return Workflow.objects.filter(pk=workflow.pk).exists()
+
+
+def _record_match(
+    incoming: _Incoming, context: _Context, match: MatchResult, claim: str | None
+) -> Delivery:
+    """Record the delivery as ``match`` routes it (and queue its task, if any)."""
+    workflow = match.workflow
+    if workflow is None:
+        with transaction.atomic():
+            return _record(
+                incoming,
+                context,
+                status=DeliveryStatus.UNROUTED,
+                detail=_unrouted_reason(match),
+                status_code=200,
+                dedupe_key=claim,
+            )
+    if match.input_error:
+        with transaction.atomic():
+            return _record(
+                incoming,
+                context,
+                status=DeliveryStatus.FAILED,
+                detail=f"Workflow {workflow.slug!r} matched but its input template "
+                f"failed: {match.input_error}",
+                status_code=200,
+                dedupe_key=claim,
+                workflow=workflow,
+            )
+    return _create_task_and_record(incoming, context, match, claim)
 
 
 def _create_task_and_record(
