@@ -580,9 +580,7 @@ def test_a_previous_secret_the_key_cannot_read_is_ignored(api_client, running):
     assert response.status_code == 200, response.content
 
 
-def test_a_callback_for_a_task_deleted_while_it_is_applied_is_404(
-    api_client, running, monkeypatch
-):
+def test_a_callback_for_a_task_deleted_while_it_is_applied_is_404(api_client, running, monkeypatch):
     from kohakku_controller.tasks import services
 
     task, token = running
