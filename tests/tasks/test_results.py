@@ -199,3 +199,56 @@ def test_result_through_presigned_put_on_s3(api_client, staff_client, running):
     fetched = httpx.get(response["Location"])
     assert fetched.status_code == 200
     assert fetched.content == b'{"answer": 42}'
+
+
+def taken_back_and_dispatched_again(dispatch, task):
+    """Attempt 1 is taken back (its dispatcher seemed lost); attempt 2 is claimed."""
+    dispatcher = task.dispatcher
+    assert services.release_task(task, kind="requeued", reason="taken back") == "queued"
+    return dispatch(Task.objects.get(pk=task.pk), dispatcher)
+
+
+def test_each_later_attempt_is_told_its_own_result_key(running, dispatch):
+    first, first_token = running
+    first_target = build_push_body(first, first_token)["result"]
+    second, second_token = taken_back_and_dispatched_again(dispatch, first)
+    assert second.attempt == 2
+    target = build_push_body(second, second_token)["result"]
+    assert first_target["key"] == f"results/{first.guid}/output.json"
+    assert target["key"] == f"results/{second.guid}/attempt-2/output.json"
+    assert target["key_prefix"] == first_target["key_prefix"]
+    if not storage_is_remote():
+        assert target["upload_url"].endswith("/result/upload/?name=attempt-2%2Foutput.json")
+
+
+@filesystem_only
+def test_a_later_attempt_uploads_to_its_own_key_through_the_upload_url(
+    api_client, running, dispatch
+):
+    second, token = taken_back_and_dispatched_again(dispatch, running[0])
+    target = build_push_body(second, token)["result"]
+    path = target["upload_url"].split("://", 1)[1].split("/", 1)[1]
+    response = api_client.generic(
+        "PUT", f"/{path}", b"attempt 2", "application/octet-stream", **{
+            "HTTP_AUTHORIZATION": target["headers"]["Authorization"]
+        },
+    )  # fmt: skip
+    assert response.status_code == 201, response.content
+    assert response.json()["result_key"] == target["key"]
+
+
+@pytest.mark.usefixtures("s3_storage")
+def test_an_attempt_taken_back_cannot_replace_the_result_of_the_one_that_completed(
+    api_client, staff_client, running, dispatch
+):
+    first, first_token = running
+    stale_target = build_push_body(first, first_token)["result"]
+    second, token = taken_back_and_dispatched_again(dispatch, first)
+    target = build_push_body(second, token)["result"]
+    assert httpx.put(target["upload_url"], content=b"attempt 2").status_code == 200
+    done = callback(api_client, second, token, {"status": "completed", "result_key": target["key"]})
+    assert done.status_code == 200
+    # Attempt 1 was still running somewhere; its presigned URL cannot be revoked.
+    assert httpx.put(stale_target["upload_url"], content=b"attempt 1").status_code == 200
+    response = staff_client.get(f"/api/v1/tasks/{second.guid}/result/")
+    assert httpx.get(response["Location"]).content == b"attempt 2"

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from django.conf import settings
@@ -119,15 +120,28 @@ def task_url(url_name: str, guid: Any) -> str:
     return public_url(template.replace(_URL_PLACEHOLDER, str(guid)))
 
 
+def result_name(attempt: int) -> str:
+    """The file an attempt is told to write its result to, under the task's result prefix.
+
+    ``output.json`` for the first attempt, ``attempt-<n>/output.json`` for a later one: an
+    attempt that was taken back may still be running and upload with its presigned URL,
+    which cannot be revoked, and must not replace the result of the attempt that completed.
+    """
+    return "output.json" if attempt <= 1 else f"attempt-{attempt}/output.json"
+
+
 def result_target(task: Task, callback_token: str) -> dict[str, Any]:
     """Where the dispatcher puts the task's result (the ``result`` object of a push)."""
-    key = f"{task.result_prefix}output.json"
+    name = result_name(task.attempt)
+    key = f"{task.result_prefix}{name}"
     expires = max(kohakku_settings.RESULT_URL_EXPIRES_SECONDS, task.timeout_seconds + 300)
     if storage_is_remote():
         url = presigned_url(key, expires_seconds=expires, method="put_object")
         headers: dict[str, str] = {}
     else:
         url = task_url("kohakku_controller:task-result-upload", task.guid)
+        if task.attempt > 1:
+            url += "?" + urlencode({"name": name})
         headers = {"Authorization": f"Bearer {callback_token}"}
     return {
         "key_prefix": task.result_prefix,
