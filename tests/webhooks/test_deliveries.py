@@ -163,6 +163,11 @@ class TestReplay:
         assert (data["status"], data["routed_to"]) == ("routed", "triage-prs")
         replayed = staff_client.get(f"{LIST}?is_replay=true").json()
         assert [row["guid"] for row in replayed] == [data["guid"]]
+        originals = staff_client.get(f"{LIST}?is_replay=false").json()
+        assert data["guid"] not in [row["guid"] for row in originals]
+        refused = staff_client.get(f"{LIST}?is_replay=maybe")
+        assert refused.status_code == 400
+        assert list(refused.json()) == ["is_replay"]
 
     def test_replay_of_a_template_failure_after_the_fix(
         self, staff_client, post_webhook, make_workflow

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kohakku_controller.workflows.expressions import (
+    MAX_EXPRESSION_DEPTH,
     ExpressionError,
     check_conditions,
     compile_expression,
+    evaluate,
     is_truthy,
     render_input,
 )
@@ -94,3 +96,22 @@ def test_arithmetic_failures_are_falsy_with_the_error(document):
 def test_compile_errors(expression):
     with pytest.raises(ExpressionError):
         compile_expression(expression)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda n: "|".join(["a"] * n),
+        lambda n: "||".join(["a"] * n),
+        lambda n: "!" * (n - 1) + "a",
+        lambda n: "[" * (n - 1) + "a" + "]" * (n - 1),
+    ],
+    ids=["pipes", "ors", "nots", "lists"],
+)
+def test_an_expression_deeper_than_the_cap_is_refused_and_one_at_the_cap_evaluates(build):
+    # Each of these compiles; past the cap, evaluating it would run out of stack on every
+    # event (a condition that silently never matches, a template that always fails).
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        compile_expression(build(MAX_EXPRESSION_DEPTH + 1))
+    deepest = build(MAX_EXPRESSION_DEPTH)
+    evaluate(deepest, {"a": 1})  # no error

@@ -145,6 +145,12 @@ class TestCreate:
         assert list(errors) == ["1"]
         assert "Invalid JMESPath expression" in errors["1"][0]
 
+    def test_a_template_nested_too_deeply_to_evaluate_is_400(self, staff_client, skill):
+        body = {**PINNED, "input_template": "|".join(["payload"] * 500)}
+        response = staff_client.post(URL, body, format="json")
+        assert response.status_code == 400
+        assert "nested too deeply" in response.json()["input_template"][0]
+
     def test_duplicate_slug_and_name(self, staff_client, skill):
         assert staff_client.post(URL, PINNED, format="json").status_code == 201
         again = staff_client.post(URL, {**PINNED, "name": "Other"}, format="json")
@@ -189,11 +195,20 @@ class TestReadUpdateDelete:
         assert [w["slug"] for w in staff_client.get(URL).json()] == ["c", "a", "b"]
         assert [w["slug"] for w in staff_client.get(URL, {"source": "slack"}).json()] == ["a"]
         assert [w["slug"] for w in staff_client.get(URL, {"enabled": "false"}).json()] == ["c"]
+        assert [w["slug"] for w in staff_client.get(URL, {"enabled": "true"}).json()] == ["a", "b"]
+        assert len(staff_client.get(URL, {"enabled": ""}).json()) == 3
         assert [w["slug"] for w in staff_client.get(URL, {"skill": "triage"}).json()] == [
             "c",
             "a",
             "b",
         ]
+
+    @pytest.mark.parametrize("value", ["maybe", "1", "yes", "False"])
+    def test_a_boolean_filter_it_cannot_read_is_400(self, staff_client, make_workflow, value):
+        make_workflow("a")
+        response = staff_client.get(URL, {"enabled": value})
+        assert response.status_code == 400
+        assert list(response.json()) == ["enabled"]
 
     def test_list_query_budget(self, staff_client, make_workflow, django_assert_max_num_queries):
         for index in range(5):

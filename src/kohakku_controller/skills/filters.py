@@ -7,6 +7,7 @@ from typing import Any
 import django_filters
 from django.db.models import Q, QuerySet
 
+from ..filters import BOOLEAN_CHOICES
 from .models import Skill
 
 
@@ -18,9 +19,7 @@ class SkillFilter(django_filters.FilterSet):
 
     category = django_filters.CharFilter(field_name="category")
     search = django_filters.CharFilter(method="filter_search", max_length=200)
-    archived = django_filters.ChoiceFilter(
-        choices=[("true", "true"), ("false", "false")], method="filter_archived"
-    )
+    archived = django_filters.ChoiceFilter(choices=BOOLEAN_CHOICES, method="filter_archived")
 
     class Meta:
         model = Skill

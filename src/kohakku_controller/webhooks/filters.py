@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
+from ..filters import StrictBooleanFilter
 from .models import Delivery, DeliveryStatus, Verification
 
 
@@ -18,9 +19,7 @@ class DeliveryFilter(django_filters.FilterSet):
     status_code = django_filters.NumberFilter()
     received_after = django_filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
     received_before = django_filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
-    is_replay = django_filters.BooleanFilter(
-        field_name="replay_of", lookup_expr="isnull", exclude=True
-    )
+    is_replay = StrictBooleanFilter(field_name="replay_of", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = Delivery

@@ -21,6 +21,9 @@ from jmespath.parser import ParsedResult
 
 #: Longest expression accepted, in characters.
 MAX_EXPRESSION_LENGTH = 4096
+#: Deepest an expression may nest (``a | b | c`` nests once per pipe): evaluation recurses
+#: once per level, and must stay well inside Python's recursion limit.
+MAX_EXPRESSION_DEPTH = 64
 #: Most conditions one workflow may have.
 MAX_CONDITIONS = 32
 
@@ -37,11 +40,30 @@ def compile_expression(expression: str) -> ParsedResult:
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"Expression is longer than {MAX_EXPRESSION_LENGTH} characters.")
     try:
-        return jmespath.compile(expression)
+        compiled = jmespath.compile(expression)
     except JMESPathError as exc:
         raise ExpressionError(f"Invalid JMESPath expression: {_one_line(exc)}") from None
     except RecursionError:
-        raise ExpressionError("Invalid JMESPath expression: nested too deeply.") from None
+        compiled = None
+    if compiled is None or _depth(compiled.parsed) > MAX_EXPRESSION_DEPTH:
+        # Evaluating recurses once per level: a deeper expression would fail on every event.
+        raise ExpressionError(
+            f"Invalid JMESPath expression: nested too deeply (more than {MAX_EXPRESSION_DEPTH} "
+            "levels)."
+        )
+    return compiled
+
+
+def _depth(node: dict[str, Any]) -> int:
+    """How deeply the parsed expression ``node`` nests (counted without recursing)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend(
+            (child, depth + 1) for child in current.get("children", []) if isinstance(child, dict)
+        )
+    return deepest
 
 
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
