@@ -101,10 +101,11 @@ def test_duplicate_name_or_slug_is_409(staff_client, make_skill, name):
         ({"name": "x", "category": "nonsense"}, "category"),
         ({"category": "tool"}, "name"),
         ({"name": "!!!"}, "name"),
+        ({"name": "日本語"}, "name"),
         ({"name": ""}, "name"),
         ({"name": ["a"]}, "name"),
         ({"name": "x" * 101}, "name"),
-        ({"name": "ok", "description": 5.5j if False else {"a": 1}}, "description"),
+        ({"name": "ok", "description": {"a": 1}}, "description"),
     ],
 )
 def test_bad_create_is_400_naming_the_field(staff_client, db, payload, field):

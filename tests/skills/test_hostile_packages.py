@@ -224,6 +224,14 @@ CASES: dict[str, tuple[Builder, str]] = {
         "anchors or aliases",
     ),
     "yaml-too-deep": (_deep_yaml, "nested deeper"),
+    "yaml-impossible-date": (
+        _front_matter("---\nname: SLUG\ndescription: x\nreleased: 2026-02-30\n---\n"),
+        "front matter has a value that cannot be read",
+    ),
+    "yaml-huge-integer": (
+        _front_matter("---\nname: SLUG\ndescription: x\nsize: " + "9" * 5000 + "\n---\n"),
+        "front matter has a value that cannot be read",
+    ),
     "nul-in-a-value": (
         _front_matter('---\nname: SLUG\ndescription: "a\\0b"\n---\n'),
         "the string at description contains a NUL character",

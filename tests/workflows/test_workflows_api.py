@@ -145,6 +145,18 @@ class TestCreate:
         assert list(errors) == ["1"]
         assert "Invalid JMESPath expression" in errors["1"][0]
 
+    @pytest.mark.parametrize("archived", [False, True], ids=["unknown", "archived"])
+    def test_a_skill_that_cannot_be_used_is_named(self, staff_client, skill, archived):
+        if archived:
+            type(skill).objects.filter(pk=skill.pk).update(archived=True)
+        body = {**PINNED, "skill": "triage" if archived else "nope"}
+        response = staff_client.post(URL, body, format="json")
+        assert response.status_code == 400
+        slug = body["skill"]
+        assert response.json() == {
+            "skill": [f"No skill with the slug {slug!r}, or it is archived."]
+        }
+
     def test_a_template_nested_too_deeply_to_evaluate_is_400(self, staff_client, skill):
         body = {**PINNED, "input_template": "|".join(["payload"] * 500)}
         response = staff_client.post(URL, body, format="json")

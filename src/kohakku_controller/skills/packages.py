@@ -402,6 +402,12 @@ def _safe_yaml(text: str) -> Any:
         raise PackageError(
             f"The {MANIFEST_NAME} front matter is not valid YAML: {problem}."
         ) from None
+    except (ValueError, OverflowError) as exc:
+        # A value YAML reads but Python cannot hold: a date such as 2026-02-30, an integer
+        # of thousands of digits.
+        raise PackageError(
+            f"The {MANIFEST_NAME} front matter has a value that cannot be read: {exc}."
+        ) from None
 
 
 def _check_manifest_fields(data: Any, slug: str) -> dict[str, Any]:

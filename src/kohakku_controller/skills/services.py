@@ -93,7 +93,9 @@ def create_skill(*, name: str, category: str | None = None, description: str = "
     name = name.strip()
     slug = slug_for_name(name)
     if not slug or not NAME_PATTERN.fullmatch(slug):
-        raise ValidationError({"name": ["Must contain letters or digits to form a slug."]})
+        raise ValidationError(
+            {"name": ["Must contain ASCII letters or digits (a-z, 0-9): the slug is made of them."]}
+        )
     if category is None:
         category = next(iter(kohakku_settings.SKILL_CATEGORIES), "tool")
     check_category(category)
@@ -415,6 +417,9 @@ def _download_key() -> bytes:
     ).digest()
 
 
+_CANONICAL_INTEGER = re.compile(r"0|[1-9][0-9]*")
+
+
 def download_signature(slug: str, version_number: int, expires: int) -> str:
     """HMAC-SHA256 (hex) over slug, version and expiry, keyed from ``SECRET_KEY``."""
     message = f"{slug}\n{version_number}\n{expires}".encode()
@@ -430,6 +435,10 @@ def verify_download_signature(
     """
     if not (version and expires and signature):
         raise ValueError("A signed download URL needs version, expires and signature.")
+    # Only the numbers as the URL was made (int() alone also reads "+1", " 1", "01", "1_0"
+    # and other scripts' digits: other URLs than the one that was signed).
+    if not all(_CANONICAL_INTEGER.fullmatch(value) for value in (version, expires)):
+        raise ValueError("version and expires must be integers.")
     try:
         version_number, expires_at = int(version), int(expires)
     except ValueError:

@@ -38,7 +38,14 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
         help_text="JMESPath expressions over {source, event, headers, payload}; all must be "
         "truthy.",
     )
-    skill = serializers.SlugRelatedField(slug_field="slug", queryset=Skill.objects.active())
+    skill = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Skill.objects.active(),
+        error_messages={
+            "does_not_exist": "No skill with the slug {value!r}, or it is archived.",
+            "invalid": "Must be a skill's slug.",
+        },
+    )
     skill_version = serializers.IntegerField(min_value=1, allow_null=True, default=None)
     input_template = serializers.CharField(
         max_length=MAX_EXPRESSION_LENGTH,
