@@ -106,6 +106,9 @@ def test_duplicate_name_or_slug_is_409(staff_client, make_skill, name):
         ({"name": ["a"]}, "name"),
         ({"name": "x" * 101}, "name"),
         ({"name": "ok", "description": {"a": 1}}, "description"),
+        ({"name": 12345}, "name"),
+        ({"name": "ok", "description": 5}, "description"),
+        ({"name": "ok", "category": True}, "category"),
     ],
 )
 def test_bad_create_is_400_naming_the_field(staff_client, db, payload, field):

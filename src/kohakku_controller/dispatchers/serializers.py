@@ -10,8 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import uuid
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,12 +18,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .labels import (
-    BACKEND_NAME_RE,
-    BACKEND_NAME_RULE,
-    has_control_characters,
-    validate_labels,
+from ..fields import (
+    LabelsField,
+    RejectUnknownFieldsMixin,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictUUIDField,
+    reject_control_characters,
 )
+from .labels import BACKEND_NAME_RE, BACKEND_NAME_RULE, has_control_characters
 from .models import Dispatcher, DispatcherStatus
 
 NAME_MAX_LENGTH = 100
@@ -40,82 +42,6 @@ VERSION_MAX_LENGTH = 64
 METADATA_MAX_BYTES = 16 * 1024
 MAX_RUNNING_TASKS = 10_000
 MAX_GRACE_SECONDS = 30 * 24 * 3600
-
-
-def reject_control_characters(value: str) -> str:
-    if has_control_characters(value):
-        raise serializers.ValidationError("Must not contain control characters.")
-    return value
-
-
-class StrictCharField(serializers.CharField):
-    """A string, and only a string: numbers and booleans are refused, not converted."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer: strings, floats and booleans are refused."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """A JSON ``true`` or ``false``; ``"true"``, ``1`` and the like are refused."""
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid")
-        return data
-
-
-class StrictUUIDField(serializers.UUIDField):
-    """A UUID written as a string; returned in canonical form."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid", value=data)
-        try:
-            return str(uuid.UUID(data))
-        except ValueError:
-            self.fail("invalid", value=data)
-
-
-class RejectUnknownFieldsMixin:
-    """A body may only hold the serializer's writable fields; anything else is a 400."""
-
-    unknown_field_message = "Unknown field."
-    #: Let read-only fields through (ignored), so that a resource read with GET can be sent
-    #: back with PUT as it is.
-    read_only_fields_accepted = False
-
-    def to_internal_value(self, data: Any) -> Any:
-        errors: dict[str, Any] = {}
-        if isinstance(data, Mapping):
-            known = {
-                name
-                for name, field in self.fields.items()
-                if self.read_only_fields_accepted or not field.read_only
-            }
-            for name in data:
-                if name not in known:
-                    errors[str(name)] = [self.unknown_field_message]
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            if not isinstance(exc.detail, Mapping):
-                raise
-            errors.update(exc.detail)
-            value = None
-        if errors:
-            raise serializers.ValidationError(errors)
-        return value
 
 
 @extend_schema_field(OpenApiTypes.URI)
@@ -190,17 +116,6 @@ class BackendsField(serializers.ListField):
         if errors:
             raise serializers.ValidationError(errors)
         return values
-
-
-@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
-class LabelsField(serializers.Field):
-    """A flat map of label keys to string values, with caps on count and lengths."""
-
-    def to_internal_value(self, data: Any) -> dict[str, str]:
-        return validate_labels(data)
-
-    def to_representation(self, value: Any) -> dict[str, str]:
-        return dict(value)
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ..dispatchers.serializers import RejectUnknownFieldsMixin
+from ..fields import RejectUnknownFieldsMixin, StrictCharField
 from .models import Skill, SkillVersion
 from .services import category_problem
 
@@ -51,11 +51,11 @@ class SkillCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     Any other field is a 400 naming it.
     """
 
-    name = serializers.CharField(max_length=100)
-    category = serializers.CharField(
+    name = StrictCharField(max_length=100)
+    category = StrictCharField(
         max_length=32, required=False, help_text="Default: the first of SKILL_CATEGORIES."
     )
-    description = serializers.CharField(max_length=4096, allow_blank=True, default="")
+    description = StrictCharField(max_length=4096, allow_blank=True, default="")
 
     def validate_category(self, value: str) -> str:
         return _validate_category(value)
@@ -66,8 +66,8 @@ class SkillUpdateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
 
     unknown_field_message = "This field cannot be changed."
 
-    description = serializers.CharField(max_length=4096, allow_blank=True, required=False)
-    category = serializers.CharField(max_length=32, required=False)
+    description = StrictCharField(max_length=4096, allow_blank=True, required=False)
+    category = StrictCharField(max_length=32, required=False)
 
     def validate_category(self, value: str) -> str:
         return _validate_category(value)
@@ -119,4 +119,4 @@ class SkillVersionSerializer(serializers.ModelSerializer):
 class YankSerializer(serializers.Serializer):
     """Why a version is yanked or restored."""
 
-    reason = serializers.CharField(max_length=500)
+    reason = StrictCharField(max_length=500)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ..dispatchers.serializers import (
+from ..fields import (
     RejectUnknownFieldsMixin,
     StrictCharField,
     StrictIntegerField,

@@ -6,9 +6,12 @@ from typing import Any
 
 from rest_framework import serializers
 
-from ..dispatchers.serializers import (
+from ..fields import (
     LabelsField,
     RejectUnknownFieldsMixin,
+    StrictCharField,
+    StrictIntegerField,
+    StrictModelSerializer,
     reject_control_characters,
 )
 from ..parsers import MAX_QUERY_INT
@@ -19,7 +22,7 @@ from .expressions import MAX_CONDITIONS, MAX_EXPRESSION_LENGTH, json_writable
 from .models import ANY_EVENT, WebhookSource, Workflow
 
 
-class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+class WorkflowSerializer(RejectUnknownFieldsMixin, StrictModelSerializer):
     read_only_fields_accepted = True
 
     slug = serializers.SlugField(
@@ -28,11 +31,11 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
         validators=[],  # uniqueness is checked in validate() and on save
         help_text="Derived from the name if absent; cannot change afterwards.",
     )
-    event = serializers.CharField(
+    event = StrictCharField(
         max_length=100, default=ANY_EVENT, validators=[reject_control_characters]
     )
     conditions = serializers.ListField(
-        child=serializers.CharField(max_length=MAX_EXPRESSION_LENGTH, trim_whitespace=False),
+        child=StrictCharField(max_length=MAX_EXPRESSION_LENGTH, trim_whitespace=False),
         max_length=MAX_CONDITIONS,
         default=list,
         help_text="JMESPath expressions over {source, event, headers, payload}; all must be "
@@ -46,8 +49,8 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
             "invalid": "Must be a skill's slug.",
         },
     )
-    skill_version = serializers.IntegerField(min_value=1, allow_null=True, default=None)
-    input_template = serializers.CharField(
+    skill_version = StrictIntegerField(min_value=1, allow_null=True, default=None)
+    input_template = StrictCharField(
         max_length=MAX_EXPRESSION_LENGTH,
         default="payload",
         trim_whitespace=False,
@@ -55,7 +58,7 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
     )
     labels = LabelsField(default=dict)
     # The upper bound is TASK_MAX_TIMEOUT_SECONDS, checked with the other task settings.
-    timeout_seconds = serializers.IntegerField(
+    timeout_seconds = StrictIntegerField(
         min_value=1, max_value=MAX_QUERY_INT, allow_null=True, default=None
     )
 
@@ -165,13 +168,13 @@ class DryRunRequestSerializer(serializers.Serializer):
         required=False,
         help_text="Defaults to the workflow's source (required on the collection dry-run).",
     )
-    event = serializers.CharField(
+    event = StrictCharField(
         max_length=100,
         required=False,
         help_text="Defaults to the workflow's event unless that is '*'.",
     )
     headers = serializers.DictField(
-        child=serializers.CharField(max_length=8192, allow_blank=True), default=dict
+        child=StrictCharField(max_length=8192, allow_blank=True), default=dict
     )
     payload = serializers.JSONField(help_text="The event body, as the sender would send it.")
 

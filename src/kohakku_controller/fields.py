@@ -1,0 +1,122 @@
+"""Strictly typed serializer fields, shared by every endpoint of the API.
+
+A string where a number is expected (or the reverse) is a 400 naming the field, never a
+silent conversion; unknown fields are refused too, so a typo in a client's configuration
+shows up at once instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import models
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .dispatchers.labels import has_control_characters, validate_labels
+
+
+def reject_control_characters(value: str) -> str:
+    if has_control_characters(value):
+        raise serializers.ValidationError("Must not contain control characters.")
+    return value
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: numbers and booleans are refused, not converted."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: strings, floats and booleans are refused."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false``; ``"true"``, ``1`` and the like are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID written as a string; returned in canonical form."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        try:
+            return str(uuid.UUID(data))
+        except ValueError:
+            self.fail("invalid", value=data)
+
+
+class RejectUnknownFieldsMixin:
+    """A body may only hold the serializer's writable fields; anything else is a 400."""
+
+    unknown_field_message = "Unknown field."
+    #: Let read-only fields through (ignored), so that a resource read with GET can be sent
+    #: back with PUT as it is.
+    read_only_fields_accepted = False
+
+    def to_internal_value(self, data: Any) -> Any:
+        errors: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            known = {
+                name
+                for name, field in self.fields.items()
+                if self.read_only_fields_accepted or not field.read_only
+            }
+            for name in data:
+                if name not in known:
+                    errors[str(name)] = [self.unknown_field_message]
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, Mapping):
+                raise
+            errors.update(exc.detail)
+            value = None
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+class LabelsField(serializers.Field):
+    """A flat map of label keys to string values, with caps on count and lengths."""
+
+    def to_internal_value(self, data: Any) -> dict[str, str]:
+        return validate_labels(data)
+
+    def to_representation(self, value: Any) -> dict[str, str]:
+        return dict(value)
+
+
+class StrictModelSerializer(serializers.ModelSerializer):
+    """A ``ModelSerializer`` whose generated fields are the strict ones above."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.IntegerField: StrictIntegerField,
+        models.SmallIntegerField: StrictIntegerField,
+        models.BigIntegerField: StrictIntegerField,
+        models.PositiveIntegerField: StrictIntegerField,
+        models.PositiveSmallIntegerField: StrictIntegerField,
+        models.PositiveBigIntegerField: StrictIntegerField,
+        models.BooleanField: StrictBooleanField,
+    }
