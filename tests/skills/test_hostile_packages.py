@@ -210,6 +210,13 @@ CASES: dict[str, tuple[Builder, str]] = {
         _front_matter("---\nname: SLUG\ndescription: x\nmetadata: 3\n---\n"),
         "'metadata' must",
     ),
+    "entrypoint-on-two-lines": (
+        _front_matter(
+            "---\nname: SLUG\ndescription: x\nmetadata:\n"
+            '  entrypoint: "python run.py\\nrm -rf /"\n---\n'
+        ),
+        "on one line",
+    ),
     "entrypoint-not-string": (
         _front_matter("---\nname: SLUG\ndescription: x\nmetadata:\n  entrypoint: [a, b]\n---\n"),
         "entrypoint",

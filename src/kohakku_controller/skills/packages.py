@@ -438,10 +438,11 @@ def _check_manifest_fields(data: Any, slug: str) -> dict[str, Any]:
             not isinstance(entrypoint, str)
             or not entrypoint.strip()
             or len(entrypoint) > ENTRYPOINT_MAX_LENGTH
+            or len(entrypoint.splitlines()) > 1
         ):
             raise PackageError(
                 "The manifest 'metadata.entrypoint' must be a non-empty command line of at "
-                f"most {ENTRYPOINT_MAX_LENGTH} characters."
+                f"most {ENTRYPOINT_MAX_LENGTH} characters, on one line."
             )
     manifest = _json_safe(data)
     # PostgreSQL's jsonb holds no NUL character, and no encoder takes half a surrogate pair.
