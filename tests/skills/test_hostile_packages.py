@@ -388,7 +388,6 @@ def test_unknown_slug_is_404(db, upload):
     assert stored_names("no-such-skill") == []
 
 
-# Windows tools leave the mode bits 0; Python on Windows writes st_mode there.
 @pytest.mark.parametrize("signature", [True, False], ids=["signed", "unsigned"])
 def test_zips_written_by_streaming_writers_are_accepted(skill, upload, signature):
     # Each entry's sizes follow its data in a descriptor (12 bytes, or 16 with its signature).
@@ -417,6 +416,7 @@ def _shift_offsets_for_removed_signatures(data: bytes) -> bytes:
     return bytes(out)
 
 
+# Windows tools leave the mode bits 0; Python on Windows writes st_mode there.
 @pytest.mark.parametrize("mode_bits", [0, 0o100666], ids=["no-mode", "regular-file"])
 def test_zips_made_on_windows_are_accepted(skill, upload, mode_bits):
     files = {"SKILL.md": manifest_text(skill.slug), "run.py": "print(1)\n"}

@@ -558,6 +558,18 @@ def test_a_secret_the_new_key_cannot_read_gets_401_naming_the_recovery(
     assert task.status == "dispatched"
 
 
+def test_an_unreadable_secret_is_logged_once_not_on_every_callback(
+    api_client, running, new_encryption_key, caplog
+):
+    task, token = running
+    with caplog.at_level("WARNING", logger="kohakku_controller.dispatchers.secrets"):
+        for _ in range(3):
+            assert callback(api_client, task, token, DONE).status_code == 401
+    warnings = [r for r in caplog.records if "cannot be decrypted" in r.getMessage()]
+    assert len(warnings) == 1
+    assert str(task.dispatcher.guid) in warnings[0].getMessage()
+
+
 def test_after_a_key_change_a_rotation_restores_callbacks(api_client, running, new_encryption_key):
     task, token = running
     new_secret = rotate_signing_secret(task.dispatcher)  # with the default grace
@@ -584,14 +596,14 @@ def test_a_callback_for_a_task_deleted_while_it_is_applied_is_404(api_client, ru
     from kohakku_controller.tasks import services
 
     task, token = running
-    real_update_rows = services.update_rows
+    validate = services._validate_callback_payload
 
-    def pruned_first(model, *args, **kwargs):
-        if model is Task:
-            Task.objects.filter(pk=task.pk).delete()  # as retention would, in between
-        return real_update_rows(model, *args, **kwargs)
+    def pruned_meanwhile(*args, **kwargs):
+        Task.objects.filter(pk=task.pk).delete()  # as retention would, in between
+        return validate(*args, **kwargs)
 
-    monkeypatch.setattr(services, "update_rows", pruned_first)
+    # After authentication, before the conditional update (on every database).
+    monkeypatch.setattr(services, "_validate_callback_payload", pruned_meanwhile)
     response = callback(api_client, task, token, DONE)
     assert response.status_code == 404, response.content
     assert response.json() == {"detail": "No such task."}

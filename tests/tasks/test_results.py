@@ -96,7 +96,8 @@ def test_upload_named_file(api_client, running):
 
 @pytest.mark.parametrize(
     "name",
-    ["../escape", "a/../../b", "a\\b", "", "a" * 256, "\u00e9" * 128, f"d/{'b' * 250}/" * 4 + "x"],
+    ["../escape", "a/../../b", "a\\b", "", "a" * 256, "\u00e9" * 128,
+     "/".join(["\u65e5" * 85] * 5)],  # 255 bytes a part, 429 characters, 1279 bytes
     ids=["dot-dot", "dot-dot-inside", "backslash", "empty", "part-over-255", "part-over-255-bytes",
          "key-over-1024-bytes"],
 )  # fmt: skip

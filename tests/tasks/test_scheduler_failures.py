@@ -463,9 +463,15 @@ def test_tasks_waiting_for_full_dispatchers_do_not_hide_tasks_that_could_run(
         pytest.param({"backend": "nomad"}, id="no-dispatcher-with-the-backend"),
     ],
 )
+@pytest.mark.parametrize("recheck", [None, 0], ids=["default-recheck", "recheck-at-once"])
 def test_tasks_no_dispatcher_can_take_now_do_not_hide_tasks_behind_them(
-    skill_version, make_dispatcher, stub_dispatcher, waiting_for
+    skill_version, make_dispatcher, stub_dispatcher, waiting_for, recheck, settings
 ):
+    if recheck is not None:  # then no later not_before moves them out of the way
+        settings.KOHAKKU_CONTROLLER = {
+            **settings.KOHAKKU_CONTROLLER,
+            "UNMATCHED_RECHECK_SECONDS": recheck,
+        }
     # The backend has room (on "plain"), but not on the dispatcher with the labels they need.
     make_dispatcher("gpu", endpoint_url=stub_dispatcher().url, labels={"gpu": "a100"}, capacity=0)
     make_dispatcher("plain", endpoint_url=stub_dispatcher().url)

@@ -78,14 +78,20 @@ def valid_signing_secrets(dispatcher, now: datetime | None = None) -> list[str]:
         try:
             found.append(decrypt_secret(ciphertext))
         except ValueError:
-            logger.warning(
-                "the %s signing secret of dispatcher %s cannot be decrypted with the current "
-                "key (SECRET_ENCRYPTION_KEY or SECRET_KEY changed); it is ignored until the "
-                "dispatcher checks in with rotate_secret",
-                which,
-                dispatcher.guid,
-            )
+            _warn_unreadable(str(dispatcher.guid), which, ciphertext)
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _warn_unreadable(guid: str, which: str, ciphertext: str) -> None:
+    # Once per secret and process: every callback of that dispatcher would log it again.
+    logger.warning(
+        "the %s signing secret of dispatcher %s cannot be decrypted with the current key "
+        "(SECRET_ENCRYPTION_KEY or SECRET_KEY changed); it is ignored until the dispatcher "
+        "checks in with rotate_secret",
+        which,
+        guid,
+    )
 
 
 def is_readable(ciphertext: str) -> bool:

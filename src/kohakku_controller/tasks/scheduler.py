@@ -341,6 +341,8 @@ _LEASE_MARGIN_SECONDS = 1.0
 _MIN_BUSY_SECONDS = 1.0
 #: How many reads of queued tasks one claim may make (see ``claim_and_assign``).
 _MAX_CLAIM_READS = 4
+#: Dispatcher columns a claim does not read (the JSON a heartbeat or check-in sends).
+_NOT_NEEDED_TO_MATCH = ("reported_task_guids", "metadata")
 
 
 def push_deadline_seconds() -> float:
@@ -650,7 +652,8 @@ class Scheduler:
 
         Returns the claims to push and how many tasks found no dispatcher.
         """
-        candidates = list(Dispatcher.objects.accepting_work(now).order_by("pk"))
+        dispatchers = Dispatcher.objects.defer(*_NOT_NEEDED_TO_MATCH)
+        candidates = list(dispatchers.accepting_work(now).order_by("pk"))
         lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
         claimable = Task.objects.claimable(now)
         full = _full_backends(candidates, _active_counts(candidates), now)
@@ -670,9 +673,7 @@ class Scheduler:
                 # time (tasks are skip-locked first, so this cannot deadlock), and read them
                 # again as locked: an operator's change (draining, capacity) or deletion
                 # that committed since the read above applies to this claim.
-                locked = Dispatcher.objects.select_for_update().filter(
-                    pk__in=[d.pk for d in candidates]
-                )
+                locked = dispatchers.select_for_update().filter(pk__in=[d.pk for d in candidates])
                 candidates = [
                     d
                     for d in locked.order_by("pk")
@@ -681,25 +682,28 @@ class Scheduler:
             active = _active_counts(candidates)  # again, now that the dispatchers are locked
             assignments: list[tuple[Task, Dispatcher, str]] = []
             unmatched = 0
-            skipped = Q()
+            read: list[int] = []
+            waiting_for_room: list[tuple[str, dict[str, Any]]] = []
             for reads in range(1, _MAX_CLAIM_READS + 1):
                 limit = self.batch_size - len(assignments)
                 if reads > 1:
+                    skipped = Q(pk__in=read)
+                    for backend, labels in waiting_for_room:
+                        skipped |= Q(backend=backend, labels=labels)
                     tasks = list(claimable.exclude(skipped)[:limit])
-                chosen, waiting, at_capacity = self._assign(tasks, candidates, active, now)
-                assignments += chosen
-                unmatched += waiting
-                if len(tasks) < limit or not waiting or len(assignments) == self.batch_size:
+                assigned, unassigned, at_capacity = self._assign(tasks, candidates, active, now)
+                assignments += assigned
+                unmatched += unassigned
+                if len(tasks) < limit or not unassigned or len(assignments) == self.batch_size:
                     break
                 # A full read with tasks no dispatcher can take now (for example, all the
                 # dispatchers with the labels they need are full, while others of their
                 # backend have room): read on past them, so that they cannot hide, pass
                 # after pass, the tasks behind them that could run. They stay locked and
-                # queued; those waiting for room are skipped by their (backend, labels), the
-                # others now have a later ``not_before``.
-                skipped |= Q(pk__in=[task.pk for task, _, _ in chosen])
-                for backend, labels in at_capacity:
-                    skipped |= Q(backend=backend, labels=labels)
+                # queued; the next read skips every task read so far, and the rest of those
+                # waiting for room by their (backend, labels).
+                read += [task.pk for task in tasks]
+                waiting_for_room += [g for g in at_capacity if g not in waiting_for_room]
             assignments = self._mark_dispatched(assignments, now, now + lease)
             events = [
                 record_event(
