@@ -13,7 +13,7 @@ from kohakku_controller.skills.models import Skill, SkillVersion
 from kohakku_controller.workflows.models import Workflow
 from kohakku_controller.workflows.serializers import WorkflowSerializer
 
-from .admin_pages import opened_version, workflow_form
+from .admin_pages import messages_of, opened_version, workflow_form
 
 pytestmark = pytest.mark.django_db
 
@@ -208,3 +208,22 @@ def test_client_scopes_written_by_hand_still_show(db):
     ClientScopes.objects.filter(application=created.application).update(scopes=5)
     row = ClientScopes.objects.get(application=created.application)
     assert str(row) == f"{created.application.pk}: 5"
+
+
+def test_operator_tokens_are_listed_masked_and_a_new_one_is_shown_once(admin_browser, make_user):
+    from rest_framework.authtoken.models import Token
+
+    existing = Token.objects.create(user=make_user("ops"))
+    listing = admin_browser.get("/admin/authtoken/tokenproxy/")
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    assert existing.key not in html
+    assert f"{existing.key[:4]}…" in html
+
+    newcomer = make_user("newcomer")
+    added = admin_browser.post(
+        "/admin/authtoken/tokenproxy/add/", {"user": newcomer.pk}, follow=True
+    )
+    key = Token.objects.get(user=newcomer).key
+    assert any(key in message for message in messages_of(added))
+    assert key not in admin_browser.get("/admin/authtoken/tokenproxy/").content.decode()

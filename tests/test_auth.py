@@ -195,3 +195,62 @@ def test_nul_characters_at_the_oauth2_endpoints_are_refused_not_500(path, body, 
     assert response.status_code < 500, response.content
     if path == "/o/token/":
         assert response.json()["error"] == "invalid_client"
+
+
+# --- where credentials may travel ---------------------------------------------------------
+
+
+def test_an_access_token_in_the_query_string_is_refused(oauth_client, api_client):
+    token = oauth_client("tasks:read")._credentials["HTTP_AUTHORIZATION"].split()[1]
+    response = api_client.get(URL, {"access_token": token})
+    assert response.status_code == 401
+    assert api_client.get(URL, HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200
+
+
+def test_an_access_token_in_the_query_string_is_refused_by_the_backend_whatever_the_setting(
+    oauth_client, api_client, settings
+):
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": False,
+    }
+    token = oauth_client("tasks:read")._credentials["HTTP_AUTHORIZATION"].split()[1]
+    assert api_client.get(URL, {"access_token": token}).status_code == 401
+
+
+def test_the_token_endpoint_takes_client_credentials_only(make_user):
+    user = make_user("alice")
+    user.set_password("right-password")
+    user.save()
+    created = create_or_reset_client("dispatcher", ["dispatchers"])
+    basic = base64.b64encode(f"{created.client_id}:{created.client_secret}".encode()).decode()
+    answers = [
+        Client().post(
+            "/o/token/",
+            {"grant_type": "password", "username": "alice", "password": password},
+            HTTP_AUTHORIZATION=f"Basic {basic}",
+        )
+        for password in ("wrong-password", "right-password")
+    ]
+    # The same answer whether the password is right or not: it is never checked.
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["error"] == "unsupported_grant_type"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/schema/", "/api/v1/docs/"])
+def test_the_openapi_document_takes_no_credential(make_user, path):
+    user = make_user("bob")
+    user.set_password("right-password")
+    user.save()
+    answers = {
+        password: Client()
+        .get(
+            path,
+            HTTP_AUTHORIZATION="Basic " + base64.b64encode(f"bob:{password}".encode()).decode(),
+        )
+        .status_code
+        for password in ("wrong-password", "right-password")
+    }
+    # It cannot be used to test passwords: a Basic header is not even read.
+    assert answers == {"wrong-password": 200, "right-password": 200}

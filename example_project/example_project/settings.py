@@ -190,6 +190,13 @@ OAUTH2_PROVIDER = {
     "OAUTH2_VALIDATOR_CLASS": "kohakku_controller.oauth_validators.ControllerOAuth2Validator",
     "OAUTH2_BACKEND_CLASS": "kohakku_controller.oauth_validators.ControllerOAuthLibCore",
     "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+    # Client credentials is the only grant the controller's clients use; with every other
+    # grant off, /o/token/ cannot be asked whether a user's password is right.
+    "OAUTH2_SERVER_CLASS": "oauthlib.oauth2.BackendApplicationServer",
+    # RFC 9700: no access token in a URL, no password or implicit grant.
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
 }
 
 REST_FRAMEWORK = {

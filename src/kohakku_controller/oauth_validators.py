@@ -52,8 +52,8 @@ def _access_token_lookup() -> JoinedLookup:
 
 
 class ControllerOAuthLibCore(OAuthLibCore):
-    """django-oauth-toolkit's backend, except that API requests' bodies are read only if
-    they are URL-encoded forms.
+    """django-oauth-toolkit's backend, except that an access token in the query string is
+    refused and API requests' bodies are read only if they are URL-encoded forms.
 
     On a request to the API an OAuth2 parameter can only travel in an
     ``application/x-www-form-urlencoded`` body (RFC 6750 section 2.2). The stock backend
@@ -66,6 +66,14 @@ class ControllerOAuthLibCore(OAuthLibCore):
     so what django-oauth-toolkit sees is unchanged. Elsewhere (the token endpoint) forms are
     read as before, multipart included, for clients that send their token requests so.
     """
+
+    def verify_request(self, request: Any, scopes: list[str]) -> tuple[bool, Any]:
+        # RFC 6750 section 5.3, RFC 9700 section 4.3.2: an access token never travels in the
+        # URL, where access logs, browser history and Referer headers would keep it. Refused
+        # whatever COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT says.
+        if "access_token" in request.GET:
+            return False, None
+        return super().verify_request(request, scopes)
 
     def extract_body(self, request: Any) -> list[tuple[str, str]]:
         media_type = request.META.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 from rest_framework.routers import SimpleRouter
 from rest_framework.viewsets import ViewSetMixin
 
@@ -77,9 +78,17 @@ webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
 ]
 
+# The document is public and takes no credential: with the host's DRF defaults it would
+# take HTTP Basic, and answer whether any user's password is right, unthrottled.
+_PUBLIC = {"authentication_classes": [], "permission_classes": [AllowAny]}
+
 schema_urlpatterns: list[URLPattern | URLResolver] = [
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SwaggerUIView.as_view(url_name="kohakku_controller:schema"), name="docs"),
+    path("schema/", SpectacularAPIView.as_view(**_PUBLIC), name="schema"),
+    path(
+        "docs/",
+        SwaggerUIView.as_view(url_name="kohakku_controller:schema", **_PUBLIC),
+        name="docs",
+    ),
 ]
 
 task_urlpatterns: list[URLPattern | URLResolver] = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -74,6 +74,32 @@ def test_upload_then_complete_then_download(api_client, staff_client, running):
     assert download.status_code == 200
     assert b"".join(download.streaming_content) == b'{"ok": true}'
     assert download["Content-Type"] == "application/json"
+    assert download["Content-Disposition"] == 'attachment; filename="output.json"'
+
+
+@pytest.mark.parametrize("name", ["report.html", "page.svg", "x.xhtml", "script.js", "noext"])
+def test_a_result_that_a_browser_would_render_is_served_as_a_download(
+    api_client, staff_client, running, name
+):
+    task, token = running
+    key = f"results/{task.guid}/{name}"
+    if not storage_is_remote():
+        assert (
+            upload(api_client, task, token, b"<script>alert(1)</script>", name).status_code == 201
+        )
+    done = callback(api_client, task, token, {"status": "completed", "result_key": key})
+    assert done.status_code == 200
+    download = staff_client.get(f"/api/v1/tasks/{task.guid}/result/")
+    if storage_is_remote():
+        assert download.status_code == 302
+        query = parse_qs(urlsplit(download["Location"]).query)
+        assert query["response-content-type"] == ["application/octet-stream"]
+        assert query["response-content-disposition"] == [f'attachment; filename="{name}"']
+    else:
+        assert download.status_code == 200
+        assert download["Content-Type"] == "application/octet-stream"
+        assert download["Content-Disposition"] == f'attachment; filename="{name}"'
+        assert download["Content-Security-Policy"] == "sandbox"
 
 
 @filesystem_only

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import posixpath
 import tempfile
 from typing import Any
 
 from django.core.files import File
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponseRedirect
+from django.utils.http import content_disposition_header
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -164,18 +166,54 @@ class TaskViewSet(
         task = self.get_object()
         if not task.result_key:
             raise NotFound("The task has no result.")
+        # A dispatcher chose the bytes and the name: they are downloaded, never rendered
+        # (an HTML result shown inline would run its scripts on the controller's origin).
+        content_type = result_content_type(task.result_key)
+        filename = posixpath.basename(task.result_key)
         storage = get_storage()
         if storage_is_remote(storage):
             url = presigned_url(
-                task.result_key, expires_seconds=kohakku_settings.RESULT_URL_EXPIRES_SECONDS
+                task.result_key,
+                expires_seconds=kohakku_settings.RESULT_URL_EXPIRES_SECONDS,
+                params={
+                    "ResponseContentType": content_type,
+                    "ResponseContentDisposition": content_disposition_header(True, filename),
+                },
             )
             return HttpResponseRedirect(url)
         try:
             stored = storage.open(task.result_key, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound("The result object is missing from storage.") from None
-        content_type = mimetypes.guess_type(task.result_key)[0] or "application/octet-stream"
-        return FileResponse(stored, content_type=content_type)
+        response = FileResponse(
+            stored, content_type=content_type, as_attachment=True, filename=filename
+        )
+        response["Content-Security-Policy"] = "sandbox"
+        return response
+
+
+#: Result types served as what they are; any other is served as ``application/octet-stream``.
+_PASSIVE_RESULT_TYPES = frozenset(
+    {
+        "application/json",
+        "text/plain",
+        "text/csv",
+        "application/pdf",
+        "application/zip",
+        "application/gzip",
+        "application/x-tar",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+    }
+)
+
+
+def result_content_type(key: str) -> str:
+    """The type a result is served with: guessed from its name among passive types only."""
+    guessed = mimetypes.guess_type(key)[0]
+    return guessed if guessed in _PASSIVE_RESULT_TYPES else "application/octet-stream"
 
 
 class CallbackTokenView(ControllerAPIView):
