@@ -2,6 +2,11 @@
 
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -254,3 +259,55 @@ def test_the_openapi_document_takes_no_credential(make_user, path):
     }
     # It cannot be used to test passwords: a Basic header is not even read.
     assert answers == {"wrong-password": 200, "right-password": 200}
+
+
+# --- the host's REST_FRAMEWORK defaults do not reach the controller -----------------------
+
+
+HOST_DEFAULTS_PROBE = """
+import json, django
+django.setup()
+from django.test import Client
+client = Client()
+print(json.dumps({
+    "health": [client.get("/health/").status_code for _ in range(3)],
+    "api": [client.get("/api/v1/tasks/").status_code for _ in range(3)],
+}))
+"""
+
+
+def test_the_hosts_default_throttles_and_versioning_do_not_apply():
+    # DRF reads these defaults when a view class is defined, so they need a process of
+    # their own: a host whose every view is throttled (1 a day) and versioned (406).
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", HOST_DEFAULTS_PROBE],
+        cwd=root,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.host_defaults_settings",
+            "PYTHONPATH": os.pathsep.join([str(root), str(root / "example_project")]),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    # The probes answer, and the API asks for credentials: not 429, not 406.
+    assert answers == {"health": [200] * 3, "api": [401] * 3}, result.stderr[-2000:]
+
+
+def test_throttles_are_the_controllers_own_setting(settings, staff_client):
+    from django.core.cache import cache
+
+    cache.clear()  # throttles count in the cache
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"user": "2/day"},
+    }
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    }
+    answers = [staff_client.get("/api/v1/tasks/").status_code for _ in range(3)]
+    assert answers == [200, 200, 429]

@@ -128,3 +128,12 @@ def test_unknown_wakeup_channel_is_an_error():
     [message] = _messages("kohakku_controller.E009", {"SCHEDULER_WAKEUP": "redsi"})
     assert "'redsi'" in message and "'redis'" in message
     assert _messages("kohakku_controller.E009", {"SCHEDULER_WAKEUP": "poll"}) == []
+
+
+def test_a_schema_class_that_cannot_build_the_document_is_an_error(settings):
+    settings.REST_FRAMEWORK = {}  # DRF's own default: rest_framework.schemas.openapi.AutoSchema
+    errors = [e for e in checks.run_checks() if e.id == "kohakku_controller.E010"]
+    assert len(errors) == 1
+    assert "ControllerAutoSchema" in errors[0].hint
+    settings.REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+    assert not [e for e in checks.run_checks() if e.id == "kohakku_controller.E010"]

@@ -291,3 +291,33 @@ def test_scheduler_accepts_good_options():
         stdout=out,
     )
     assert "claimed=0 pushed=0" in out.getvalue()
+
+
+def test_the_scheduler_says_at_start_where_dispatchers_are_told_to_call(settings, monkeypatch):
+    from kohakku_controller.tasks.scheduler import Scheduler
+
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "PUBLIC_BASE_URL": "https://controller.example:8443",
+    }
+    monkeypatch.setattr(Scheduler, "run_forever", lambda self, stop, poll_seconds=None: None)
+    monkeypatch.setattr("signal.signal", lambda *args: None)  # keep the test run's handlers
+    out = io.StringIO()
+    call_command("kohakku_scheduler", "--name", "replica-1", stdout=out)
+    assert out.getvalue().splitlines()[0] == (
+        "scheduler replica-1 running; dispatchers are told to reach the controller at "
+        "https://controller.example:8443"
+    )
+
+
+def test_create_client_on_a_locked_database_is_a_one_line_error(monkeypatch):
+    from django.db import OperationalError
+
+    from kohakku_controller.management.commands import kohakku_create_client as command
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(command, "create_or_reset_client", locked)
+    with pytest.raises(CommandError, match=r"could not make the change \(database is locked\)"):
+        call_command("kohakku_create_client", "busy", "--scopes", "dispatchers")

@@ -1,9 +1,10 @@
 """Base classes for the controller's views.
 
-They pin the controller's own authentication, permissions, parsers, pagination, error
-handling and schema, so the API behaves the same whatever a host project puts in its
-global ``REST_FRAMEWORK`` setting. Extend a concrete viewset and override one hook
-(``get_queryset``, ``get_serializer_class``, ``perform_create``) rather than a whole view.
+They pin the controller's own authentication, permissions, parsers, pagination, throttles
+(none by default), versioning (none), error handling and schema, so the API behaves the
+same whatever a host project puts in its global ``REST_FRAMEWORK`` setting. Extend a
+concrete viewset and override one hook (``get_queryset``, ``get_serializer_class``,
+``perform_create``) rather than a whole view.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ControllerViewMixin:
     parser_classes = [BoundedJSONParser]
     renderer_classes = [renderers.JSONRenderer, renderers.BrowsableAPIRenderer]
     schema = ControllerAutoSchema()
+    # One API version, in the URL: a host's DEFAULT_VERSIONING_CLASS would refuse requests
+    # that do not name a version the host knows (406).
+    versioning_class = None
     read_scope: str | None = None
     write_scope: str | None = None
     action_scopes: dict[str, str | None] = {}
@@ -42,6 +46,10 @@ class ControllerViewMixin:
     @property
     def pagination_class(self) -> Any:
         return kohakku_settings.PAGINATION_CLASS
+
+    @property
+    def throttle_classes(self) -> list[Any]:
+        return kohakku_settings.THROTTLE_CLASSES
 
     def get_exception_handler(self) -> Any:
         return exception_handler

@@ -258,6 +258,28 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     ]
 
 
+@register(Tags.compatibility)
+def check_schema_class(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """The OpenAPI document needs drf-spectacular's schema class as DRF's default: the
+    ``@extend_schema`` decorators on the controller's actions build on it."""
+    from drf_spectacular.openapi import AutoSchema
+    from rest_framework.settings import api_settings
+
+    default = api_settings.DEFAULT_SCHEMA_CLASS
+    if isinstance(default, type) and issubclass(default, AutoSchema):
+        return []
+    return [
+        Error(
+            "REST_FRAMEWORK['DEFAULT_SCHEMA_CLASS'] is not a drf-spectacular schema class: "
+            "the controller's OpenAPI document (/api/v1/schema/) cannot be generated.",
+            hint="Set REST_FRAMEWORK = {'DEFAULT_SCHEMA_CLASS': "
+            "'kohakku_controller.schema.ControllerAutoSchema'} (or "
+            "'drf_spectacular.openapi.AutoSchema').",
+            id="kohakku_controller.E010",
+        )
+    ]
+
+
 @register(Tags.security)
 def check_oauth2_scopes(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     declared = (getattr(settings, "OAUTH2_PROVIDER", {}) or {}).get("SCOPES", {})

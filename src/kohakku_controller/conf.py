@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "PAGINATION_CLASS": "kohakku_controller.pagination.LinkHeaderPagination",
+    # DRF throttles for the API (import strings). None by default, whatever the host's
+    # DEFAULT_THROTTLE_CLASSES: a throttled heartbeat, callback or probe breaks the platform.
+    "THROTTLE_CLASSES": [],
     "PAGE_SIZE": 50,
     "MAX_PAGE_SIZE": 500,
     # Largest JSON request body the API parses, in bytes (uploads have their own cap).
@@ -150,7 +153,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Settings whose values are dotted import paths (or lists of them).
-IMPORT_STRINGS: tuple[str, ...] = ("AUTHENTICATION_CLASSES", "PAGINATION_CLASS")
+IMPORT_STRINGS: tuple[str, ...] = ("AUTHENTICATION_CLASSES", "PAGINATION_CLASS", "THROTTLE_CLASSES")
 
 # Settings that used to exist: name -> what to do instead.
 REMOVED_SETTINGS: dict[str, str] = {}

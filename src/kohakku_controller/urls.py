@@ -78,9 +78,14 @@ webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
 ]
 
-# The document is public and takes no credential: with the host's DRF defaults it would
+# The document is public and reads no credential: with the host's DRF defaults it would
 # take HTTP Basic, and answer whether any user's password is right, unthrottled.
-_PUBLIC = {"authentication_classes": [], "permission_classes": [AllowAny]}
+_PUBLIC = {
+    "authentication_classes": [],
+    "permission_classes": [AllowAny],
+    "throttle_classes": [],  # nor the host's default throttles and versioning
+    "versioning_class": None,
+}
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(**_PUBLIC), name="schema"),

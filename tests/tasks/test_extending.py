@@ -14,17 +14,20 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.extending_urls")]
 
 
 @pytest.fixture
-def tasks(skill_version):
-    return {
-        team: create_task(skill="code-review", labels={"team": team}) for team in ("blue", "red")
-    }
+def tasks(skill_version, make_user):
+    made = {}
+    for team in ("blue", "red"):
+        member = make_user(f"{team}-member")
+        member.groups.add(Group.objects.create(name=team))
+        made[team] = create_task(skill="code-review", created_by=member)
+    return made
 
 
 def test_the_subclass_serves_the_route_and_keeps_its_names(token_client, tasks, oauth_client):
     operator = token_client("blue-operator", perms=("kohakku_controller.view_task",))
-    operator.user.groups.add(Group.objects.create(name="blue"))
+    operator.user.groups.add(Group.objects.get(name="blue"))
     listed = operator.get("/api/v1/tasks/").json()
-    assert [task["labels"] for task in listed] == [{"team": "blue"}]
+    assert [task["guid"] for task in listed] == [str(tasks["blue"].guid)]
     assert operator.get(f"/api/v1/tasks/{tasks['red'].guid}/").status_code == 404
     assert operator.get(f"/api/v1/tasks/{tasks['blue'].guid}/events/").status_code == 200
     # Clients and the rest of the API are untouched; URL names still reverse.
@@ -39,3 +42,12 @@ def test_the_subclass_serves_the_route_and_keeps_its_names(token_client, tasks, 
 def test_an_unknown_viewset_name_is_a_configuration_error():
     with pytest.raises(ImproperlyConfigured, match=r"'tasks'.*known: dispatcher"):
         build_urlpatterns({"tasks": object})
+
+
+def test_the_documented_example_is_the_code_the_tests_mount():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "tests" / "extending_urls.py").read_text()
+    code = code.split('"""\n', 1)[1].lstrip()  # without the module docstring
+    assert code in (root / "docs" / "extend.md").read_text()

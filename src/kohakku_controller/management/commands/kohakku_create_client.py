@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from oauth2_provider.models import get_application_model
 
 from ...auth import SCOPES
@@ -71,18 +71,26 @@ class Command(BaseCommand):
             scopes = validate_scopes(scopes)
         except ValueError as exc:
             raise CommandError(printable(str(exc))) from None
-        with transaction.atomic():
-            self.wait_for_other_runs()
-            application = self.check_existing(
-                application_model,
-                name,
-                client_id,
-                rename=options["rename"],
-                change_client_id=options["change_client_id"],
-            )
-            if application is not None and client_id and application.client_id != client_id:
-                application_model.objects.filter(pk=application.pk).update(client_id=client_id)
-            client = create_or_reset_client(name, scopes, client_id=client_id)
+        try:
+            with transaction.atomic():
+                self.wait_for_other_runs()
+                application = self.check_existing(
+                    application_model,
+                    name,
+                    client_id,
+                    rename=options["rename"],
+                    change_client_id=options["change_client_id"],
+                )
+                if application is not None and client_id and application.client_id != client_id:
+                    application_model.objects.filter(pk=application.pk).update(client_id=client_id)
+                client = create_or_reset_client(name, scopes, client_id=client_id)
+        except OperationalError as exc:
+            # For example SQLite without a busy timeout, while another process writes.
+            raise CommandError(
+                f"The database could not make the change ({printable(str(exc))}); nothing "
+                "was changed. Run the command again (on SQLite, set the OPTIONS timeout and "
+                "transaction_mode of the install guide)."
+            ) from None
         # Printed once the transaction is committed: a secret shown is a secret that works.
         self.stdout.write(f"client_id={client.client_id}")
         self.stdout.write(f"client_secret={client.client_secret}")

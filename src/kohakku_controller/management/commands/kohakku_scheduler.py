@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from kohakku_controller.conf import kohakku_settings
 from kohakku_controller.tasks.scheduler import Scheduler
 
 from ._arguments import checked, float_range, int_range, label
@@ -82,6 +83,11 @@ class Command(BaseCommand):
 
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
-            self.stdout.write(f"scheduler {scheduler.name} running")
+            # Dispatchers call back, upload and download at this address: a wrong one shows
+            # only as tasks that never report, so it is said at start.
+            self.stdout.write(
+                f"scheduler {scheduler.name} running; dispatchers are told to reach the "
+                f"controller at {kohakku_settings.PUBLIC_BASE_URL}"
+            )
             scheduler.run_forever(stop, poll_seconds=options["poll_seconds"])
             self.stdout.write("scheduler stopped")
