@@ -137,3 +137,22 @@ def test_a_schema_class_that_cannot_build_the_document_is_an_error(settings):
     assert "ControllerAutoSchema" in errors[0].hint
     settings.REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
     assert not [e for e in checks.run_checks() if e.id == "kohakku_controller.E010"]
+
+
+def test_without_oauth2_provider_start_up_names_the_missing_app():
+    import subprocess
+    import sys
+
+    script = (
+        "import django\n"
+        "from django.conf import settings\n"
+        "settings.configure(INSTALLED_APPS=['django.contrib.contenttypes', "
+        "'django.contrib.auth', 'rest_framework', 'kohakku_controller'])\n"
+        "django.setup()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "django.core.exceptions.ImproperlyConfigured: kohakku_controller needs "
+        "'oauth2_provider' in INSTALLED_APPS (see 'Install into a host project')."
+    )
