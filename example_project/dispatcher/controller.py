@@ -9,12 +9,21 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from dispatcher.config import DispatcherConfig
 from dispatcher.state import DispatcherState, StateStore
 from kohakku_controller.signing import sign_request
+
+
+def transport_problem(exc: Exception, url: str) -> str:
+    """``exc`` (a failure to reach ``url``) in words, naming the host it tried: a wrong
+    controller address shows at once. Only the origin: URLs carry signatures and tokens."""
+    parts = urlsplit(url)
+    return f"{type(exc).__name__} reaching {parts.scheme}://{parts.netloc}: {exc}"
+
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +270,7 @@ class CallbackSender:
             try:
                 response = self.http.post(self.callback_url, content=raw, headers=headers)
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = transport_problem(exc, self.callback_url)
             else:
                 if 200 <= response.status_code < 300:
                     logger.info(

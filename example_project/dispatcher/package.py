@@ -12,6 +12,8 @@ from pathlib import Path, PurePosixPath
 import httpx
 import yaml
 
+from dispatcher.controller import transport_problem
+
 SKILL_FILE = "SKILL.md"
 _CHUNK = 64 * 1024
 
@@ -67,10 +69,10 @@ def download_package(
                 handle.write(chunk)
     except httpx.TransportError as exc:
         raise TransientPackageError(
-            f"package download failed: {type(exc).__name__}: {exc}"
+            f"package download failed: {transport_problem(exc, url)}"
         ) from exc
     except httpx.HTTPError as exc:
-        raise PackageError(f"package download failed: {type(exc).__name__}: {exc}") from exc
+        raise PackageError(f"package download failed: {transport_problem(exc, url)}") from exc
     actual = digest.hexdigest()
     if actual != expected_sha256.strip().lower():
         raise PackageError(

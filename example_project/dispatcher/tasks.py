@@ -22,7 +22,7 @@ import httpx
 
 from dispatcher.backends import Backend, Job, RunOutcome
 from dispatcher.config import DispatcherConfig
-from dispatcher.controller import CallbackSender
+from dispatcher.controller import CallbackSender, transport_problem
 from dispatcher.package import (
     PackageError,
     PackageLimits,
@@ -530,7 +530,7 @@ class TaskManager:
                     headers=push.result_headers,
                 )
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = transport_problem(exc, push.result_upload_url)
             else:
                 if 200 <= response.status_code < 300:
                     return

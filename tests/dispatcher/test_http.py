@@ -384,3 +384,21 @@ def test_errors_of_the_http_layer_are_json(dispatcher, raw_request, status):
     assert answer.startswith(f"HTTP/1.1 {status}".encode())
     assert b"Content-Type: application/json" in answer
     assert "detail" in json_body(answer)
+
+
+def test_an_unreachable_controller_is_named_without_the_urls_secrets():
+    import socket
+
+    import httpx
+
+    from dispatcher.controller import transport_problem
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/v1/skills/x/download/?version=1&signature=secret"
+    with pytest.raises(httpx.ConnectError) as failure:
+        httpx.get(url, timeout=2)
+    problem = transport_problem(failure.value, url)
+    assert problem.startswith(f"ConnectError reaching http://127.0.0.1:{port}: ")
+    assert "secret" not in problem and "/api/" not in problem
