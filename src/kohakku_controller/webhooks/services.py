@@ -319,18 +319,27 @@ def _record_match(
                 dedupe_key=claim,
             )
     if match.input_error:
-        with transaction.atomic():
-            return _record(
-                incoming,
-                context,
-                status=DeliveryStatus.FAILED,
-                detail=f"Workflow {workflow.slug!r} matched but its input template "
-                f"failed: {match.input_error}",
-                status_code=200,
-                dedupe_key=claim,
-                workflow=workflow,
-            )
+        return _record_failed(
+            incoming, context, match, claim, f"its input template failed: {match.input_error}"
+        )
     return _create_task_and_record(incoming, context, match, claim)
+
+
+def _record_failed(
+    incoming: _Incoming, context: _Context, match: MatchResult, claim: str | None, why: str
+) -> Delivery:
+    """Record a delivery that matched a workflow which could not queue its task."""
+    assert match.workflow is not None
+    with transaction.atomic():
+        return _record(
+            incoming,
+            context,
+            status=DeliveryStatus.FAILED,
+            detail=f"Workflow {match.workflow.slug!r} matched but {why}",
+            status_code=200,
+            dedupe_key=claim,
+            workflow=match.workflow,
+        )
 
 
 def _create_task_and_record(
@@ -354,17 +363,13 @@ def _create_task_and_record(
                 task_guid=task.guid,
             )
     except ValidationError as exc:
-        with transaction.atomic():
-            return _record(
-                incoming,
-                context,
-                status=DeliveryStatus.FAILED,
-                detail=f"Workflow {workflow.slug!r} matched but the task could not be "
-                f"created: {_flatten(exc.detail)}",
-                status_code=200,
-                dedupe_key=claim,
-                workflow=workflow,
-            )
+        return _record_failed(
+            incoming,
+            context,
+            match,
+            claim,
+            f"the task could not be created: {_flatten(exc.detail)}",
+        )
 
 
 def _duplicate(incoming: _Incoming, context: _Context, original: Delivery) -> IngestResult:
