@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib import admin
 
 from kohakku_controller.oauth import ClientScopes
 from kohakku_controller.skills.models import Skill, SkillVersion
 from kohakku_controller.workflows.models import Workflow
 from kohakku_controller.workflows.serializers import WorkflowSerializer
 
-from .admin_pages import messages_of, opened_version, workflow_form
+from .admin_pages import opened_version, workflow_form
 
 pytestmark = pytest.mark.django_db
 
@@ -210,20 +211,27 @@ def test_client_scopes_written_by_hand_still_show(db):
     assert str(row) == f"{created.application.pk}: 5"
 
 
-def test_operator_tokens_are_listed_masked_and_a_new_one_is_shown_once(admin_browser, make_user):
-    from rest_framework.authtoken.models import Token
+def test_operator_tokens_are_not_on_the_admin_site(admin_browser, make_user):
+    from rest_framework.authtoken.models import Token, TokenProxy
 
-    existing = Token.objects.create(user=make_user("ops"))
-    listing = admin_browser.get("/admin/authtoken/tokenproxy/")
-    assert listing.status_code == 200
-    html = listing.content.decode()
-    assert existing.key not in html
-    assert f"{existing.key[:4]}…" in html
+    token = Token.objects.create(user=make_user("ops"))
+    assert not admin.site.is_registered(TokenProxy)
+    assert admin_browser.get("/admin/authtoken/tokenproxy/").status_code == 404
+    assert admin_browser.get(f"/admin/authtoken/tokenproxy/{token.pk}/change/").status_code == 404
+    assert token.key not in admin_browser.get("/admin/").content.decode()
 
-    newcomer = make_user("newcomer")
-    added = admin_browser.post(
-        "/admin/authtoken/tokenproxy/add/", {"user": newcomer.pk}, follow=True
-    )
-    key = Token.objects.get(user=newcomer).key
-    assert any(key in message for message in messages_of(added))
-    assert key not in admin_browser.get("/admin/authtoken/tokenproxy/").content.decode()
+
+def test_a_hosts_own_token_admin_is_left_alone():
+    from rest_framework.authtoken.models import TokenProxy
+
+    from kohakku_controller.admin import _hide_operator_tokens
+
+    class HostTokenAdmin(admin.ModelAdmin):
+        pass
+
+    admin.site.register(TokenProxy, HostTokenAdmin)
+    try:
+        _hide_operator_tokens()
+        assert type(admin.site._registry[TokenProxy]) is HostTokenAdmin
+    finally:
+        admin.site.unregister(TokenProxy)

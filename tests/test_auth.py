@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 from django.urls import resolve
+from rest_framework.throttling import UserRateThrottle
 
 from kohakku_controller.oauth import create_or_reset_client
 
@@ -297,17 +298,40 @@ def test_the_hosts_default_throttles_and_versioning_do_not_apply():
     assert answers == {"health": [200] * 3, "api": [401] * 3}, result.stderr[-2000:]
 
 
+class TwoADay(UserRateThrottle):
+    """A fixed rate: DRF copies DEFAULT_THROTTLE_RATES into its classes when first imported."""
+
+    rate = "2/day"
+
+
 def test_throttles_are_the_controllers_own_setting(settings, staff_client):
     from django.core.cache import cache
 
     cache.clear()  # throttles count in the cache
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"user": "2/day"},
-    }
     settings.KOHAKKU_CONTROLLER = {
         **settings.KOHAKKU_CONTROLLER,
-        "THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+        "THROTTLE_CLASSES": ["tests.test_auth.TwoADay"],
     }
     answers = [staff_client.get("/api/v1/tasks/").status_code for _ in range(3)]
     assert answers == [200, 200, 429]
+
+
+def test_a_hosts_serve_permissions_still_decide_who_reads_the_document(settings):
+    from kohakku_controller.urls import _schema_view_options
+
+    # As the URLconf is built, before and after a host chose drf-spectacular's permissions.
+    assert _schema_view_options()["authentication_classes"] == []
+    settings.SPECTACULAR_SETTINGS = {
+        **settings.SPECTACULAR_SETTINGS,
+        "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],
+    }
+    options = _schema_view_options()
+    assert "permission_classes" not in options and "authentication_classes" not in options
+    assert (options["throttle_classes"], options["versioning_class"]) == ([], None)
+
+
+@pytest.mark.parametrize("path", ["/o/authorize/", "/o/device/", "/o/applications/"])
+def test_only_the_client_credentials_endpoints_are_mounted(admin_browser, path):
+    # Logged in, as a browser would be: these pages would answer errors (or manage clients
+    # outside the controller's scopes) with a client-credentials-only server.
+    assert admin_browser.get(path).status_code == 404

@@ -1,5 +1,6 @@
 """System checks catch configuration mistakes with an id and a hint."""
 
+import pytest
 from django.core import checks
 from django.test import override_settings
 
@@ -28,6 +29,14 @@ def test_import_string_that_does_not_import():
     with override_settings(KOHAKKU_CONTROLLER={"PAGINATION_CLASS": "nowhere.Pager"}):
         found = _ids()["kohakku_controller.E002"]
     assert "nowhere.Pager" in found.msg
+
+
+@pytest.mark.parametrize("key", ["THROTTLE_CLASSES", "AUTHENTICATION_CLASSES"])
+@pytest.mark.parametrize("value", ["rest_framework.throttling.UserRateThrottle", None])
+def test_a_class_list_setting_that_is_not_a_list(key, value):
+    with override_settings(KOHAKKU_CONTROLLER={key: value}):
+        found = _ids()["kohakku_controller.E002"]
+    assert found.msg.startswith(f"KOHAKKU_CONTROLLER[{key!r}] must be a list of dotted paths")
 
 
 def test_missing_storage_and_cache_alias():

@@ -321,3 +321,20 @@ def test_create_client_on_a_locked_database_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(command, "create_or_reset_client", locked)
     with pytest.raises(CommandError, match=r"could not make the change \(database is locked\)"):
         call_command("kohakku_create_client", "busy", "--scopes", "dispatchers")
+
+
+def test_create_client_on_an_unmigrated_database_gets_no_retry_hint(monkeypatch):
+    from django.db import OperationalError
+
+    from kohakku_controller.management.commands import kohakku_create_client as command
+
+    def missing(*args, **kwargs):
+        raise OperationalError("no such table: oauth2_provider_application")
+
+    monkeypatch.setattr(command, "create_or_reset_client", missing)
+    with pytest.raises(CommandError) as failure:
+        call_command("kohakku_create_client", "new", "--scopes", "dispatchers")
+    assert str(failure.value) == (
+        "The database could not make the change (no such table: oauth2_provider_application); "
+        "nothing was changed."
+    )

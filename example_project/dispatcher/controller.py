@@ -19,10 +19,16 @@ from kohakku_controller.signing import sign_request
 
 
 def transport_problem(exc: Exception, url: str) -> str:
-    """``exc`` (a failure to reach ``url``) in words, naming the host it tried: a wrong
-    controller address shows at once. Only the origin: URLs carry signatures and tokens."""
-    parts = urlsplit(url)
-    return f"{type(exc).__name__} reaching {parts.scheme}://{parts.netloc}: {exc}"
+    """``exc`` (a failure to reach ``url``, or where it redirected) in words, naming the host
+    it tried: a wrong controller address shows at once. Scheme, host and port only: URLs
+    carry signatures, tokens and sometimes credentials."""
+    try:
+        tried = str(exc.request.url)  # type: ignore[attr-defined]  (after any redirect)
+    except (AttributeError, RuntimeError):
+        tried = url
+    parts = urlsplit(tried)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{type(exc).__name__} reaching {parts.scheme}://{parts.hostname}{port}: {exc}"
 
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from django.urls import include, path
 urlpatterns = [
     path("api/v1/", include("kohakku_controller.urls")),
     path("", include("kohakku_controller.health.urls")),
-    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("o/", include("kohakku_controller.oauth_urls")),  # token, revoke_token, introspect
     path("admin/", admin.site.urls),
 ]
 

@@ -54,41 +54,26 @@ class ClientScopesAdmin(ConcurrencySafeAdmin):
             super().save_model(request, obj, form, change)
 
 
-def _mask_operator_tokens() -> None:
-    """Show operators' API tokens (DRF's ``authtoken``) by their first characters only.
+def _hide_operator_tokens() -> None:
+    """Take DRF's admin for operators' API tokens (``authtoken``) off the admin site.
 
-    DRF's own admin lists every token's key in clear, so whoever may view that list could
-    act as any operator, superusers included. The key of a new token is shown once, when
-    it is added. DRF's admin module is imported first, so its registration is the one
-    replaced whatever the order of ``INSTALLED_APPS``.
+    It shows every token's key in clear, in its list and also wherever the admin names a
+    token (change, history and delete pages, the recent-actions log), so whoever may view
+    tokens there could act as any operator, superusers included. Operators get tokens with
+    ``manage.py drf_create_token``. DRF's admin module is imported first, so its
+    registration is the one removed whatever the order of ``INSTALLED_APPS``; a host's own
+    token admin is left alone.
     """
     from django.apps import apps
 
     if not apps.is_installed("rest_framework.authtoken"):
         return
-    from django.contrib import messages
-    from rest_framework.authtoken import admin as authtoken_admin
+    from rest_framework.authtoken.admin import TokenAdmin
     from rest_framework.authtoken.models import TokenProxy
 
-    class MaskedTokenAdmin(authtoken_admin.TokenAdmin):
-        list_display = ("masked_key", "user", "created")
-        search_fields = ("user__username",)
-
-        @admin.display(description="key")
-        def masked_key(self, token: Any) -> str:
-            return f"{token.key[:4]}…"
-
-        def save_model(self, request: Any, obj: Any, form: Any, change: bool) -> None:
-            super().save_model(request, obj, form, change)
-            if not change:
-                messages.warning(
-                    request,
-                    f"The API token of {obj.user}: {obj.key} (copy it now; it is not shown again).",
-                )
-
-    if admin.site.is_registered(TokenProxy):
+    registered = admin.site._registry.get(TokenProxy)
+    if registered is not None and type(registered) is TokenAdmin:
         admin.site.unregister(TokenProxy)
-    admin.site.register(TokenProxy, MaskedTokenAdmin)
 
 
-_mask_operator_tokens()
+_hide_operator_tokens()

@@ -23,6 +23,26 @@ from .parsers import BoundedJSONParser
 from .schema import ControllerAutoSchema
 
 
+class _FromSettings:
+    """A view attribute read from the controller's settings on every request, so that a
+    settings change applies at once; a view given its own (``as_view(name=...)``,
+    ``@action(name=...)``, or a class attribute of the same name) keeps that."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is not None and self.name in instance.__dict__:
+            return instance.__dict__[self.name]
+        return getattr(kohakku_settings, self.setting)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.name] = value
+
+
 class ControllerViewMixin:
     """Authentication, permission, parsing, pagination and errors for every controller view."""
 
@@ -37,19 +57,9 @@ class ControllerViewMixin:
     write_scope: str | None = None
     action_scopes: dict[str, str | None] = {}
 
-    # Properties, so that settings changes apply at once; a subclass that assigns a class
-    # attribute of the same name replaces them.
-    @property
-    def authentication_classes(self) -> list[Any]:
-        return kohakku_settings.AUTHENTICATION_CLASSES
-
-    @property
-    def pagination_class(self) -> Any:
-        return kohakku_settings.PAGINATION_CLASS
-
-    @property
-    def throttle_classes(self) -> list[Any]:
-        return kohakku_settings.THROTTLE_CLASSES
+    authentication_classes = _FromSettings("AUTHENTICATION_CLASSES")
+    pagination_class = _FromSettings("PAGINATION_CLASS")
+    throttle_classes = _FromSettings("THROTTLE_CLASSES")
 
     def get_exception_handler(self) -> Any:
         return exception_handler

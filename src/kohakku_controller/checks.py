@@ -60,6 +60,10 @@ def check_settings_keys(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+#: Import-string settings that hold a list of classes.
+LIST_SETTINGS = frozenset({"AUTHENTICATION_CLASSES", "THROTTLE_CLASSES"})
+
+
 @register(Tags.compatibility)
 def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     user = _user_settings()
@@ -68,6 +72,17 @@ def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors = []
     for key in IMPORT_STRINGS:
         if key not in user:
+            continue
+        if key in LIST_SETTINGS and not isinstance(user[key], list | tuple):
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}[{key!r}] must be a list of dotted paths, not "
+                    f"{type(user[key]).__name__}.",
+                    hint='For example ["rest_framework.throttling.UserRateThrottle"]; [] for none.',
+                    obj=SETTINGS_NAME,
+                    id="kohakku_controller.E002",
+                )
+            )
             continue
         try:
             perform_import(user[key], key)

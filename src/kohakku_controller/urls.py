@@ -10,7 +10,9 @@ the API can include one of the pattern lists below instead, e.g.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -78,20 +80,25 @@ webhook_urlpatterns: list[URLPattern | URLResolver] = [
     path("webhooks/", WebhookIngestView.as_view(), name="webhook-ingest"),
 ]
 
-# The document is public and reads no credential: with the host's DRF defaults it would
-# take HTTP Basic, and answer whether any user's password is right, unthrottled.
-_PUBLIC = {
-    "authentication_classes": [],
-    "permission_classes": [AllowAny],
-    "throttle_classes": [],  # nor the host's default throttles and versioning
-    "versioning_class": None,
-}
+
+def _schema_view_options() -> dict[str, Any]:
+    """How the OpenAPI document and Swagger UI are served: without the host's default
+    throttles and versioning, and, unless the host set drf-spectacular's
+    ``SERVE_PERMISSIONS`` or ``SERVE_AUTHENTICATION``, open and reading no credential (with
+    DRF's default authentication it would take HTTP Basic, and answer whether any user's
+    password is right, unthrottled)."""
+    options: dict[str, Any] = {"throttle_classes": [], "versioning_class": None}
+    chosen = getattr(settings, "SPECTACULAR_SETTINGS", {})
+    if "SERVE_PERMISSIONS" not in chosen and "SERVE_AUTHENTICATION" not in chosen:
+        options.update(authentication_classes=[], permission_classes=[AllowAny])
+    return options
+
 
 schema_urlpatterns: list[URLPattern | URLResolver] = [
-    path("schema/", SpectacularAPIView.as_view(**_PUBLIC), name="schema"),
+    path("schema/", SpectacularAPIView.as_view(**_schema_view_options()), name="schema"),
     path(
         "docs/",
-        SwaggerUIView.as_view(url_name="kohakku_controller:schema", **_PUBLIC),
+        SwaggerUIView.as_view(url_name="kohakku_controller:schema", **_schema_view_options()),
         name="docs",
     ),
 ]

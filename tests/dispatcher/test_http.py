@@ -402,3 +402,40 @@ def test_an_unreachable_controller_is_named_without_the_urls_secrets():
     problem = transport_problem(failure.value, url)
     assert problem.startswith(f"ConnectError reaching http://127.0.0.1:{port}: ")
     assert "secret" not in problem and "/api/" not in problem
+
+
+def test_an_unreachable_redirect_target_is_the_host_named_without_credentials():
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import httpx
+
+    from dispatcher.controller import transport_problem
+
+    with socket.socket() as sock:  # where the redirect points: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{dead}/elsewhere?signature=x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://user:pass@127.0.0.1:{server.server_port}/download?signature=secret"
+        with pytest.raises(httpx.ConnectError) as failure:
+            httpx.get(url, follow_redirects=True, timeout=2)
+        problem = transport_problem(failure.value, url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert problem.startswith(f"ConnectError reaching http://127.0.0.1:{dead}: ")
+    assert "pass" not in problem and "secret" not in problem

@@ -51,3 +51,27 @@ def test_the_documented_example_is_the_code_the_tests_mount():
     code = (root / "tests" / "extending_urls.py").read_text()
     code = code.split('"""\n', 1)[1].lstrip()  # without the module docstring
     assert code in (root / "docs" / "extend.md").read_text()
+
+
+def test_an_action_of_a_subclass_may_set_its_own_throttles_and_authentication(staff_client):
+    from rest_framework.decorators import action
+    from rest_framework.response import Response
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from kohakku_controller.tasks.views import TaskViewSet
+
+    class Mine(TaskViewSet):
+        @action(detail=False, throttle_classes=[], authentication_classes=[])
+        def ping(self, request):
+            return Response(
+                {"throttles": self.throttle_classes, "auth": self.authentication_classes}
+            )
+
+    view = Mine.as_view({"get": "ping"}, **Mine.ping.kwargs)
+    request = APIRequestFactory().get("/ping/")
+    force_authenticate(request, user=staff_client.user)
+    response = view(request)
+    assert response.status_code == 200
+    assert response.data == {"throttles": [], "auth": []}
+    # The class itself still reads the controller's settings.
+    assert Mine.throttle_classes == [] and len(Mine.authentication_classes) == 2

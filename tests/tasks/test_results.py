@@ -279,3 +279,24 @@ def test_an_attempt_taken_back_cannot_replace_the_result_of_the_one_that_complet
     assert httpx.put(stale_target["upload_url"], content=b"attempt 1").status_code == 200
     response = staff_client.get(f"/api/v1/tasks/{second.guid}/result/")
     assert httpx.get(response["Location"]).content == b"attempt 2"
+
+
+@pytest.mark.parametrize(
+    ("key", "served_as"),
+    [
+        ("out.json", "application/json"),
+        ("log.txt", "text/plain"),
+        ("out.gz", "application/gzip"),
+        ("out.tar.gz", "application/gzip"),
+        ("out.tgz", "application/gzip"),
+        ("out.tar.bz2", "application/octet-stream"),
+        ("page.html", "application/octet-stream"),
+        ("page.html.gz", "application/gzip"),
+        ("image.svg", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+    ],
+)
+def test_a_result_is_typed_from_its_name_among_passive_types_only(key, served_as):
+    from kohakku_controller.tasks.views import result_content_type
+
+    assert result_content_type(f"results/x/{key}") == served_as

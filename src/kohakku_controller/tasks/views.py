@@ -212,7 +212,9 @@ _PASSIVE_RESULT_TYPES = frozenset(
 
 def result_content_type(key: str) -> str:
     """The type a result is served with: guessed from its name among passive types only."""
-    guessed = mimetypes.guess_type(key)[0]
+    guessed, encoding = mimetypes.guess_type(key)
+    if encoding is not None:  # x.gz, x.tar.gz: the bytes are compressed, whatever is inside
+        guessed = "application/gzip" if encoding == "gzip" else None
     return guessed if guessed in _PASSIVE_RESULT_TYPES else "application/octet-stream"
 
 

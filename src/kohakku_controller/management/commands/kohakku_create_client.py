@@ -85,11 +85,15 @@ class Command(BaseCommand):
                     application_model.objects.filter(pk=application.pk).update(client_id=client_id)
                 client = create_or_reset_client(name, scopes, client_id=client_id)
         except OperationalError as exc:
-            # For example SQLite without a busy timeout, while another process writes.
+            hint = ""
+            if "locked" in str(exc):  # SQLite without a busy timeout, another process writing
+                hint = (
+                    " Run the command again; on SQLite, set the OPTIONS timeout and "
+                    "transaction_mode of the install guide."
+                )
             raise CommandError(
                 f"The database could not make the change ({printable(str(exc))}); nothing "
-                "was changed. Run the command again (on SQLite, set the OPTIONS timeout and "
-                "transaction_mode of the install guide)."
+                f"was changed.{hint}"
             ) from None
         # Printed once the transaction is committed: a secret shown is a secret that works.
         self.stdout.write(f"client_id={client.client_id}")
