@@ -51,6 +51,7 @@ BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SETTINGS_MODULE = "benchmarks.heartbeat_settings"
+QUIET_GUNICORN_CONFIG = ROOT / "benchmarks" / "gunicorn_quiet.conf.py"
 HEARTBEAT_TARGET_RATIO = 0.60
 FLEET_SIZE, FLEET_INTERVAL = 10_000, 60
 
@@ -366,6 +367,7 @@ def main() -> int:
         port = free_port()
         command = [
             str(BIN / "gunicorn"),
+            f"--config={QUIET_GUNICORN_CONFIG}",
             "example_project.wsgi:application",
             f"--bind=127.0.0.1:{port}",
             f"--workers={args.workers}",

@@ -138,6 +138,7 @@ def controller(workdir: Path, env_extra: dict[str, str]) -> Iterator[tuple[str, 
     server = subprocess.Popen(
         [
             str(Path(python).parent / "gunicorn"),
+            f"--config={ROOT / 'benchmarks' / 'gunicorn_quiet.conf.py'}",
             "example_project.wsgi:application",
             f"--bind=127.0.0.1:{port}",
             "--workers=1",

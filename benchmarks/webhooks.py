@@ -276,12 +276,11 @@ def main() -> int:
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "gunicorn"),
+            f"--config={ROOT / 'benchmarks' / 'gunicorn_quiet.conf.py'}",
             "example_project.wsgi:application",
             f"--bind=127.0.0.1:{port}",
             f"--workers={1 if sqlite else args.workers}",
             f"--threads={1 if sqlite else args.threads}",
-            # gunicorn also reads example_project/gunicorn.conf.py: keep its access log quiet.
-            "--access-logfile=/dev/null",
             "--log-level=warning",
         ],
         cwd=EXAMPLE,
