@@ -210,3 +210,32 @@ def test_a_task_listed_again_during_the_unreported_sweep_keeps_running(
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
     task.refresh_from_db()
     assert task.status == "running", task.status_reason
+
+
+def test_a_task_whose_stamp_another_pass_moved_meanwhile_is_not_released_on_the_old_one(
+    skill_version, make_dispatcher, scheduler, settings, monkeypatch
+):
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "REPORTED_TASKS_GRACE_SECONDS": 30,
+    }
+    dispatcher = make_dispatcher(capacity=4)
+    (task,) = running_tasks(scheduler, 1, started=timedelta(minutes=5))
+    Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now() - timedelta(minutes=1))
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        last_heartbeat_at=timezone.now(), reported_task_guids=[]
+    )
+    read_tasks = scheduler_module._by_dispatcher
+
+    def then_another_pass_restamps(tasks: Any) -> Any:
+        groups = read_tasks(tasks)
+        # Another scheduler saw the task listed again, then dropped again just now.
+        in_another_connection(
+            lambda: Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now())
+        )
+        return groups
+
+    monkeypatch.setattr(scheduler_module, "_by_dispatcher", then_another_pass_restamps)
+    assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+    task.refresh_from_db()
+    assert task.status == "running"

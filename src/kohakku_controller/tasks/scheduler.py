@@ -613,6 +613,8 @@ class Scheduler:
                         reason=reason,
                         now=now,
                         from_statuses=(TaskStatus.RUNNING,),
+                        # Not if another pass cleared or moved the stamp meanwhile.
+                        unchanged={"unreported_since": since},
                     ):
                         released += 1
         return released

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -402,6 +403,7 @@ def release_task(
     backoff_seconds: float = 0.0,
     now: datetime | None = None,
     count_attempt: bool = True,
+    unchanged: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Take a task away from its dispatcher (or from a scheduler that claimed it).
 
@@ -414,6 +416,7 @@ def release_task(
     claim); returns the new status, or ``None`` when something else changed the task first.
     A cancellation requested after ``task`` was read still wins: the update also matches
     the cancellation the decision was made on, and is decided again if that changed.
+    ``unchanged`` names more columns that must still hold the values the caller decided on.
     """
     now = now or timezone.now()
     dispatcher_guid = task.dispatcher.guid if task.dispatcher_id and task.dispatcher else None
@@ -428,6 +431,7 @@ def release_task(
                 "attempt": task.attempt,
                 "dispatched_at": task.dispatched_at,
                 "cancel_requested_at": task.cancel_requested_at,
+                **(unchanged or {}),
             }
             if update_rows(Task, still_there, {"status": to_status, **updates}):
                 record_event(
