@@ -180,6 +180,9 @@ CASES: list[tuple[str, str, int, dict[str, Any]]] = [
     ("post", "dispatchers/{dispatcher}/heartbeat/", 403, {}),
     ("post", "dispatchers/{dispatcher}/rotate-secret/", 200, {"data": {}}),
     ("post", "dispatchers/{dispatcher}/rotate-secret/", 411, {"extra": CHUNKED}),
+    # A chunked body is refused whatever the method, reads and deletions included.
+    ("get", "dispatchers/{dispatcher}/", 411, {"extra": CHUNKED}),
+    ("delete", "dispatchers/{dispatcher}/", 411, {"extra": CHUNKED}),
     ("post", "dispatchers/checkin/", 201, {"client": "dispatcher_client", "data": CHECKIN_NEW}),
     ("post", "dispatchers/checkin/", 200, {"client": "dispatcher_client", "data": CHECKIN}),
     ("post", "dispatchers/checkin/", 400, {"client": "dispatcher_client", "data": {}}),

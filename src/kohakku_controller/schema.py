@@ -119,10 +119,9 @@ class ControllerAutoSchema(AutoSchema):
         return self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer() is not None
 
     def error_codes(self) -> list[str]:
-        codes = []
-        if self.method in ("POST", "PUT", "PATCH"):
-            # Every view refuses a chunked body, whether or not it reads one.
-            codes.append("411")
+        # Every view refuses a chunked body, whatever the method and whether or not it
+        # reads one.
+        codes = ["411"]
         if self._reads_body():
             codes += ["400", "413"]
             # A view that reads its raw body itself takes any content type.
