@@ -1,4 +1,4 @@
-"""A host URLconf for the JSON 404/500 handlers: the API under a regex prefix, a host view
+"""A host URLconf for the JSON 400/404/500 handlers: the API under a regex prefix, a host view
 mounted under the same prefix after it, a partial include, and the host's own pages."""
 
 from django.http import HttpResponse
@@ -27,5 +27,6 @@ urlpatterns = [
     path("site/broken/", broken_view),
 ]
 
+handler400 = "kohakku_controller.exceptions.bad_request"
 handler404 = "kohakku_controller.exceptions.not_found"
 handler500 = "kohakku_controller.exceptions.server_error"

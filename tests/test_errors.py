@@ -183,6 +183,19 @@ def test_unexpected_error_under_the_api_is_json_500(host_with_handlers, monkeypa
     assert response["Content-Type"].startswith("text/html")
 
 
+@pytest.mark.parametrize(("path", "json"), [("/api/v1/tasks/", True), ("/site/", False)])
+def test_a_host_not_allowed_is_a_json_400_under_the_api(host_with_handlers, settings, path, json):
+    from django.test import Client
+
+    settings.ALLOWED_HOSTS = ["controller.example"]
+    response = Client().get(path, HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    if json:
+        assert response.json() == {"detail": "Bad request."}
+    else:
+        assert response["Content-Type"].startswith("text/html")
+
+
 def test_example_project_answers_json_404_under_the_api(client, settings):
     settings.ROOT_URLCONF = "example_project.urls"
     settings.DEBUG = False

@@ -73,3 +73,8 @@ def test_webhook_ingest_documents_the_headers_it_reads_and_both_answers(client):
     names = {shape["$ref"].rsplit("/", 1)[1] for shape in shapes}
     assert names == {"IngestAnswer", "SlackChallenge"}
     assert document["components"]["schemas"]["SlackChallenge"]["required"] == ["challenge"]
+
+
+def test_swagger_ui_answers_options_with_405_not_an_error(client):
+    response = client.options("/api/v1/docs/")
+    assert response.status_code == 405

@@ -9,5 +9,6 @@ urlpatterns = [
 ]
 
 # Unknown URLs and unexpected errors under the API answer JSON, like the API's own errors.
+handler400 = "kohakku_controller.exceptions.bad_request"
 handler404 = "kohakku_controller.exceptions.not_found"
 handler500 = "kohakku_controller.exceptions.server_error"

@@ -124,6 +124,17 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A ``handler400`` for host projects: JSON under the API's URLs, Django's page elsewhere.
+
+    Django answers 400 itself for a ``Host`` not in ``ALLOWED_HOSTS`` and for other
+    suspicious requests (too many form fields, for example), before any view runs.
+    """
+    if is_api_path(request.path_info):
+        return _json_error("Bad request.", status.HTTP_400_BAD_REQUEST)
+    return defaults.bad_request(request, exception)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     """A ``handler500`` for host projects: JSON under the API's URLs, Django's page elsewhere.
 

@@ -32,6 +32,10 @@ app_name = "kohakku_controller"
 class SwaggerUIView(SpectacularSwaggerView):
     """Swagger UI served from bundled static files, so it renders without internet access."""
 
+    # An HTML page has no OPTIONS metadata to give (its template renderer has no template
+    # for one): OPTIONS answers 405.
+    metadata_class = None
+
     @staticmethod
     def _swagger_ui_resource(filename: str) -> str:
         from django.templatetags.static import static

@@ -231,6 +231,12 @@ def test_list_is_bare_array_with_filters(staff_client, skill_version, make_dispa
     assert len(staff_client.get("/api/v1/tasks/?created_before=2000-01-01T00:00:00Z").json()) == 0
     assert staff_client.get("/api/v1/tasks/?status=bogus").status_code == 400
     assert staff_client.get("/api/v1/tasks/?created_after=yesterday").status_code == 400
+    # Times whose UTC value falls off the calendar are invalid too, not a server error.
+    for value in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+        for name in ("created_after", "created_before"):
+            refused = staff_client.get("/api/v1/tasks/", {name: value})
+            assert refused.status_code == 400, (name, value)
+            assert list(refused.json()) == [name]
 
 
 def test_version_filter_takes_positive_integers_only(staff_client, skill_version):

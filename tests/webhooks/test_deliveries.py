@@ -91,6 +91,9 @@ class TestList:
         later = (timezone.now() + timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
         assert staff_client.get(LIST, {"received_after": later}).json() == []
         assert len(staff_client.get(LIST, {"received_before": later}).json()) == 3
+        off_the_calendar = staff_client.get(LIST, {"received_after": "9999-12-31T23:59:59-01:00"})
+        assert off_the_calendar.status_code == 400
+        assert list(off_the_calendar.json()) == ["received_after"]
 
     def test_rows_leave_the_body_out_and_link_duplicates(
         self, staff_client, post_webhook, deliveries

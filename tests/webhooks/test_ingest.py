@@ -7,11 +7,13 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from rest_framework.test import APIClient
 
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.webhooks.models import Delivery
 from tests.webhooks.conftest import (
     GITHUB_OLD_SECRET,
+    URL,
     as_body,
     custom_headers,
     github_headers,
@@ -595,15 +597,28 @@ class TestDeliveryRecord:
             "Cookie": "session=cookie-secret-value",
             "Authorization": "Bearer bearer-secret-value",
             "X-Api-Key": "api-key-secret-value",
+            "X-Auth": "auth-secret-value",
+            "X-Credential": "credential-secret-value",
+            "X-Private-Key": "private-secret-value",
+            "X-Api-Sig": "sig-secret-value",
         }
         post_webhook(body, headers)
         stored = only_delivery().headers
-        for name in ("x-hub-signature-256", "cookie", "authorization", "x-api-key"):
+        for name in (
+            "x-hub-signature-256",
+            "cookie",
+            "authorization",
+            "x-api-key",
+            "x-auth",
+            "x-credential",
+            "x-private-key",
+            "x-api-sig",
+        ):
             assert stored[name] == "[redacted]"
         assert stored["x-github-event"] == "pull_request"
         dumped = json.dumps(stored)
-        for secret in ("cookie-secret-value", "bearer-secret-value", "api-key-secret-value"):
-            assert secret not in dumped
+        for name in ("cookie", "bearer", "api-key", "auth", "credential", "private", "sig"):
+            assert f"{name}-secret-value" not in dumped
 
     def test_odd_retry_header_is_recorded_as_no_retry(self, post_webhook):
         body = as_body({"type": "event_callback", "event_id": "Ev9", "event": {}})
@@ -675,3 +690,19 @@ class TestQueryBudget:
         body = as_body(PR_PAYLOAD)
         with django_assert_num_queries(1):
             post_webhook(body, github_headers(body, "pull_request", secret="x"))
+
+
+@pytest.mark.parametrize("accept", ["text/html", "text/*"])
+def test_a_delivery_asking_for_html_is_refused_before_it_is_processed(
+    webhook_secrets, make_workflow, accept
+):
+    make_workflow("triage-prs", input_template="{n: payload.number}")
+    body = as_body({"action": "opened", "number": 1, "repository": {"full_name": "org/repo"}})
+    headers = {**github_headers(body, "pull_request"), "Accept": accept}
+    response = APIClient().generic(
+        "POST", URL, body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 406
+    assert response.json()["detail"]
+    assert not Task.objects.exists()
+    assert not Delivery.objects.exists()

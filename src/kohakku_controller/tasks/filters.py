@@ -8,6 +8,7 @@ from typing import Any
 import django_filters
 from django import forms
 
+from ..filters import IsoDateTimeFilter
 from ..parsers import MAX_QUERY_INT
 from .models import Task, TaskOrigin, TaskStatus
 
@@ -38,8 +39,8 @@ class TaskFilter(django_filters.FilterSet):
     version = PositiveIntegerFilter(field_name="skill_version__version_number")
     dispatcher = django_filters.UUIDFilter(field_name="dispatcher__guid")
     origin = django_filters.ChoiceFilter(choices=TaskOrigin.choices)
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
-from ..filters import StrictBooleanFilter
+from ..filters import IsoDateTimeFilter, StrictBooleanFilter
 from .models import Delivery, DeliveryStatus, Verification
 
 
@@ -17,8 +17,8 @@ class DeliveryFilter(django_filters.FilterSet):
     external_id = django_filters.CharFilter()
     task_guid = django_filters.UUIDFilter()
     status_code = django_filters.NumberFilter()
-    received_after = django_filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
-    received_before = django_filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
+    received_after = IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
+    received_before = IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
     is_replay = StrictBooleanFilter(field_name="replay_of", lookup_expr="isnull", exclude=True)
 
     class Meta:

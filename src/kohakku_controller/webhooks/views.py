@@ -16,6 +16,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import permissions, status
 from rest_framework.decorators import action
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -71,6 +72,9 @@ class WebhookIngestView(ControllerAPIView):
     permission_classes = [permissions.AllowAny]
     # The body is read raw, before (and instead of) any parser.
     parser_classes = []
+    # Senders read JSON. The browsable API needs a parser to draw its form, so it would fail
+    # after the delivery was processed; an Accept that JSON cannot meet is a 406 up front.
+    renderer_classes = [JSONRenderer]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self.started = time.monotonic()

@@ -18,6 +18,11 @@ _SENSITIVE_WORDS = (
     "password",
     "api-key",
     "apikey",
+    "auth",  # x-auth, x-auth-token, proxy-authenticate …
+    "credential",
+    "private",
+    "sig",  # x-api-sig, x-hub-signature …
+    "session",
 )
 
 
