@@ -211,17 +211,22 @@ def test_client_scopes_written_by_hand_still_show(db):
     assert str(row) == f"{created.application.pk}: 5"
 
 
-def test_operator_tokens_are_not_on_the_admin_site(admin_browser, make_user):
-    from rest_framework.authtoken.models import Token, TokenProxy
+def test_operator_tokens_are_not_shown_by_the_admin(admin_browser, make_user):
+    from rest_framework.authtoken.models import Token
 
     token = Token.objects.create(user=make_user("ops"))
-    assert not admin.site.is_registered(TokenProxy)
-    assert admin_browser.get("/admin/authtoken/tokenproxy/").status_code == 404
-    assert admin_browser.get(f"/admin/authtoken/tokenproxy/{token.pk}/change/").status_code == 404
-    assert token.key not in admin_browser.get("/admin/").content.decode()
+    index = admin_browser.get("/admin/").content.decode()
+    assert "tokenproxy" not in index and token.key not in index
+    # DRF's token admin names a token by its user's id in URLs.
+    user_id = token.user_id
+    for page in ("", f"{user_id}/change/", f"{user_id}/history/", f"{user_id}/delete/", "add/"):
+        response = admin_browser.get(f"/admin/authtoken/tokenproxy/{page}")
+        assert response.status_code == 403, page
+        assert token.key not in response.content.decode()
 
 
-def test_a_hosts_own_token_admin_is_left_alone():
+def test_a_hosts_own_token_admin_is_left_alone_and_can_replace_the_closed_one():
+    from rest_framework.authtoken.admin import TokenAdmin
     from rest_framework.authtoken.models import TokenProxy
 
     from kohakku_controller.admin import _hide_operator_tokens
@@ -229,9 +234,25 @@ def test_a_hosts_own_token_admin_is_left_alone():
     class HostTokenAdmin(admin.ModelAdmin):
         pass
 
-    admin.site.register(TokenProxy, HostTokenAdmin)
+    closed = type(admin.site._registry[TokenProxy])
     try:
+        # A host app after the controller replaces it the usual way.
+        admin.site.unregister(TokenProxy)
+        admin.site.register(TokenProxy, HostTokenAdmin)
+        # A host app before it: its admin is not DRF's, so it stays.
         _hide_operator_tokens()
         assert type(admin.site._registry[TokenProxy]) is HostTokenAdmin
     finally:
         admin.site.unregister(TokenProxy)
+        admin.site.register(TokenProxy, closed)
+    assert closed is not TokenAdmin and issubclass(closed, TokenAdmin)
+
+
+def test_an_oauth2_application_has_no_link_to_a_page_that_is_not_mounted(admin_browser):
+    from kohakku_controller.oauth import create_or_reset_client
+
+    created = create_or_reset_client("orchestrator", ["tasks:read"])
+    url = f"/admin/oauth2_provider/application/{created.application.pk}/change/"
+    page = admin_browser.get(url)
+    assert page.status_code == 200
+    assert "View on site" not in page.content.decode()

@@ -27,8 +27,8 @@ def transport_problem(exc: Exception, url: str) -> str:
     except (AttributeError, RuntimeError):
         tried = url
     parts = urlsplit(tried)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{type(exc).__name__} reaching {parts.scheme}://{parts.hostname}{port}: {exc}"
+    host = parts.netloc.rpartition("@")[2]  # as written (a bad port too), without credentials
+    return f"{type(exc).__name__} reaching {parts.scheme}://{host}: {exc}"
 
 
 logger = logging.getLogger(__name__)

@@ -197,6 +197,8 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
     "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
     "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    # Without the "View on site" link to a page kohakku_controller.oauth_urls does not mount.
+    "APPLICATION_ADMIN_CLASS": "kohakku_controller.oauth_admin.ClientApplicationAdmin",
 }
 
 REST_FRAMEWORK = {

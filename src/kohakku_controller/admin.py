@@ -55,14 +55,16 @@ class ClientScopesAdmin(ConcurrencySafeAdmin):
 
 
 def _hide_operator_tokens() -> None:
-    """Take DRF's admin for operators' API tokens (``authtoken``) off the admin site.
+    """Close DRF's admin for operators' API tokens (``authtoken``).
 
     It shows every token's key in clear, in its list and also wherever the admin names a
-    token (change, history and delete pages, the recent-actions log), so whoever may view
-    tokens there could act as any operator, superusers included. Operators get tokens with
-    ``manage.py drf_create_token``. DRF's admin module is imported first, so its
-    registration is the one removed whatever the order of ``INSTALLED_APPS``; a host's own
-    token admin is left alone.
+    token (change, history and delete pages), so whoever may view tokens there could act as
+    any operator, superusers included. Its registration is replaced by one that lets nobody
+    view, add, change or delete tokens (and is left off the index); operators get tokens
+    with ``manage.py drf_create_token``. It stays registered, so a host app that replaces
+    it the usual way (unregister, then register its own) still can, and a host's own token
+    admin registered first is left alone. DRF's admin module is imported first, so this
+    works whatever the order of ``INSTALLED_APPS``.
     """
     from django.apps import apps
 
@@ -71,9 +73,26 @@ def _hide_operator_tokens() -> None:
     from rest_framework.authtoken.admin import TokenAdmin
     from rest_framework.authtoken.models import TokenProxy
 
+    class ClosedTokenAdmin(TokenAdmin):
+        def has_module_permission(self, request: Any) -> bool:
+            return False
+
+        def has_view_permission(self, request: Any, obj: Any = None) -> bool:
+            return False
+
+        def has_add_permission(self, request: Any) -> bool:
+            return False
+
+        def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+            return False
+
+        def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+            return False
+
     registered = admin.site._registry.get(TokenProxy)
     if registered is not None and type(registered) is TokenAdmin:
         admin.site.unregister(TokenProxy)
+        admin.site.register(TokenProxy, ClosedTokenAdmin)
 
 
 _hide_operator_tokens()

@@ -439,3 +439,23 @@ def test_an_unreachable_redirect_target_is_the_host_named_without_credentials():
         server.server_close()
     assert problem.startswith(f"ConnectError reaching http://127.0.0.1:{dead}: ")
     assert "pass" not in problem and "secret" not in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("http://127.0.0.1:99999/api/v1/tasks/x/callback/", "http://127.0.0.1:99999"),
+        ("http://[::1]:9/api/v1/tasks/x/callback/", "http://[::1]:9"),
+    ],
+    ids=["port-out-of-range", "ipv6"],
+)
+def test_an_odd_controller_address_is_named_as_written(url, named):
+    import httpx
+
+    from dispatcher.controller import transport_problem
+
+    with pytest.raises(httpx.HTTPError) as failure:
+        httpx.post(url, timeout=2)
+    assert transport_problem(failure.value, url).startswith(
+        f"{type(failure.value).__name__} reaching {named}: "
+    )
