@@ -146,25 +146,23 @@ def test_a_dispatcher_deleted_during_a_claim_does_not_break_the_claim(
 # --- a heartbeat committed between a sweep's decision and its release --------------------------
 
 
-def heartbeat_after_the_sweep_reads(
-    monkeypatch: Any, dispatcher: Dispatcher, running: list[Task]
-) -> None:
-    """Make a heartbeat listing ``running`` commit once the sweep has read the tasks it
-    means to release, before it releases any."""
+def after_the_sweep_reads(monkeypatch: Any, change: Callable[[], Any]) -> None:
+    """Commit ``change`` on another connection once a sweep has read the tasks it means to
+    release, before it releases any."""
     read_tasks = scheduler_module._by_dispatcher
 
-    def then_a_heartbeat(tasks: Any) -> Any:
+    def then_the_change(tasks: Any) -> Any:
         groups = read_tasks(tasks)
-        in_another_connection(
-            lambda: dispatcher_services.record_heartbeat(
-                guid=dispatcher.guid,
-                application=None,
-                running_task_guids=[task.guid for task in running],
-            )
-        )
+        in_another_connection(change)
         return groups
 
-    monkeypatch.setattr(scheduler_module, "_by_dispatcher", then_a_heartbeat)
+    monkeypatch.setattr(scheduler_module, "_by_dispatcher", then_the_change)
+
+
+def heartbeat_listing(dispatcher: Dispatcher, running: list[Task]) -> Callable[[], Any]:
+    return lambda: dispatcher_services.record_heartbeat(
+        guid=dispatcher.guid, application=None, running_task_guids=[t.guid for t in running]
+    )
 
 
 def running_tasks(scheduler: Scheduler, count: int, started: timedelta) -> list[Task]:
@@ -184,28 +182,35 @@ def test_tasks_of_a_dispatcher_back_during_the_lost_sweep_keep_running(
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         last_heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    heartbeat_after_the_sweep_reads(monkeypatch, dispatcher, tasks)
+    after_the_sweep_reads(monkeypatch, heartbeat_listing(dispatcher, tasks))
 
     assert scheduler.release_tasks_of_lost_dispatchers(timezone.now()) == 0
     statuses = Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("status", flat=True)
     assert list(statuses) == ["running"] * 3
 
 
-def test_a_task_listed_again_during_the_unreported_sweep_keeps_running(
-    skill_version, make_dispatcher, scheduler, settings, monkeypatch
-):
+def unreported_running_task(
+    scheduler: Scheduler, make_dispatcher: Any, settings: Any, *, grace: int
+) -> tuple[Dispatcher, Task]:
+    """A running task its dispatcher's latest heartbeat (just now) left out a minute ago."""
     settings.KOHAKKU_CONTROLLER = {
         **settings.KOHAKKU_CONTROLLER,
-        "REPORTED_TASKS_GRACE_SECONDS": 1,
+        "REPORTED_TASKS_GRACE_SECONDS": grace,
     }
     dispatcher = make_dispatcher(capacity=4)
-    (task,) = running_tasks(scheduler, 1, started=timedelta(minutes=1))
-    long_ago = timezone.now() - timedelta(minutes=1)
-    Task.objects.filter(pk=task.pk).update(unreported_since=long_ago)
+    (task,) = running_tasks(scheduler, 1, started=timedelta(minutes=5))
+    Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now() - timedelta(minutes=1))
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
         last_heartbeat_at=timezone.now(), reported_task_guids=[]
     )
-    heartbeat_after_the_sweep_reads(monkeypatch, dispatcher, [task])
+    return dispatcher, task
+
+
+def test_a_task_listed_again_during_the_unreported_sweep_keeps_running(
+    skill_version, make_dispatcher, scheduler, settings, monkeypatch
+):
+    dispatcher, task = unreported_running_task(scheduler, make_dispatcher, settings, grace=1)
+    after_the_sweep_reads(monkeypatch, heartbeat_listing(dispatcher, [task]))
 
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
     task.refresh_from_db()
@@ -215,27 +220,13 @@ def test_a_task_listed_again_during_the_unreported_sweep_keeps_running(
 def test_a_task_whose_stamp_another_pass_moved_meanwhile_is_not_released_on_the_old_one(
     skill_version, make_dispatcher, scheduler, settings, monkeypatch
 ):
-    settings.KOHAKKU_CONTROLLER = {
-        **settings.KOHAKKU_CONTROLLER,
-        "REPORTED_TASKS_GRACE_SECONDS": 30,
-    }
-    dispatcher = make_dispatcher(capacity=4)
-    (task,) = running_tasks(scheduler, 1, started=timedelta(minutes=5))
-    Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now() - timedelta(minutes=1))
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(
-        last_heartbeat_at=timezone.now(), reported_task_guids=[]
+    _, task = unreported_running_task(scheduler, make_dispatcher, settings, grace=30)
+    # Another scheduler saw the task listed again, then dropped again just now.
+    after_the_sweep_reads(
+        monkeypatch,
+        lambda: Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now()),
     )
-    read_tasks = scheduler_module._by_dispatcher
 
-    def then_another_pass_restamps(tasks: Any) -> Any:
-        groups = read_tasks(tasks)
-        # Another scheduler saw the task listed again, then dropped again just now.
-        in_another_connection(
-            lambda: Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now())
-        )
-        return groups
-
-    monkeypatch.setattr(scheduler_module, "_by_dispatcher", then_another_pass_restamps)
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
     task.refresh_from_db()
     assert task.status == "running"
