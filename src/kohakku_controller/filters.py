@@ -11,7 +11,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 
-BOOLEAN_CHOICES = [("true", "true"), ("false", "false")]
 #: What django-filter's ``BooleanFilter`` reads as true and false, accepted alike.
 _TRUE, _FALSE = ("true", "True", "1"), ("false", "False", "0")
 

@@ -248,7 +248,7 @@ def test_reading_versions_needs_view_skill_and_yanking_change_skillversion(
     assert token_client("nobody").get(versions).status_code == 403
 
 
-@pytest.mark.parametrize("query", ["", "?archived=", "?archived=false"])
+@pytest.mark.parametrize("query", ["", "?archived=", "?archived=false", "?archived=0"])
 def test_archived_skills_are_left_out_by_default(staff_client, make_skill, query):
     make_skill("kept")
     services.set_skill_archived(make_skill("gone"), True)

@@ -300,3 +300,13 @@ def test_a_result_is_typed_from_its_name_among_passive_types_only(key, served_as
     from kohakku_controller.tasks.views import result_content_type
 
     assert result_content_type(f"results/x/{key}") == served_as
+
+
+@filesystem_only
+@pytest.mark.parametrize("accept", ["text/html", "application/xml"])
+def test_the_upload_answers_json_whatever_the_dispatcher_accepts(api_client, running, accept):
+    task, token = running
+    response = upload(api_client, task, token, b"x", HTTP_ACCEPT=accept)
+    assert response.status_code == 201
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["result_key"] == f"results/{task.guid}/output.json"

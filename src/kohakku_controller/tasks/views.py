@@ -227,6 +227,14 @@ class CallbackTokenView(ControllerAPIView):
     permission_classes: list[Any] = []
     callback_token_auth = True  # the schema shows the callbackToken scheme
 
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # Machine endpoints that only speak JSON, whatever a dispatcher sends as Accept:
+        # nothing to negotiate (parsing the Accept header was a tenth of a callback's CPU).
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
+
     def get_authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="kohakku-callback"'
 
@@ -237,14 +245,6 @@ class TaskCallbackView(CallbackTokenView):
     Authenticated by the task's callback token (``Authorization: Bearer``) and the
     dispatcher's HMAC signature; see docs/dispatcher-contract.md.
     """
-
-    renderer_classes = [JSONRenderer]
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        # A machine endpoint that only speaks JSON: nothing to negotiate (parsing the Accept
-        # header was a tenth of a callback's CPU).
-        renderer = JSONRenderer()
-        return renderer, renderer.media_type
 
     @extend_schema(
         request=CallbackSerializer,
