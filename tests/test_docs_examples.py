@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = [
     pytest.param(
-        match.group(1), id=f"{page.name}:{page.read_text()[: match.start()].count(chr(10)) + 1}"
+        # A block inside a list item is indented with the item.
+        textwrap.dedent(match.group(1)),
+        id=f"{page.name}:{page.read_text()[: match.start()].count(chr(10)) + 1}",
     )
     for page in PAGES
-    for match in re.finditer(r"```python\n(.*?)```", page.read_text(), re.S)
+    for match in re.finditer(r"```python\n(.*?)^ *```", page.read_text(), re.S | re.M)
 ]
 
 

@@ -24,6 +24,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from kohakku_controller.skills.models import Skill, SkillVersion
+from kohakku_controller.skills.services import package_download_url
 from kohakku_controller.storage import get_storage
 from kohakku_controller.tasks.models import Task
 from kohakku_controller.tasks.services import create_task, record_event
@@ -92,6 +93,18 @@ def _dispatcher_list(query: dict[str, Any]) -> Callable[[Any, int], Send]:
     return arrange
 
 
+def _dispatcher_request(suffix: str, method: str, body: Any = None) -> Callable[[Any, int], Send]:
+    """A request on the last of ``rows`` dispatchers."""
+
+    def arrange(fx: Any, rows: int) -> Send:
+        for index in range(rows):
+            dispatcher = fx.register(f"d-{index}", labels={"gpu": "a100"})
+        url = f"/api/v1/dispatchers/{dispatcher.guid}/{suffix}"
+        return lambda: getattr(fx.staff_client, method)(url, body, format="json")
+
+    return arrange
+
+
 # --- tasks ---------------------------------------------------------------------------------
 
 
@@ -127,6 +140,12 @@ def _task_detail(suffix: str, method: str = "get") -> Callable[[Any, int], Send]
 def _task_list(fx: Any, rows: int) -> Send:
     _tasks(fx, rows)
     return lambda: fx.staff_client.get("/api/v1/tasks/")
+
+
+def _task_list_for_an_operator(fx: Any, rows: int) -> Send:
+    _tasks(fx, rows)
+    operator = fx.token_client("viewer", perms=("kohakku_controller.view_task",))
+    return lambda: operator.get("/api/v1/tasks/")
 
 
 def _result_upload(fx: Any, rows: int) -> Send:
@@ -176,6 +195,19 @@ def _skill_request(suffix: str) -> Callable[[Any, int], Send]:
     return arrange
 
 
+def _skill_version_yank(fx: Any, rows: int) -> Send:
+    skill = _skill_with_versions(fx, rows)
+    url = f"/api/v1/skills/{skill.slug}/versions/1/yank/"
+    return lambda: fx.staff_client.post(url, {"reason": "broken"}, format="json")
+
+
+def _signed_skill_download(fx: Any, rows: int) -> Send:
+    skill = _skill_with_versions(fx, rows)
+    version = SkillVersion.objects.get(skill=skill, version_number=rows)
+    url = package_download_url(version, base_url="http://testserver")
+    return lambda: fx.api_client.get(url)
+
+
 def _skill_upload(fx: Any, rows: int) -> Send:
     skill = _skill_with_versions(fx, rows)
     data = package(skill.slug)
@@ -212,6 +244,18 @@ def _workflow_request(path: str, method: str = "get") -> Callable[[Any, int], Se
     return arrange
 
 
+def _workflow_write(method: str) -> Callable[[Any, int], Send]:
+    def arrange(fx: Any, rows: int) -> Send:
+        _workflows(fx, rows)
+        if method == "post":
+            body = {"name": "new", "source": "github", "event": "push", "skill": "skill-0"}
+            return lambda: fx.staff_client.post("/api/v1/workflows/", body, format="json")
+        url = f"/api/v1/workflows/wf-{rows - 1}/"
+        return lambda: getattr(fx.staff_client, method)(url, {"priority": 7}, format="json")
+
+    return arrange
+
+
 def _deliveries(fx: Any, rows: int) -> Delivery:
     """``rows`` routed deliveries, each a replay of the one before and with a duplicate."""
     _workflows(fx, 1)
@@ -237,6 +281,11 @@ def _delivery_detail(fx: Any, rows: int) -> Send:
     return lambda: fx.staff_client.get(f"/api/v1/webhooks/deliveries/{delivery.guid}/")
 
 
+def _delivery_replay(fx: Any, rows: int) -> Send:
+    delivery = _deliveries(fx, rows)
+    return lambda: fx.staff_client.post(f"/api/v1/webhooks/deliveries/{delivery.guid}/replay/")
+
+
 CASES = [
     # The first query of each is the caller's token (with its user or application).
     Case("dispatcher check-in", _checkin, 8,
@@ -247,9 +296,16 @@ CASES = [
     Case("dispatcher list ?cloud=", _dispatcher_list({"cloud": "aws"}), 3, "count, page"),
     Case("dispatcher list ?label=", _dispatcher_list({"label": "gpu=a100"}), 3, "count, page"),
     Case("dispatcher list ?search=", _dispatcher_list({"search": "d-"}), 3, "count, page"),
+    Case("dispatcher retrieve", _dispatcher_request("", "get"), 2, "the dispatcher"),
+    Case("dispatcher change", _dispatcher_request("", "patch", {"capacity": 3}), 3,
+         "the dispatcher, conditional update"),
+    Case("dispatcher rotate-secret", _dispatcher_request("rotate-secret/", "post"), 6,
+         "the dispatcher, savepoint, lock its secret, conditional update, release"),
     Case("task create", _task_create, (7, 8),
          "idempotency key, version with its skill, savepoint, task, event, release; NOTIFY"),
     Case("task list", _task_list, 3, "count, page (with version, skill and dispatcher)"),
+    Case("task list (operator)", _task_list_for_an_operator, 5,
+         "the user's permissions, their groups' permissions, count, page"),
     Case("task retrieve", _task_detail(""), 2, "the task with version, skill and dispatcher"),
     Case("task events", _task_detail("events/"), 4, "the task, count, page"),
     Case("task cancel", _task_detail("cancel/", "post"), (7, 8),
@@ -263,7 +319,14 @@ CASES = [
          "the skill, count, page (with skill and uploader)"),
     Case("skill upload", _skill_upload, 9, "the skill, same bytes?, savepoint, lock the skill, "
          "same bytes? again, next number, insert, release"),
-    Case("skill download", _skill_request("download/"), 2, "the version with its skill"),
+    Case("skill download", _skill_request("download/"), 3,
+         "the skill (the caller may see it), the version with its skill"),
+    Case("skill download (signed URL)", _signed_skill_download, 1,
+         "no token: the version with its skill"),
+    Case("skill version retrieve", _skill_request("versions/1/"), 3,
+         "the skill, the version (with skill and uploader)"),
+    Case("skill version yank", _skill_version_yank, 4,
+         "the skill, the version, conditional update"),
     Case("workflow list", _workflow_request(""), 3, "count, page (with the skill)"),
     Case("workflow retrieve", _workflow_request("wf-0/"), 2, "the workflow with its skill"),
     Case("workflow dry-run", _workflow_request("wf-0/dry-run/", "post"), 2,
@@ -273,6 +336,14 @@ CASES = [
     Case("delivery list", _delivery_list, 3,
          "count, page (with workflow, duplicate_of and replay_of)"),
     Case("delivery detail", _delivery_detail, 2, "the delivery"),
+    Case("delivery replay", _delivery_replay, (10, 11), "the delivery, the workflow, "
+         "savepoint, version, task, event, delivery, release, the new delivery; NOTIFY"),
+    Case("workflow create", _workflow_write("post"), 7,
+         "name taken?, the skill, slug taken?, savepoint, insert, release"),
+    Case("workflow change", _workflow_write("patch"), 5,
+         "the workflow, savepoint, conditional update, release"),
+    Case("workflow delete", _workflow_write("delete"), 4,
+         "the workflow, unlink its deliveries, delete"),
 ]  # fmt: skip
 
 

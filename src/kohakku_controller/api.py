@@ -9,10 +9,12 @@ concrete viewset and override one hook (``get_queryset``, ``get_serializer_class
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import mixins, parsers, renderers, viewsets
+from rest_framework.decorators import MethodMapper
 from rest_framework.exceptions import MethodNotAllowed, NotFound
 from rest_framework.views import APIView
 
@@ -109,7 +111,33 @@ class ControllerAPIView(ControllerViewMixin, APIView):
 
 
 class ControllerGenericViewSet(ControllerViewMixin, viewsets.GenericViewSet):
-    pass
+    """A viewset whose extra actions (``@action``) stay actions when a subclass overrides
+    them: ``def cancel(self, request, *args, **kwargs)`` calling ``super()`` keeps the route,
+    the methods and the OpenAPI description of ``cancel``. DRF alone routes only methods
+    decorated with ``@action``, so such an override would remove the endpoint (404)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, method in list(vars(cls).items()):
+            inherited = getattr(super(cls, cls), name, None)
+            if inspect.isfunction(method) and _is_action(inherited) and not _is_action(method):
+                _inherit_action(method, inherited)
+
+
+_ACTION_ATTRIBUTES = ("mapping", "detail", "url_path", "url_name")
+
+
+def _is_action(method: Any) -> bool:
+    return isinstance(getattr(method, "mapping", None), MethodMapper)
+
+
+def _inherit_action(method: Any, inherited: Any) -> None:
+    for attribute in _ACTION_ATTRIBUTES:
+        setattr(method, attribute, getattr(inherited, attribute))
+    # Its own @extend_schema (which sets kwargs["schema"]) and docstring win.
+    method.kwargs = {**inherited.kwargs, **getattr(method, "kwargs", {})}
+    if method.__doc__:
+        method.kwargs["description"] = method.__doc__
 
 
 class ControllerReadOnlyViewSet(

@@ -7,6 +7,8 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from kohakku_controller.tasks.models import Task
@@ -112,6 +114,12 @@ class TestList:
         response = staff_client.get(f"{LIST}?status=bogus")
         assert response.status_code == 400
         assert "status" in response.json()
+
+    @pytest.mark.parametrize("value", ["-1", "1.5", "99", "600", "4O1", "9" * 30])
+    def test_a_status_code_that_is_no_http_status_is_400(self, staff_client, deliveries, value):
+        response = staff_client.get(LIST, {"status_code": value})
+        assert response.status_code == 400, response.content
+        assert list(response.json()) == ["status_code"]
 
     def test_list_query_budget(self, staff_client, deliveries, django_assert_max_num_queries):
         # token auth (2), count, page
@@ -292,3 +300,16 @@ def test_a_replay_committed_while_its_original_is_pruned_does_not_fail_the_prune
     call_command("kohakku_prune_deliveries", stdout=StringIO())
     assert not Delivery.objects.filter(pk=original.pk).exists()
     assert Delivery.objects.get(pk=replays[0].pk).replay_of is None
+
+
+def test_the_admin_delivery_list_reads_no_bodies_or_headers(admin_browser, deliveries):
+    Delivery.objects.update(body=b"x" * 1_000_000)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_browser.get("/admin/kohakku_controller/delivery/")
+    assert response.status_code == 200
+    page = next(q["sql"] for q in queries.captured_queries if "ORDER BY" in q["sql"])
+    assert '"body"' not in page and '"headers"' not in page, page
+    # The change page still shows them.
+    delivery = Delivery.objects.first()
+    detail = admin_browser.get(f"/admin/kohakku_controller/delivery/{delivery.pk}/change/")
+    assert detail.status_code == 200 and b"xxxxxxxxxx" in detail.content

@@ -404,7 +404,9 @@ def set_version_yanked(version: SkillVersion, yanked: bool, *, reason: str) -> S
     if not updated:
         state = "yanked" if yanked else "not yanked"
         raise Conflict({"yanked": [f"Version {version.version_number} is already {state}."]})
-    version.refresh_from_db()
+    # Nothing else of a version changes after upload: the update is all there is to read.
+    for name, value in changes.items():
+        setattr(version, name, value)
     return version
 
 

@@ -134,12 +134,9 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     filterset_class = SkillFilter
 
     def get_serializer_class(self) -> Any:
-        return {
-            "list": SkillSerializer,
-            "create": SkillCreateSerializer,
-            "partial_update": SkillUpdateSerializer,
-            "upload": UploadSerializer,
-        }.get(self.action, SkillDetailSerializer)
+        # What responses show; request bodies have their own serializers, named by each
+        # action (and in its OpenAPI description).
+        return SkillSerializer if self.action == "list" else SkillDetailSerializer
 
     def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
         drf_request = super().initialize_request(request, *args, **kwargs)
@@ -188,7 +185,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         serializer = SkillCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         skill = services.create_skill(**serializer.validated_data)
-        return Response(SkillDetailSerializer(skill).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_serializer(skill).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=SkillUpdateSerializer, responses={200: SkillDetailSerializer})
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -197,7 +194,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         serializer = SkillUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         skill = services.update_skill(skill, **serializer.validated_data)
-        return Response(SkillDetailSerializer(skill).data)
+        return Response(self.get_serializer(skill).data)
 
     @extend_schema(
         request=None,
@@ -210,7 +207,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     def archive(self, request: Request, slug: str | None = None) -> Response:
         """Archive the skill: it leaves the list and new tasks cannot use it."""
         skill = services.set_skill_archived(self.get_object(), True)
-        return Response(SkillDetailSerializer(skill).data)
+        return Response(self.get_serializer(skill).data)
 
     @extend_schema(
         request=None,
@@ -223,7 +220,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     def unarchive(self, request: Request, slug: str | None = None) -> Response:
         """Restore an archived skill."""
         skill = services.set_skill_archived(self.get_object(), False)
-        return Response(SkillDetailSerializer(skill).data)
+        return Response(self.get_serializer(skill).data)
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
@@ -298,6 +295,10 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     def download(self, request: Request, slug: str | None = None) -> HttpResponse:
         """Download a package: the latest non-yanked version, or ``?version=N``."""
         requested = _requested_version(request)
+        if SIGNATURE_PARAM not in request.query_params:
+            # The caller must be able to see the skill (a host's get_queryset() applies). A
+            # signed URL is the controller's own grant of one version to a dispatcher.
+            self.get_object()
         version = services.version_for_download(slug or "", requested)
         etag = f'"{version.content_hash}"'
         pinned = requested is not None
@@ -372,9 +373,16 @@ class SkillVersionViewSet(
         # restoring need change_skillversion.
         return Skill if self.request.method in permissions.SAFE_METHODS else SkillVersion
 
+    def get_skill_queryset(self) -> Any:
+        """The skills whose versions the caller may see and yank (override it as you
+        override the ``skill`` viewset's ``get_queryset()``); others answer 404."""
+        return Skill.objects.all()
+
     def get_skill(self) -> Skill:
         if not hasattr(self, "_skill"):
-            self._skill = get_object_or_404(Skill, slug=self.kwargs["skill_slug"])
+            self._skill = get_object_or_404(
+                self.get_skill_queryset(), slug=self.kwargs["skill_slug"]
+            )
         return self._skill
 
     def get_queryset(self) -> Any:
@@ -393,7 +401,7 @@ class SkillVersionViewSet(
         version = services.set_version_yanked(
             version, yanked, reason=serializer.validated_data["reason"]
         )
-        return Response(SkillVersionSerializer(version).data)
+        return Response(self.get_serializer(version).data)
 
     @extend_schema(
         request=YankSerializer,

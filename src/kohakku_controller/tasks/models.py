@@ -218,6 +218,8 @@ class Task(models.Model):
                 name="kohakku_task_unsent_cancel_idx",
             ),
             models.Index(fields=["status", "created_at"], name="kohakku_task_status_idx"),
+            # The task list, newest first (its default order), and ?created_after/_before.
+            models.Index(fields=["-created_at", "-id"], name="kohakku_task_created_idx"),
             # kohakku_prune_tasks: finished tasks, oldest first, a batch after another.
             models.Index(
                 fields=["finished_at", "id"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
-from ..filters import IsoDateTimeFilter, StrictBooleanFilter
+from ..filters import IsoDateTimeFilter, StrictBooleanFilter, WholeNumberFilter
 from .models import Delivery, DeliveryStatus, Verification
 
 
@@ -16,7 +16,7 @@ class DeliveryFilter(django_filters.FilterSet):
     routed_to = django_filters.CharFilter()
     external_id = django_filters.CharFilter()
     task_guid = django_filters.UUIDFilter()
-    status_code = django_filters.NumberFilter()
+    status_code = WholeNumberFilter(min_value=100, max_value=599)
     received_after = IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
     received_before = IsoDateTimeFilter(field_name="received_at", lookup_expr="lt")
     is_replay = StrictBooleanFilter(field_name="replay_of", lookup_expr="isnull", exclude=True)

@@ -85,6 +85,8 @@ class Delivery(models.Model):
                 fields=["source", "event", "-received_at"], name="kohakku_delivery_src_idx"
             ),
             models.Index(fields=["status", "-received_at"], name="kohakku_delivery_status_idx"),
+            # Looking a delivery up by the sender's id: ?external_id=.
+            models.Index(fields=["external_id"], name="kohakku_delivery_external_idx"),
         ]
 
     def __str__(self) -> str:

@@ -112,9 +112,7 @@ class Command(BaseCommand):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(credentials, indent=2))
         path.chmod(0o600)
-        self.stdout.write(
-            self.style.SUCCESS("Demo credentials (also in var/demo-credentials.json):")
-        )
+        self.stdout.write(self.style.SUCCESS(f"Demo credentials (also in {path}):"))
         self.stdout.write(f"  operator login      {OPERATOR} / demo-operator-password  (admin)")
         self.stdout.write(f"  operator API token  Authorization: Token {token.key}")
         for label, client in (("dispatcher", dispatcher), ("orchestrator", orchestrator)):

@@ -1,0 +1,90 @@
+"""A host that extends the controller's viewsets through the hooks docs/extend.md names."""
+
+from django.urls import include, path
+from rest_framework import serializers
+
+from kohakku_controller.skills.serializers import SkillDetailSerializer, SkillVersionSerializer
+from kohakku_controller.skills.views import SkillVersionViewSet, SkillViewSet
+from kohakku_controller.tasks.serializers import TaskSerializer
+from kohakku_controller.tasks.views import TaskViewSet
+from kohakku_controller.urls import build_urlpatterns
+
+cancelled_by_the_host: list[str] = []
+
+
+class TaskWithTicket(TaskSerializer):
+    ticket = serializers.SerializerMethodField()
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "ticket"]
+
+    def get_ticket(self, task):
+        return f"TICKET-{task.pk}"
+
+
+class AuditedTaskViewSet(TaskViewSet):
+    def get_serializer_class(self):
+        return TaskWithTicket
+
+    # An override of an action without repeating @action: it stays routed.
+    def cancel(self, request, *args, **kwargs):
+        response = super().cancel(request, *args, **kwargs)
+        cancelled_by_the_host.append(kwargs["guid"])
+        return response
+
+
+class SkillWithOwner(SkillDetailSerializer):
+    owner = serializers.SerializerMethodField()
+
+    class Meta(SkillDetailSerializer.Meta):
+        fields = [*SkillDetailSerializer.Meta.fields, "owner"]
+
+    def get_owner(self, skill):
+        return "platform-team"
+
+
+class VersionWithOwner(SkillVersionSerializer):
+    owner = serializers.SerializerMethodField()
+
+    class Meta(SkillVersionSerializer.Meta):
+        fields = [*SkillVersionSerializer.Meta.fields, "owner"]
+
+    def get_owner(self, version):
+        return "platform-team"
+
+
+class PublicSkillViewSet(SkillViewSet):
+    """Skills whose slug starts with ``internal-`` are hidden from everyone."""
+
+    def get_queryset(self):
+        return super().get_queryset().exclude(slug__startswith="internal-")
+
+    def get_serializer_class(self):
+        return SkillWithOwner if self.action != "list" else super().get_serializer_class()
+
+
+class PublicSkillVersionViewSet(SkillVersionViewSet):
+    def get_skill_queryset(self):
+        return super().get_skill_queryset().exclude(slug__startswith="internal-")
+
+    def get_serializer_class(self):
+        return VersionWithOwner
+
+
+urlpatterns = [
+    path(
+        "api/v1/",
+        include(
+            (
+                build_urlpatterns(
+                    {
+                        "task": AuditedTaskViewSet,
+                        "skill": PublicSkillViewSet,
+                        "skill-version": PublicSkillVersionViewSet,
+                    }
+                ),
+                "kohakku_controller",
+            )
+        ),
+    )
+]

@@ -1,0 +1,111 @@
+"""The hooks docs/extend.md offers work on every action a user can call.
+
+The host in tests/extension_hooks_urls.py overrides ``cancel`` without ``@action``, adds a
+field to responses through ``get_serializer_class()`` and hides skills through
+``get_queryset()`` and ``get_skill_queryset()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kohakku_controller.skills import services as skill_services
+from kohakku_controller.tasks.services import create_task
+from tests import extension_hooks_urls
+from tests.skills.conftest import upload_file
+from tests.skills.zips import package
+from tests.tasks.conftest import skill_version  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.extension_hooks_urls")]
+
+
+@pytest.mark.usefixtures("skill_version")
+def test_an_action_overridden_without_its_decorator_keeps_its_route(staff_client):
+    task = create_task(skill="code-review")
+
+    response = staff_client.post(f"/api/v1/tasks/{task.guid}/cancel/")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "cancelled"
+    assert extension_hooks_urls.cancelled_by_the_host[-1] == str(task.guid)
+
+
+def test_the_overridden_action_keeps_its_openapi_description(staff_client):
+    schema = staff_client.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    cancel = schema["paths"]["/api/v1/tasks/{guid}/cancel/"]["post"]
+    assert set(cancel["responses"]) >= {"200", "202", "409"}
+    assert cancel["description"].startswith("Cancel at once if queued")
+
+
+@pytest.mark.usefixtures("skill_version")
+def test_fields_added_by_get_serializer_class_show_on_every_task_response(staff_client):
+    created = staff_client.post("/api/v1/tasks/", {"skill": "code-review"}, format="json")
+    assert created.status_code == 201
+    guid = created.json()["guid"]
+    cancelled = staff_client.post(f"/api/v1/tasks/{guid}/cancel/")
+    listed = staff_client.get("/api/v1/tasks/")
+    for body in (created.json(), cancelled.json(), listed.json()[0]):
+        assert body["ticket"].startswith("TICKET-"), body
+
+
+def test_fields_added_by_get_serializer_class_show_on_every_skill_response(staff_client):
+    created = staff_client.post("/api/v1/skills/", {"name": "lint"}, format="json")
+    assert created.status_code == 201
+    changed = staff_client.patch("/api/v1/skills/lint/", {"description": "x"}, format="json")
+    archived = staff_client.post("/api/v1/skills/lint/archive/")
+    restored = staff_client.post("/api/v1/skills/lint/unarchive/")
+    for response in (created, changed, archived, restored):
+        assert response.json()["owner"] == "platform-team", response.json()
+
+
+@pytest.fixture
+def hidden_skill(staff_client: Any) -> Any:
+    skill = skill_services.create_skill(name="internal-deploy")
+    skill_services.upload_package(skill, upload_file(package(skill.slug)))
+    return skill
+
+
+@pytest.mark.parametrize(
+    "method, suffix",
+    [
+        ("get", ""),
+        ("get", "download/"),
+        ("get", "download/?version=1"),
+        ("head", "download/"),
+        ("get", "versions/"),
+        ("get", "versions/1/"),
+        ("post", "versions/1/yank/"),
+    ],
+)
+def test_a_skill_hidden_by_the_host_is_not_found_on_any_action(
+    staff_client, hidden_skill, method, suffix
+):
+    url = f"/api/v1/skills/{hidden_skill.slug}/{suffix}"
+    if method == "post":
+        response = staff_client.post(url, {"reason": "x"}, format="json")
+    else:
+        response = getattr(staff_client, method)(url)
+    assert response.status_code == 404
+
+
+@pytest.mark.usefixtures("filesystem_storage")  # the controller signs the URL, not S3
+def test_a_signed_download_url_of_a_hidden_skill_still_serves_its_dispatcher(hidden_skill):
+    from rest_framework.test import APIClient
+
+    version = hidden_skill.versions.get()
+    url = skill_services.package_download_url(version, base_url="http://testserver")
+    response = APIClient().get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == package(hidden_skill.slug)
+
+
+def test_versions_of_a_visible_skill_answer_with_the_added_field(staff_client, hidden_skill):
+    skill = skill_services.create_skill(name="lint")
+    skill_services.upload_package(skill, upload_file(package(skill.slug)))
+    yank = "/api/v1/skills/lint/versions/1/yank/"
+    yanked = staff_client.post(yank, {"reason": "bad"}, format="json")
+    assert yanked.status_code == 200
+    assert yanked.json()["owner"] == "platform-team"
+    assert staff_client.get("/api/v1/skills/lint/download/?version=1").status_code == 200
