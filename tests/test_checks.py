@@ -165,3 +165,127 @@ def test_without_oauth2_provider_start_up_names_the_missing_app():
         "django.core.exceptions.ImproperlyConfigured: kohakku_controller needs "
         "'oauth2_provider' in INSTALLED_APPS (see 'Install into a host project')."
     )
+
+
+@pytest.mark.parametrize(
+    "controller_settings, expected",
+    [
+        ({"THROTTLE_CLASSES": ["nowhere.Throttle"]}, "does not import"),
+        ("not a dict", "must be a dict"),
+    ],
+)
+def test_a_setting_that_breaks_the_urls_is_reported_by_check_not_a_traceback(
+    controller_settings, expected
+):
+    # In a new process: the URL patterns load (and read the settings) during the checks.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import django\n"
+        "from django.conf import settings\n"
+        "django.setup()\n"
+        f"settings.KOHAKKU_CONTROLLER = {controller_settings!r}\n"
+        "from django.core.management import execute_from_command_line\n"
+        "execute_from_command_line(['manage.py', 'check'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    "key, value, kind",
+    [
+        ("PAGINATION_CLASS", "os.path", "pagination"),
+        ("THROTTLE_CLASSES", ["os.getcwd"], "throttle"),
+        (
+            "AUTHENTICATION_CLASSES",
+            ["rest_framework.throttling.UserRateThrottle"],
+            "authentication",
+        ),
+    ],
+)
+def test_an_import_string_of_the_wrong_kind_is_an_error(key, value, kind):
+    [message] = _messages("kohakku_controller.E002", {key: value})
+    assert f"not a DRF {kind} class" in message
+
+
+def test_times_and_counts_have_upper_bounds():
+    too_large = {
+        "CANCEL_GRACE_SECONDS": 10**12,  # overflowed every scheduler pass
+        "MISSED_HEARTBEATS": 10**15,  # the dispatcher list answered 500
+        "HEALTH_CHECK_TIMEOUT": 1e12,  # /ready/ answered 500
+        "SCHEDULER_POLL_SECONDS": 1e-6,  # a busy loop
+        "TASK_RETENTION_DAYS": 10**9,
+    }
+    found = _messages("kohakku_controller.E007", too_large)
+    assert sorted(message.split("'")[1] for message in found) == sorted(too_large)
+    assert any("at least 0.1 and at most 86400" in message for message in found)
+    fine = {"SKILL_BLOB_GRACE_SECONDS": 3153600000, "MISSED_HEARTBEATS": 1000}
+    assert _messages("kohakku_controller.E007", fine) == []
+
+
+def test_the_default_page_size_must_fit_under_the_largest():
+    [message] = _messages("kohakku_controller.E008", {"PAGE_SIZE": 100, "MAX_PAGE_SIZE": 2})
+    assert "at most MAX_PAGE_SIZE (2)" in message
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("STORAGE_ALIAS", ["kohakku"]),
+        ("CACHE_ALIAS", ["default"]),  # crashed the check itself
+        ("SECRET_ENCRYPTION_KEY", 123),
+        ("SECRET_ENCRYPTION_KEY", ""),
+        ("SKILL_CATEGORIES", "tool"),  # read as the categories t, o, o, l
+        ("SKILL_CATEGORIES", []),
+        ("SKILL_CATEGORIES", None),
+        ("PUBLIC_BASE_URL", None),
+        ("PUBLIC_BASE_URL", "controller.example.com"),
+        ("PUBLIC_BASE_URL", "ftp://controller.example.com"),
+        ("PUBLIC_BASE_URL", "https://user:pw@controller.example.com"),
+        ("STORAGE_PUBLIC_ENDPOINT_URL", "s3.example.com"),
+        ("ALLOW_UNSIGNED_WEBHOOKS", "False"),  # a non-empty string is true
+        ("RECONCILE_REPORTED_TASKS", 0),
+        ("WEBHOOK_SECRETS", ["abc"]),  # crashed the check itself
+        ("WEBHOOK_SECRETS", {"gihub": ["abc"]}),
+        ("WEBHOOK_SECRETS", {"github": [123]}),
+        ("WEBHOOK_SECRETS", {"github": [""]}),
+    ],
+)
+def test_a_setting_of_the_wrong_kind_is_an_error(key, value):
+    with override_settings(KOHAKKU_CONTROLLER={key: value}):
+        found = [m for m in checks.run_checks(include_deployment_checks=True)]
+    [message] = [m.msg for m in found if m.id == "kohakku_controller.E012"]
+    assert message.startswith(f"KOHAKKU_CONTROLLER[{key!r}] is {value!r}; ")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SECRET_ENCRYPTION_KEY", None),
+        ("PUBLIC_BASE_URL", "https://controller.example.com:8443"),
+        ("STORAGE_PUBLIC_ENDPOINT_URL", None),
+        ("WEBHOOK_SECRETS", {"github": "one-secret", "slack": []}),
+        ("SKILL_CATEGORIES", ("tool",)),
+    ],
+)
+def test_settings_of_the_right_kind_pass(key, value):
+    assert _messages("kohakku_controller.E012", {key: value}) == []
+
+
+def test_a_storage_backend_that_does_not_import_is_an_error(settings):
+    settings.STORAGES = {**settings.STORAGES, "kohakku": {"BACKEND": "nope.Storage"}}
+    assert "'nope.Storage'" in _ids()["kohakku_controller.E003"].msg
+
+
+def test_without_the_client_scopes_backend_every_client_gets_every_scope(settings):
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "SCOPES_BACKEND_CLASS": "oauth2_provider.scopes.SettingsScopes",
+    }
+    assert "ClientScopesBackend" in _ids()["kohakku_controller.E011"].hint

@@ -1,24 +1,28 @@
 """Settings of the example host project, read from environment variables.
 
-Every variable has an embedded default, so the project runs with none set. The full list,
+Every variable has an embedded default, so the project runs with none set; an empty
+variable counts as unset (except DJANGO_DB_PREPARE_THRESHOLD, where empty turns preparing
+off), and a number that does not read stops start-up naming the variable. The full list,
 with defaults, is in docs/settings.md ("Example project environment"):
 DATABASE_URL, REDIS_URL, KOHAKKU_S3_ENDPOINT_URL, KOHAKKU_S3_BUCKET, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, KOHAKKU_GITHUB_WEBHOOK_SECRET, KOHAKKU_SLACK_SIGNING_SECRET,
-KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for rotation), the scheduler and
-liveness timings KOHAKKU_MISSED_HEARTBEATS, KOHAKKU_LOST_DISPATCHER_GRACE_SECONDS,
-KOHAKKU_CANCEL_GRACE_SECONDS, KOHAKKU_REPORTED_TASKS_GRACE_SECONDS,
-KOHAKKU_SCHEDULER_POLL_SECONDS, KOHAKKU_SCHEDULER_LEASE_SECONDS,
-KOHAKKU_PUSH_BACKOFF_BASE_SECONDS, DJANGO_SECRET_KEY,
+AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, KOHAKKU_GITHUB_WEBHOOK_SECRET,
+KOHAKKU_SLACK_SIGNING_SECRET, KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for
+rotation), the scheduler and liveness timings KOHAKKU_MISSED_HEARTBEATS,
+KOHAKKU_LOST_DISPATCHER_GRACE_SECONDS, KOHAKKU_CANCEL_GRACE_SECONDS,
+KOHAKKU_REPORTED_TASKS_GRACE_SECONDS, KOHAKKU_SCHEDULER_POLL_SECONDS,
+KOHAKKU_SCHEDULER_LEASE_SECONDS, KOHAKKU_PUSH_BACKOFF_BASE_SECONDS, DJANGO_SECRET_KEY,
 DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS, DJANGO_CONN_MAX_AGE, DJANGO_DB_PREPARE_THRESHOLD,
-KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL and PORT.
+KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL, PORT and DJANGO_LOG_LEVEL.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from kohakku_controller.auth import SCOPES
 
@@ -27,8 +31,24 @@ def env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
+def env(name: str, default: str) -> str:
+    """The variable, or ``default`` when it is unset or empty."""
+    return os.environ.get(name, "").strip() or default
+
+
+def env_number(name: str, kind: type[int] | type[float], default: str) -> Any:
+    """The variable as a whole number (``int``) or a number (``float``), or ``default`` when
+    it is unset or empty; a value that is neither stops start-up with the variable named."""
+    value = env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        wanted = "a whole number" if kind is int else "a number"
+        raise ImproperlyConfigured(f"{name}={value!r} is not {wanted}.") from None
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("KOHAKKU_VAR_DIR", BASE_DIR.parent / "var")).resolve()
+VAR_DIR = Path(env("KOHAKKU_VAR_DIR", str(BASE_DIR.parent / "var"))).resolve()
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-for-production")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
@@ -84,7 +104,7 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
-        conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "0")),
+        conn_max_age=env_number("DJANGO_CONN_MAX_AGE", int, "0"),
         conn_health_checks=True,
     )
 }
@@ -113,8 +133,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # callback's) is prepared: the server parses and plans it once per connection. Behind
     # PgBouncer in transaction mode this needs PgBouncer 1.21+ with max_prepared_statements
     # set; an empty value turns preparing off.
-    prepare_threshold = os.environ.get("DJANGO_DB_PREPARE_THRESHOLD", "5").strip()
-    options["prepare_threshold"] = int(prepare_threshold) if prepare_threshold else None
+    preparing = os.environ.get("DJANGO_DB_PREPARE_THRESHOLD", "5").strip()
+    options["prepare_threshold"] = (
+        env_number("DJANGO_DB_PREPARE_THRESHOLD", int, "5") if preparing else None
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:
@@ -155,9 +177,7 @@ STORAGES = {
 
 KOHAKKU_CONTROLLER = {
     # Where dispatchers reach this controller (callback, package and result URLs in pushes).
-    "PUBLIC_BASE_URL": os.environ.get(
-        "KOHAKKU_PUBLIC_BASE_URL", f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
-    ),
+    "PUBLIC_BASE_URL": env("KOHAKKU_PUBLIC_BASE_URL", f"http://127.0.0.1:{env('PORT', '8000')}"),
     "WEBHOOK_SECRETS": {
         "github": env_list("KOHAKKU_GITHUB_WEBHOOK_SECRET"),
         "slack": env_list("KOHAKKU_SLACK_SIGNING_SECRET"),
@@ -178,8 +198,8 @@ _TIMING_SETTINGS = {
     "PUSH_BACKOFF_BASE_SECONDS": float,
 }
 for _name, _kind in _TIMING_SETTINGS.items():
-    if os.environ.get(f"KOHAKKU_{_name}"):
-        KOHAKKU_CONTROLLER[_name] = _kind(os.environ[f"KOHAKKU_{_name}"])
+    if os.environ.get(f"KOHAKKU_{_name}", "").strip():
+        KOHAKKU_CONTROLLER[_name] = env_number(f"KOHAKKU_{_name}", _kind, "")
 
 # Named explicitly so that makemigrations can resolve the swappable model.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"

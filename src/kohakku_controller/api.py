@@ -39,6 +39,13 @@ class _FromSettings:
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is not None and self.name in instance.__dict__:
             return instance.__dict__[self.name]
+        if instance is None:
+            # Read on the class while modules load (URL patterns, schema decorators): a path
+            # that does not import must not stop the system checks, whose E002 names it.
+            try:
+                return getattr(kohakku_settings, self.setting)
+            except ImportError:
+                return self
         return getattr(kohakku_settings, self.setting)
 
     def __set__(self, instance: Any, value: Any) -> None:

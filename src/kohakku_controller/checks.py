@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .auth import SCOPES
 from .conf import DEFAULTS, IMPORT_STRINGS, REMOVED_SETTINGS, SETTINGS_NAME, perform_import
@@ -85,7 +86,7 @@ def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
             continue
         try:
-            perform_import(user[key], key)
+            imported = perform_import(user[key], key)
         except ImportError as exc:
             errors.append(
                 Error(
@@ -95,7 +96,32 @@ def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                     id="kohakku_controller.E002",
                 )
             )
+            continue
+        kind, method = CLASS_KINDS[key]
+        for path, value in zip(_as_list(user[key]), _as_list(imported), strict=True):
+            if not (isinstance(value, type) and callable(getattr(value, method, None))):
+                errors.append(
+                    Error(
+                        f"{SETTINGS_NAME}[{key!r}] names {path!r}, which is not a DRF {kind} "
+                        f"class (a class with the method {method}()).",
+                        hint=f"Give the dotted path of a {kind} class.",
+                        obj=SETTINGS_NAME,
+                        id="kohakku_controller.E002",
+                    )
+                )
     return errors
+
+
+#: What the classes of the import-string settings must be: DRF's kind, and a method it calls.
+CLASS_KINDS: dict[str, tuple[str, str]] = {
+    "AUTHENTICATION_CLASSES": ("authentication", "authenticate"),
+    "PAGINATION_CLASS": ("pagination", "paginate_queryset"),
+    "THROTTLE_CLASSES": ("throttle", "allow_request"),
+}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 #: Numeric settings for which 0 is meaningful (no grace, no retention, keep no body).
@@ -141,14 +167,42 @@ def check_numbers(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return errors
 
 
+#: Numeric settings with a range of their own: (lowest, highest).
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    # As kohakku_scheduler --poll-seconds: a shorter poll is a busy loop.
+    "SCHEDULER_POLL_SECONDS": (0.1, 86400),
+    # Times the longest heartbeat interval (3600 s), a date a database can still hold.
+    "MISSED_HEARTBEATS": (1, 1000),
+    "TASK_RETENTION_DAYS": (0, 36500),
+    "WEBHOOK_DELIVERY_RETENTION_DAYS": (0, 36500),
+}
+#: The longest time any other time setting may give: longer ones overflow date arithmetic.
+LONGEST_SECONDS = 100 * 365 * 24 * 3600
+
+
+def _number_range(key: str) -> tuple[float | None, float]:
+    """(lowest, highest) of a numeric setting; a lowest of None means "above 0"."""
+    if key in NUMBER_RANGES:
+        return NUMBER_RANGES[key]
+    longest = LONGEST_SECONDS if key.endswith(("_SECONDS", "_TIMEOUT")) else math.inf
+    return (0 if key in MAY_BE_ZERO else None, longest)
+
+
 def _number_requirement(key: str) -> str | None:
     """What a numeric setting must be, in words; None for other settings."""
     default = DEFAULTS.get(key)
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         return None
+    lowest, highest = _number_range(key)
     if isinstance(default, float):
-        return "0 or more" if key in MAY_BE_ZERO else "a number above 0"
-    return f"a whole number of at least {0 if key in MAY_BE_ZERO else 1}"
+        low = "a number above 0" if lowest is None else f"a number of at least {_n(lowest)}"
+    else:
+        low = f"a whole number of at least {_n(1 if lowest is None else lowest)}"
+    return low if highest == math.inf else f"{low} and at most {_n(highest)}"
+
+
+def _n(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _meets(key: str, value: Any) -> bool:
@@ -157,7 +211,8 @@ def _meets(key: str, value: Any) -> bool:
     kinds = (int,) if isinstance(default, int) else (int, float)
     if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value):
         return False
-    return value >= 0 if key in MAY_BE_ZERO else value > 0
+    lowest, highest = _number_range(key)
+    return (value > 0 if lowest is None else value >= lowest) and value <= highest
 
 
 #: Numeric settings with an upper bound: the largest value their database column holds, or
@@ -169,6 +224,7 @@ UPPER_BOUNDS: dict[str, int | str] = {
     "TASK_MAX_ATTEMPTS_LIMIT": 2**15 - 1,  # a 16-bit integer column
     "TASK_DEFAULT_MAX_ATTEMPTS": "TASK_MAX_ATTEMPTS_LIMIT",
     "DEFAULT_DISPATCHER_CAPACITY": MAX_CAPACITY,  # the most a dispatcher may declare
+    "PAGE_SIZE": "MAX_PAGE_SIZE",  # ?page_size= is capped there; the default must be too
 }
 WAKEUP_MODES = ("auto", "postgres", "redis", "poll")
 
@@ -233,9 +289,14 @@ def _setting(key: str) -> Any:
 
 @register(Tags.compatibility)
 def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """The storage and cache aliases exist (their type is E012's), and the storage's
+    backend imports."""
     errors = []
     storage_alias = _setting("STORAGE_ALIAS")
-    if storage_alias not in getattr(settings, "STORAGES", {}):
+    storages = getattr(settings, "STORAGES", {})
+    if not isinstance(storage_alias, str):
+        pass
+    elif storage_alias not in storages:
         errors.append(
             Error(
                 f"Storage alias {storage_alias!r} is not in settings.STORAGES.",
@@ -247,8 +308,21 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="kohakku_controller.E003",
             )
         )
+    else:
+        backend = (storages[storage_alias] or {}).get("BACKEND")
+        try:
+            import_string(backend)
+        except (ImportError, TypeError, ValueError) as exc:
+            errors.append(
+                Error(
+                    f"STORAGES[{storage_alias!r}]['BACKEND'] ({backend!r}) does not import: {exc}",
+                    hint="Give the dotted path of a storage class, for example "
+                    "'kohakku_controller.s3.S3Storage'.",
+                    id="kohakku_controller.E003",
+                )
+            )
     cache_alias = _setting("CACHE_ALIAS")
-    if cache_alias not in settings.CACHES:
+    if isinstance(cache_alias, str) and cache_alias not in settings.CACHES:
         errors.append(
             Error(
                 f"Cache alias {cache_alias!r} is not in settings.CACHES.",
@@ -315,7 +389,9 @@ def check_oauth2_scopes(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 @register(Tags.security, deploy=True)
 def check_filesystem_storage(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    backend = getattr(settings, "STORAGES", {}).get(_setting("STORAGE_ALIAS"), {}).get("BACKEND")
+    alias = _setting("STORAGE_ALIAS")
+    storage = getattr(settings, "STORAGES", {}).get(alias) if isinstance(alias, str) else None
+    backend = (storage or {}).get("BACKEND")
     if backend != "django.core.files.storage.FileSystemStorage":
         return []
     return [
@@ -332,7 +408,7 @@ def check_filesystem_storage(app_configs: Any = None, **kwargs: Any) -> list[Any
 
 @register(Tags.security, deploy=True)
 def check_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    secrets = _setting("WEBHOOK_SECRETS") or {}
+    secrets = _webhook_secrets()
     warnings = []
     if _setting("ALLOW_UNSIGNED_WEBHOOKS"):
         warnings.append(
@@ -363,7 +439,7 @@ def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list
     import base64
     import binascii
 
-    secrets = (_setting("WEBHOOK_SECRETS") or {}).get("custom") or []
+    secrets = _webhook_secrets().get("custom") or []
     if isinstance(secrets, (str, bytes)):
         secrets = [secrets]
     errors = []
@@ -386,6 +462,12 @@ def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list
     return errors
 
 
+def _webhook_secrets() -> dict[str, Any]:
+    """``WEBHOOK_SECRETS`` if it is a dict (E012 reports anything else), else ``{}``."""
+    secrets = _setting("WEBHOOK_SECRETS")
+    return secrets if isinstance(secrets, dict) else {}
+
+
 @register(Tags.security, deploy=True)
 def check_public_base_url(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     from urllib.parse import urlsplit
@@ -401,3 +483,123 @@ def check_public_base_url(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="kohakku_controller.W005",
         )
     ]
+
+
+@register(Tags.security)
+def check_scopes_backend(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Without the controller's scopes backend, django-oauth-toolkit lets every OAuth2 client
+    take every scope: a dispatcher's credentials could create tasks or manage skills."""
+    from oauth2_provider.settings import oauth2_settings
+
+    from .oauth import ClientScopesBackend
+
+    try:
+        backend = oauth2_settings.SCOPES_BACKEND_CLASS
+    except ImportError:
+        backend = None
+    if isinstance(backend, type) and issubclass(backend, ClientScopesBackend):
+        return []
+    return [
+        Error(
+            "OAUTH2_PROVIDER['SCOPES_BACKEND_CLASS'] is not the controller's "
+            "ClientScopesBackend (or a subclass): every OAuth2 client may take every scope, "
+            "whatever it was granted.",
+            hint="Set OAUTH2_PROVIDER['SCOPES_BACKEND_CLASS'] = "
+            "'kohakku_controller.oauth.ClientScopesBackend'.",
+            id="kohakku_controller.E011",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_setting_kinds(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """The settings that are neither numbers (E007) nor import strings (E002) hold what the
+    controller reads them as; a wrong kind would fail later, in a request or a push."""
+    user = _user_settings()
+    if not isinstance(user, dict):
+        return []
+    errors = []
+    for key in sorted(user):
+        problem = _kind_problem(key, user[key])
+        if problem:
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}[{key!r}] is {user[key]!r}; {problem}.",
+                    hint=f"The default is {DEFAULTS[key]!r}; see the settings docs.",
+                    obj=SETTINGS_NAME,
+                    id="kohakku_controller.E012",
+                )
+            )
+    return errors
+
+
+def _kind_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the setting ``key``, or None (also for keys checked elsewhere)."""
+    if isinstance(DEFAULTS.get(key), bool):
+        return None if isinstance(value, bool) else "it must be True or False"
+    checker = _KIND_CHECKERS.get(key)
+    return checker(value) if checker else None
+
+
+def _non_empty_text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "it must be a non-empty string"
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _non_empty_text(value)
+
+
+def _categories(value: Any) -> str | None:
+    names = value if isinstance(value, list | tuple) else []
+    if names and all(isinstance(item, str) and 0 < len(item) <= 32 for item in names):
+        return None
+    return "it must be a non-empty list of names of 1 to 32 characters"
+
+
+def _http_url(value: Any) -> str | None:
+    from urllib.parse import urlsplit
+
+    reason = "it must be an http(s) URL with a host, without credentials, query or fragment"
+    if not isinstance(value, str):
+        return reason
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return reason
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        return reason
+    if parts.username is not None or parts.query or parts.fragment:
+        return reason
+    return None
+
+
+def _optional_http_url(value: Any) -> str | None:
+    return None if value is None else _http_url(value)
+
+
+def _webhook_secrets_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"it must be a dict of {', '.join(WEBHOOK_SOURCES)} to lists of secrets"
+    unknown = [str(source) for source in value if source not in WEBHOOK_SOURCES]
+    if unknown:
+        known = ", ".join(WEBHOOK_SOURCES)
+        return f"{', '.join(map(repr, unknown))} is not a webhook source (known: {known})"
+    for source, secrets in value.items():
+        items = [secrets] if isinstance(secrets, str | bytes) else secrets
+        if not isinstance(items, list | tuple) or not all(
+            isinstance(secret, str | bytes) and secret for secret in items
+        ):
+            return f"the secrets of {source!r} must be a list of non-empty strings"
+    return None
+
+
+_KIND_CHECKERS = {
+    "STORAGE_ALIAS": _non_empty_text,
+    "CACHE_ALIAS": _non_empty_text,
+    "SECRET_ENCRYPTION_KEY": _optional_text,
+    "SKILL_CATEGORIES": _categories,
+    "PUBLIC_BASE_URL": _http_url,
+    "STORAGE_PUBLIC_ENDPOINT_URL": _optional_http_url,
+    "WEBHOOK_SECRETS": _webhook_secrets_problem,
+}

@@ -195,7 +195,9 @@ class KohakkuSettings:
     @property
     def user_settings(self) -> dict[str, Any]:
         if self._user_settings is None:
-            self._user_settings = dict(getattr(settings, SETTINGS_NAME, None) or {})
+            configured = getattr(settings, SETTINGS_NAME, None) or {}
+            # Anything but a dict is check E001's to report; meanwhile, the defaults.
+            self._user_settings = dict(configured) if isinstance(configured, dict) else {}
         return self._user_settings
 
     def __getattr__(self, attr: str) -> Any:

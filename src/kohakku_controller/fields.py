@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import models
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import ISO_8601, serializers
 
 from .dispatchers.labels import has_control_characters, validate_labels
 
@@ -105,11 +105,32 @@ class LabelsField(serializers.Field):
         return dict(value)
 
 
-class StrictModelSerializer(serializers.ModelSerializer):
-    """A ``ModelSerializer`` whose generated fields are the strict ones above."""
+class IsoDateTimeField(serializers.DateTimeField):
+    """A time, always written in ISO 8601 (the API's contract), whatever a host's global
+    ``REST_FRAMEWORK["DATETIME_FORMAT"]`` says."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("format", ISO_8601)
+        super().__init__(**kwargs)
+
+
+# The two base serializers below have comments, not docstrings: drf-spectacular describes a
+# serializer without a docstring of its own with its bases' docstring.
+
+
+# A ModelSerializer whose times are ISO 8601 whatever the host's DRF settings say. The
+# controller's response serializers build on it; so can an extension's.
+class ControllerModelSerializer(serializers.ModelSerializer):
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
+        models.DateTimeField: IsoDateTimeField,
+    }
+
+
+# A ModelSerializer whose generated fields are the strict ones above.
+class StrictModelSerializer(ControllerModelSerializer):
+    serializer_field_mapping = {
+        **ControllerModelSerializer.serializer_field_mapping,
         models.CharField: StrictCharField,
         models.TextField: StrictCharField,
         models.IntegerField: StrictIntegerField,

@@ -385,3 +385,12 @@ def test_create_task_from_host_code_refuses_a_final_newline(skill_version, optio
         create_task(skill="code-review", **options)
     assert field in caught.value.detail
     assert not Task.objects.exists()
+
+
+def test_times_are_iso_8601_whatever_the_hosts_drf_date_format(
+    staff_client, skill_version, settings
+):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DATETIME_FORMAT": "%d/%m/%Y"}
+    task = create_task(skill="code-review")
+    [listed] = staff_client.get("/api/v1/tasks/").json()
+    assert listed["created_at"] == task.created_at.isoformat().replace("+00:00", "Z")

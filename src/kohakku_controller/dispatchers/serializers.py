@@ -19,6 +19,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..fields import (
+    ControllerModelSerializer,
+    IsoDateTimeField,
     LabelsField,
     RejectUnknownFieldsMixin,
     StrictBooleanField,
@@ -246,7 +248,7 @@ class RotateSecretSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
 class RotateSecretResponseSerializer(serializers.Serializer):
     dispatcher_guid = serializers.UUIDField()
     signing_secret = serializers.CharField(help_text="The new secret; it is not shown again.")
-    previous_secret_valid_until = serializers.DateTimeField(allow_null=True)
+    previous_secret_valid_until = IsoDateTimeField(allow_null=True)
 
 
 class ApplicationSerializer(serializers.Serializer):
@@ -254,7 +256,7 @@ class ApplicationSerializer(serializers.Serializer):
     name = serializers.CharField()
 
 
-class DispatcherSerializer(serializers.ModelSerializer):
+class DispatcherSerializer(ControllerModelSerializer):
     """A dispatcher as operators see it. Signing secrets are never part of it."""
 
     status = serializers.SerializerMethodField()

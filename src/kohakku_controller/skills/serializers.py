@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ..fields import RejectUnknownFieldsMixin, StrictCharField
+from ..fields import ControllerModelSerializer, RejectUnknownFieldsMixin, StrictCharField
 from .models import Skill, SkillVersion
 from .services import category_problem
 
@@ -16,7 +16,7 @@ def _validate_category(value: str) -> str:
     return value
 
 
-class SkillSerializer(serializers.ModelSerializer):
+class SkillSerializer(ControllerModelSerializer):
     """The list shape, pinned by the API: guid, name, slug, category, description."""
 
     class Meta:
@@ -89,7 +89,7 @@ class UploadResultSerializer(serializers.Serializer):
     deduplicated = serializers.BooleanField()
 
 
-class SkillVersionSerializer(serializers.ModelSerializer):
+class SkillVersionSerializer(ControllerModelSerializer):
     """One package version of a skill."""
 
     skill = serializers.SlugRelatedField(slug_field="slug", read_only=True)

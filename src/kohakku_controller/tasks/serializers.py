@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from ..fields import (
+    ControllerModelSerializer,
     RejectUnknownFieldsMixin,
     StrictCharField,
     StrictIntegerField,
@@ -13,7 +14,7 @@ from ..fields import (
 from .models import Task, TaskEvent
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(ControllerModelSerializer):
     """A task as the API shows it."""
 
     skill = serializers.CharField(source="skill_version.skill.slug", read_only=True)
@@ -85,7 +86,9 @@ class TaskCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     max_attempts = StrictIntegerField(required=False, allow_null=True)
 
 
-class TaskEventSerializer(serializers.ModelSerializer):
+class TaskEventSerializer(ControllerModelSerializer):
+    """One entry of a task's history."""
+
     class Meta:
         model = TaskEvent
         fields = [

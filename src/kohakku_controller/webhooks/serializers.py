@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from ..fields import ControllerModelSerializer
 from .models import Delivery
 
 
-class DeliveryListSerializer(serializers.ModelSerializer):
+class DeliveryListSerializer(ControllerModelSerializer):
     """A delivery without its body (the detail view has it)."""
 
     # A plain string in the schema: a "status" enum here would collide with other components.
