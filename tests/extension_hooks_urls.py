@@ -2,12 +2,14 @@
 
 from django.urls import include, path
 from rest_framework import serializers
+from rest_framework.filters import BaseFilterBackend
 
 from kohakku_controller.skills.serializers import SkillDetailSerializer, SkillVersionSerializer
 from kohakku_controller.skills.views import SkillVersionViewSet, SkillViewSet
 from kohakku_controller.tasks.serializers import TaskSerializer
 from kohakku_controller.tasks.views import TaskViewSet
 from kohakku_controller.urls import build_urlpatterns
+from kohakku_controller.webhooks.views import DeliveryViewSet
 
 cancelled_by_the_host: list[str] = []
 
@@ -71,6 +73,22 @@ class PublicSkillVersionViewSet(SkillVersionViewSet):
         return VersionWithOwner
 
 
+class SlackOnlyWhenAsked(BaseFilterBackend):
+    """A host's visibility backend: Slack deliveries only with ?with_slack=1."""
+
+    def filter_queryset(self, request, queryset, view):
+        if request.query_params.get("with_slack") == "1":
+            return queryset
+        return queryset.exclude(source="slack")
+
+    def get_schema_operation_parameters(self, view):
+        return [{"name": "with_slack", "in": "query", "schema": {"type": "string"}}]
+
+
+class TeamDeliveryViewSet(DeliveryViewSet):
+    filter_backends = [*DeliveryViewSet.filter_backends, SlackOnlyWhenAsked]
+
+
 urlpatterns = [
     path(
         "api/v1/",
@@ -81,6 +99,7 @@ urlpatterns = [
                         "task": AuditedTaskViewSet,
                         "skill": PublicSkillViewSet,
                         "skill-version": PublicSkillVersionViewSet,
+                        "delivery": TeamDeliveryViewSet,
                     }
                 ),
                 "kohakku_controller",

@@ -2,7 +2,8 @@
 
 The host in tests/extension_hooks_urls.py overrides ``cancel`` without ``@action``, adds a
 field to responses through ``get_serializer_class()`` and hides skills through
-``get_queryset()`` and ``get_skill_queryset()``.
+``get_queryset()`` and ``get_skill_queryset()``, and adds a visibility filter backend to
+the delivery log.
 """
 
 from __future__ import annotations
@@ -109,3 +110,24 @@ def test_versions_of_a_visible_skill_answer_with_the_added_field(staff_client, h
     assert yanked.status_code == 200
     assert yanked.json()["owner"] == "platform-team"
     assert staff_client.get("/api/v1/skills/lint/download/?version=1").status_code == 200
+
+
+def test_a_hosts_visibility_backend_applies_to_lookups_and_is_documented_there(staff_client):
+    from kohakku_controller.webhooks.models import Delivery
+
+    slack = Delivery.objects.create(source="slack", status="rejected", status_code=401)
+    assert staff_client.get("/api/v1/webhooks/deliveries/").json() == []
+    url = f"/api/v1/webhooks/deliveries/{slack.guid}/"
+    assert staff_client.get(url).status_code == 404
+    assert staff_client.get(url, {"with_slack": "1"}).status_code == 200
+
+    schema = staff_client.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    paths = schema["paths"]
+    for operation in (
+        paths["/api/v1/webhooks/deliveries/"]["get"],
+        paths["/api/v1/webhooks/deliveries/{guid}/"]["get"],
+    ):
+        assert "with_slack" in [parameter["name"] for parameter in operation["parameters"]]
+    # The list's own filters stay on the list.
+    detail = paths["/api/v1/webhooks/deliveries/{guid}/"]["get"]["parameters"]
+    assert "source" not in [parameter["name"] for parameter in detail]

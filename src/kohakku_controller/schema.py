@@ -139,10 +139,14 @@ class ControllerAutoSchema(AutoSchema):
         return list(dict.fromkeys(codes))
 
     def get_filter_backends(self) -> list[Any]:
-        # The same backends the view applies: list filters only on the list action.
-        if not self._is_list_view() or not hasattr(self.view, "filter_backends_for_action"):
+        # The same backends the view applies (filter_backends_for_action): list filters on
+        # the list only, other backends (a host's object visibility) wherever an object is
+        # looked up too.
+        if not hasattr(self.view, "filter_backends_for_action"):
             return super().get_filter_backends()
-        return self.view.filter_backends_for_action()
+        if self._is_list_view() or getattr(self.view, "detail", False):
+            return self.view.filter_backends_for_action()
+        return []
 
     def get_override_parameters(self) -> list[Any]:
         parameters = list(super().get_override_parameters())
