@@ -19,7 +19,11 @@ What it does, and undoes:
    PostgreSQL backends and the WAL writer), peak memory, the heartbeat/ceiling ratio, and
    the CPU that 10,000 dispatchers beating every 60 s use (sent open loop at that rate,
    after a bare Django view and the ceiling endpoint at the same rate);
-6. stops gunicorn and drops the database, also on Ctrl-C or failure.
+6. calls the same three endpoints in a separate process on Django's WSGI handler, without
+   any server, and prints their CPU per request hot (back to back) and paced at the
+   fleet's rate: what the code costs, and what this machine adds when a process wakes for
+   each request;
+7. stops gunicorn and drops the database, also on Ctrl-C or failure.
 
 Timing depends on the machine; the ratio is what to compare between runs.
 """
@@ -308,6 +312,67 @@ def drive(
     return time.perf_counter() - began, latencies, errors[0]
 
 
+# --- in-process cost ------------------------------------------------------------------------
+
+IN_PROCESS_HOT, IN_PROCESS_PACED = 2000, 1000
+
+
+def in_process_costs(guid: str, token: str) -> dict[str, tuple[float, float]]:
+    """CPU ms per request of each endpoint called on the WSGI handler, hot and paced."""
+    import io
+
+    import django
+
+    django.setup()
+    from django.core.wsgi import get_wsgi_application
+
+    application = get_wsgi_application()
+    body = json.dumps({"running_tasks": [], "free_capacity": 3}).encode()
+    paths = {
+        "plain view": "/bench/plain/",
+        "ping (ceiling)": "/bench/ping/",
+        "heartbeat": f"/api/v1/dispatchers/{guid}/heartbeat/",
+    }
+
+    def call(path: str) -> None:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.url_scheme": "http",
+        }
+        statuses: list[str] = []
+        response = application(environ, lambda status, headers: statuses.append(status))
+        b"".join(response)
+        response.close()
+        if not statuses[0].startswith("200"):
+            raise RuntimeError(f"{path} answered {statuses[0]}")
+
+    def cpu_ms(path: str, count: int, pause: float) -> float:
+        used = 0.0
+        for _ in range(count):
+            time.sleep(pause)
+            began = time.process_time()
+            call(path)
+            used += time.process_time() - began
+        return 1000 * used / count
+
+    costs = {}
+    for name, path in paths.items():
+        cpu_ms(path, 200, 0)  # warm-up: connection, caches, code paths
+        hot = cpu_ms(path, IN_PROCESS_HOT, 0)
+        costs[name] = (hot, cpu_ms(path, IN_PROCESS_PACED, FLEET_INTERVAL / FLEET_SIZE))
+    return costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -329,10 +394,14 @@ def main() -> int:
         help="open a new connection for every request of the steady-fleet phase",
     )
     parser.add_argument("--seed-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--in-process-only", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.seed_only:
         seed(args.dispatchers, args.clients)
+        return 0
+    if args.in_process_only:
+        print(json.dumps(in_process_costs(*args.in_process_only)))
         return 0
 
     database = f"kohakku_bench_heartbeat_{os.getpid()}"
@@ -442,7 +511,12 @@ def main() -> int:
                 cpu_seconds(backends) - db_before,
             )
         worker_peak = peak_rss_mib(children_of(server.pid))
-        report(args, rounds, fleet, worker_peak, pairs, admin)
+        measured = subprocess.run(
+            [sys.executable, __file__, "--in-process-only", *pairs[0]],
+            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        in_process = json.loads(measured.stdout.strip().splitlines()[-1])
+        report(args, rounds, fleet, worker_peak, pairs, admin, in_process)
         failed = sum(round_.errors for round_ in [*rounds, *fleet.values()])
         return 1 if failed else 0
     except KeyboardInterrupt:
@@ -469,6 +543,7 @@ def report(
     worker_peak: float,
     pairs: list[Any],
     admin: Any,
+    in_process: dict[str, list[float]],
 ) -> None:
     stamped = admin.execute("SELECT 1").fetchone()  # admin connection still healthy
     assert stamped == (1,)
@@ -543,6 +618,15 @@ def report(
         f"{cores['ping (ceiling)'] - cores['plain view']:.2f}, the heartbeat's own work "
         f"{cores['heartbeat'] - cores['ping (ceiling)']:.2f}"
     )
+    print(
+        f"in-process, no server ({IN_PROCESS_HOT} calls back to back, then {IN_PROCESS_PACED} "
+        f"at {FLEET_SIZE / FLEET_INTERVAL:.0f}/s): CPU ms per request, hot / paced"
+    )
+    for name, (hot, paced) in in_process.items():
+        print(
+            f"  {name:<15} {hot:.2f} / {paced:.2f} (paced costs {paced / hot:.1f}x; served at "
+            f"the fleet's rate, web workers only: {fleet[name].web_ms_per_request:.2f})"
+        )
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: gunicorn worker {worker_peak:.0f} MiB, load generator {own_peak:.0f} MiB")
 
