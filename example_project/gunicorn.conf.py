@@ -6,9 +6,15 @@ WEB_BIND_HOST (127.0.0.1; use 0.0.0.0 in a container).
 
 import os
 
-bind = f"{os.environ.get('WEB_BIND_HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+
+def env(name: str, default: str) -> str:
+    """The variable, or ``default`` when it is unset or empty."""
+    return os.environ.get(name, "").strip() or default
+
+
+bind = f"{env('WEB_BIND_HOST', '127.0.0.1')}:{env('PORT', '8000')}"
+workers = int(env("WEB_CONCURRENCY", "2"))
+threads = int(env("WEB_THREADS", "4"))
 worker_class = "gthread"
 wsgi_app = "example_project.wsgi:application"
 accesslog = "-"

@@ -24,7 +24,7 @@ from demo.local import SECRET_ENV, demo_credentials, demo_webhook_secret, var_di
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-PORT = os.environ.get("PORT", "8000")
+PORT = os.environ.get("PORT", "").strip() or "8000"
 CONTROLLER_URL = f"http://127.0.0.1:{PORT}"
 # Seconds to wait for the controller before giving up.
 STARTUP_TIMEOUT = 60.0

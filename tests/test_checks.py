@@ -240,7 +240,6 @@ def test_the_default_page_size_must_fit_under_the_largest():
         ("STORAGE_ALIAS", ["kohakku"]),
         ("CACHE_ALIAS", ["default"]),  # crashed the check itself
         ("SECRET_ENCRYPTION_KEY", 123),
-        ("SECRET_ENCRYPTION_KEY", ""),
         ("SKILL_CATEGORIES", "tool"),  # read as the categories t, o, o, l
         ("SKILL_CATEGORIES", []),
         ("SKILL_CATEGORIES", None),
@@ -253,8 +252,8 @@ def test_the_default_page_size_must_fit_under_the_largest():
         ("RECONCILE_REPORTED_TASKS", 0),
         ("WEBHOOK_SECRETS", ["abc"]),  # crashed the check itself
         ("WEBHOOK_SECRETS", {"gihub": ["abc"]}),
-        ("WEBHOOK_SECRETS", {"github": [123]}),
-        ("WEBHOOK_SECRETS", {"github": [""]}),
+        ("WEBHOOK_SECRETS", {"github": [123]}),  # answered 500 on every GitHub delivery
+        ("WEBHOOK_SECRETS", {"github": 123}),
     ],
 )
 def test_a_setting_of_the_wrong_kind_is_an_error(key, value):
@@ -268,9 +267,15 @@ def test_a_setting_of_the_wrong_kind_is_an_error(key, value):
     "key, value",
     [
         ("SECRET_ENCRYPTION_KEY", None),
+        ("SECRET_ENCRYPTION_KEY", ""),  # an unset variable: derived from SECRET_KEY
+        ("PUBLIC_BASE_URL", "https://example.com/controller/"),  # behind a proxy's prefix
+        ("PUBLIC_BASE_URL", "http://[2001:db8::1]:8000"),
         ("PUBLIC_BASE_URL", "https://controller.example.com:8443"),
         ("STORAGE_PUBLIC_ENDPOINT_URL", None),
         ("WEBHOOK_SECRETS", {"github": "one-secret", "slack": []}),
+        # Unset environment variables: ingest skips empty secrets.
+        ("WEBHOOK_SECRETS", {"github": None, "slack": "", "custom": ["", b"whsec_AAAA"]}),
+        ("WEBHOOK_SECRETS", None),
         ("SKILL_CATEGORIES", ("tool",)),
     ],
 )
@@ -278,9 +283,16 @@ def test_settings_of_the_right_kind_pass(key, value):
     assert _messages("kohakku_controller.E012", {key: value}) == []
 
 
-def test_a_storage_backend_that_does_not_import_is_an_error(settings):
-    settings.STORAGES = {**settings.STORAGES, "kohakku": {"BACKEND": "nope.Storage"}}
-    assert "'nope.Storage'" in _ids()["kohakku_controller.E003"].msg
+@pytest.mark.parametrize(
+    "entry", [{"BACKEND": "nope.Storage"}, {}, {"OPTIONS": {}}, "django.core.files.storage"]
+)
+def test_a_storage_backend_that_does_not_import_is_an_error(settings, entry):
+    settings.STORAGES = {**settings.STORAGES, "kohakku": entry}
+    assert "does not import" in _ids()["kohakku_controller.E003"].msg
+
+
+def test_pagination_may_be_turned_off():
+    assert _messages("kohakku_controller.E002", {"PAGINATION_CLASS": None}) == []
 
 
 def test_without_the_client_scopes_backend_every_client_gets_every_scope(settings):
@@ -289,3 +301,26 @@ def test_without_the_client_scopes_backend_every_client_gets_every_scope(setting
         "SCOPES_BACKEND_CLASS": "oauth2_provider.scopes.SettingsScopes",
     }
     assert "ClientScopesBackend" in _ids()["kohakku_controller.E011"].hint
+    # Without OAuth2 authentication the scopes backend is never asked.
+    token_only = {"AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"]}
+    with override_settings(KOHAKKU_CONTROLLER=token_only):
+        assert "kohakku_controller.E011" not in _ids()
+    # A host's own backend is the host's decision.
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "SCOPES_BACKEND_CLASS": "tests.test_checks.HostScopes",
+    }
+    assert "kohakku_controller.E011" not in _ids()
+
+
+class HostScopes:
+    """A host's own scopes backend (not a subclass of the controller's)."""
+
+    def get_all_scopes(self):
+        return {}
+
+    def get_available_scopes(self, application=None, request=None, *args, **kwargs):
+        return []
+
+    def get_default_scopes(self, application=None, request=None, *args, **kwargs):
+        return []

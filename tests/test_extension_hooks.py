@@ -38,6 +38,33 @@ def test_the_overridden_action_keeps_its_openapi_description(staff_client):
     cancel = schema["paths"]["/api/v1/tasks/{guid}/cancel/"]["post"]
     assert set(cancel["responses"]) >= {"200", "202", "409"}
     assert cancel["description"].startswith("Cancel at once if queued")
+    # An override with its own @extend_schema changes what it names and keeps the rest.
+    archive = schema["paths"]["/api/v1/skills/{slug}/archive/"]["post"]
+    assert archive["summary"] == "Archive a skill (the platform team's way)"
+    assert set(archive["responses"]) >= {"200", "409"} and "requestBody" not in archive
+
+
+@pytest.mark.usefixtures("skill_version")
+def test_a_get_serializer_class_that_returns_a_request_serializer_keeps_the_answer(staff_client):
+    # DRF's usual pattern, which the controller itself used before: the create action's
+    # serializer is the request body's. The answer is still the task.
+    from rest_framework.test import APIRequestFactory, force_authenticate
+
+    from kohakku_controller.tasks.models import Task
+    from kohakku_controller.tasks.serializers import TaskCreateSerializer
+    from kohakku_controller.tasks.views import TaskViewSet
+
+    class ClassicTaskViewSet(TaskViewSet):
+        def get_serializer_class(self):
+            if self.action == "create":
+                return TaskCreateSerializer
+            return super().get_serializer_class()
+
+    request = APIRequestFactory().post("/tasks/", {"skill": "code-review"}, format="json")
+    force_authenticate(request, user=staff_client.user)
+    response = ClassicTaskViewSet.as_view({"post": "create"})(request)
+    assert response.status_code == 201, response.data
+    assert response.data["guid"] == str(Task.objects.get().guid)
 
 
 @pytest.mark.usefixtures("skill_version")

@@ -1,9 +1,10 @@
 """Settings of the example host project, read from environment variables.
 
 Every variable has an embedded default, so the project runs with none set; an empty
-variable counts as unset (except DJANGO_DB_PREPARE_THRESHOLD, where empty turns preparing
-off), and a number that does not read stops start-up naming the variable. The full list,
-with defaults, is in docs/settings.md ("Example project environment"):
+variable counts as unset (except DJANGO_SECRET_KEY, where it stops start-up, and
+DJANGO_DB_PREPARE_THRESHOLD, where it turns preparing off), and a number that does not
+read stops start-up naming the variable. The full list, with defaults, is in
+docs/settings.md ("Example project environment"):
 DATABASE_URL, REDIS_URL, KOHAKKU_S3_ENDPOINT_URL, KOHAKKU_S3_BUCKET, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, KOHAKKU_GITHUB_WEBHOOK_SECRET,
 KOHAKKU_SLACK_SIGNING_SECRET, KOHAKKU_CUSTOM_WEBHOOK_SECRET (each comma-separated for
@@ -102,8 +103,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
         conn_max_age=env_number("DJANGO_CONN_MAX_AGE", int, "0"),
         conn_health_checks=True,
     )
@@ -156,10 +157,10 @@ if S3_ENDPOINT_URL:
         "BACKEND": "kohakku_controller.s3.S3Storage",
         "OPTIONS": {
             "endpoint_url": S3_ENDPOINT_URL,
-            "bucket_name": os.environ.get("KOHAKKU_S3_BUCKET", "kohakku"),
+            "bucket_name": env("KOHAKKU_S3_BUCKET", "kohakku"),
             "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
             "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            "region_name": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "region_name": env("AWS_DEFAULT_REGION", "us-east-1"),
             "custom_domain": None,
         },
     }
@@ -259,5 +260,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", "INFO")},
 }

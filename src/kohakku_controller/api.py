@@ -9,7 +9,9 @@ concrete viewset and override one hook (``get_queryset``, ``get_serializer_class
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import types
 from typing import Any
 
 from django_filters.rest_framework import DjangoFilterBackend
@@ -118,17 +120,29 @@ class ControllerAPIView(ControllerViewMixin, APIView):
 
 
 class ControllerGenericViewSet(ControllerViewMixin, viewsets.GenericViewSet):
-    """A viewset whose extra actions (``@action``) stay actions when a subclass overrides
-    them: ``def cancel(self, request, *args, **kwargs)`` calling ``super()`` keeps the route,
-    the methods and the OpenAPI description of ``cancel``. DRF alone routes only methods
-    decorated with ``@action``, so such an override would remove the endpoint (404)."""
+    """A viewset whose extra actions (``@action``) stay actions when a subclass, or a mixin
+    before it, overrides them: ``def cancel(self, request, *args, **kwargs)`` calling
+    ``super()`` keeps the route, the methods and the OpenAPI description of ``cancel``. DRF
+    alone routes only methods decorated with ``@action``, so such an override would remove
+    the endpoint (404). Set the name to ``None`` to remove an action."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, method in list(vars(cls).items()):
-            inherited = getattr(super(cls, cls), name, None)
-            if inspect.isfunction(method) and _is_action(inherited) and not _is_action(method):
-                _inherit_action(method, inherited)
+        for name, method, inherited in _overridden_actions(cls):
+            setattr(cls, name, _as_action(method, inherited))
+
+    def get_response_serializer(self, instance: Any) -> Any:
+        """The serializer of an answer about ``instance``: ``get_serializer_class()`` when it
+        returns the viewset's ``serializer_class`` or a subclass (a host adding fields),
+        else ``serializer_class`` (an override that returns a request serializer for an
+        action, DRF's usual pattern, leaves that action's answer as it was)."""
+        serializer_class = self.get_serializer_class()
+        if not (
+            isinstance(serializer_class, type)
+            and issubclass(serializer_class, self.serializer_class)
+        ):
+            serializer_class = self.serializer_class
+        return serializer_class(instance, context=self.get_serializer_context())
 
 
 _ACTION_ATTRIBUTES = ("mapping", "detail", "url_path", "url_name")
@@ -138,13 +152,50 @@ def _is_action(method: Any) -> bool:
     return isinstance(getattr(method, "mapping", None), MethodMapper)
 
 
-def _inherit_action(method: Any, inherited: Any) -> None:
+def _overridden_actions(cls: type) -> list[tuple[str, Any, Any]]:
+    """(name, plain function, the action it overrides) for each extra action that the first
+    class defining the name along ``cls``'s MRO overrides without ``@action``. Class
+    dictionaries are read directly: no descriptor (settings-backed attributes) is run."""
+    found = []
+    names = {name for klass in cls.__mro__ for name in vars(klass)}
+    for name in sorted(names):
+        owners = [klass for klass in cls.__mro__ if name in vars(klass)]
+        method = vars(owners[0])[name]
+        if not inspect.isfunction(method) or _is_action(method):
+            continue
+        inherited = next(
+            (vars(klass)[name] for klass in owners[1:] if _is_action(vars(klass)[name])), None
+        )
+        if inherited is not None:
+            found.append((name, method, inherited))
+    return found
+
+
+def _as_action(method: Any, inherited: Any) -> Any:
+    """A copy of ``method`` (the class that defined it keeps its own) routed as ``inherited``."""
+    action = types.FunctionType(
+        method.__code__,
+        method.__globals__,
+        method.__name__,
+        method.__defaults__,
+        method.__closure__,
+    )
+    action.__dict__.update(method.__dict__)
+    action.__kwdefaults__ = method.__kwdefaults__
+    action.__qualname__, action.__doc__ = method.__qualname__, method.__doc__
     for attribute in _ACTION_ATTRIBUTES:
-        setattr(method, attribute, getattr(inherited, attribute))
-    # Its own @extend_schema (which sets kwargs["schema"]) and docstring win.
-    method.kwargs = {**inherited.kwargs, **getattr(method, "kwargs", {})}
+        setattr(action, attribute, getattr(inherited, attribute))
+    own = getattr(method, "kwargs", {})
+    action.kwargs = {**inherited.kwargs, **own}
+    if "schema" in own and "schema" in inherited.kwargs:
+        # Its own @extend_schema changes what it names and keeps the rest (the responses…).
+        with contextlib.suppress(TypeError):  # bases that cannot combine: its own alone
+            action.kwargs["schema"] = type(
+                "ExtendedMetaSchema", (own["schema"], inherited.kwargs["schema"]), {}
+            )
     if method.__doc__:
-        method.kwargs["description"] = method.__doc__
+        action.kwargs["description"] = method.__doc__
+    return action
 
 
 class ControllerReadOnlyViewSet(

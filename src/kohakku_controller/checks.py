@@ -98,6 +98,8 @@ def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
             continue
         kind, method = CLASS_KINDS[key]
+        if key == "PAGINATION_CLASS" and imported is None:
+            continue  # DRF's way to turn pagination off
         for path, value in zip(_as_list(user[key]), _as_list(imported), strict=True):
             if not (isinstance(value, type) and callable(getattr(value, method, None))):
                 errors.append(
@@ -171,7 +173,7 @@ def check_numbers(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
     # As kohakku_scheduler --poll-seconds: a shorter poll is a busy loop.
     "SCHEDULER_POLL_SECONDS": (0.1, 86400),
-    # Times the longest heartbeat interval (3600 s), a date a database can still hold.
+    # Times the longest heartbeat interval (3600 s): up to 41 days without a heartbeat.
     "MISSED_HEARTBEATS": (1, 1000),
     "TASK_RETENTION_DAYS": (0, 36500),
     "WEBHOOK_DELIVERY_RETENTION_DAYS": (0, 36500),
@@ -309,10 +311,13 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     else:
-        backend = (storages[storage_alias] or {}).get("BACKEND")
+        storage = storages[storage_alias]
+        backend = storage.get("BACKEND") if isinstance(storage, dict) else None
         try:
+            if not isinstance(backend, str):
+                raise ImportError("STORAGES entries are dicts with a 'BACKEND' dotted path")
             import_string(backend)
-        except (ImportError, TypeError, ValueError) as exc:
+        except ImportError as exc:
             errors.append(
                 Error(
                     f"STORAGES[{storage_alias!r}]['BACKEND'] ({backend!r}) does not import: {exc}",
@@ -489,21 +494,26 @@ def check_public_base_url(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def check_scopes_backend(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Without the controller's scopes backend, django-oauth-toolkit lets every OAuth2 client
     take every scope: a dispatcher's credentials could create tasks or manage skills."""
+    from oauth2_provider.contrib.rest_framework import OAuth2Authentication
+    from oauth2_provider.scopes import SettingsScopes
     from oauth2_provider.settings import oauth2_settings
 
-    from .oauth import ClientScopesBackend
-
     try:
+        authenticators = perform_import(_setting("AUTHENTICATION_CLASSES"), "")
         backend = oauth2_settings.SCOPES_BACKEND_CLASS
-    except ImportError:
-        backend = None
-    if isinstance(backend, type) and issubclass(backend, ClientScopesBackend):
+    except (ImportError, TypeError):
+        return []  # E002 (or django-oauth-toolkit) reports the import
+    uses_oauth2 = any(
+        isinstance(authenticator, type) and issubclass(authenticator, OAuth2Authentication)
+        for authenticator in _as_list(authenticators)
+    )
+    # django-oauth-toolkit's own default; a host's own backend is the host's decision.
+    if not uses_oauth2 or backend is not SettingsScopes:
         return []
     return [
         Error(
-            "OAUTH2_PROVIDER['SCOPES_BACKEND_CLASS'] is not the controller's "
-            "ClientScopesBackend (or a subclass): every OAuth2 client may take every scope, "
-            "whatever it was granted.",
+            "OAUTH2_PROVIDER['SCOPES_BACKEND_CLASS'] is django-oauth-toolkit's default: every "
+            "OAuth2 client may take every scope, whatever it was granted.",
             hint="Set OAUTH2_PROVIDER['SCOPES_BACKEND_CLASS'] = "
             "'kohakku_controller.oauth.ClientScopesBackend'.",
             id="kohakku_controller.E011",
@@ -545,10 +555,6 @@ def _non_empty_text(value: Any) -> str | None:
     return None if isinstance(value, str) and value else "it must be a non-empty string"
 
 
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else _non_empty_text(value)
-
-
 def _categories(value: Any) -> str | None:
     names = value if isinstance(value, list | tuple) else []
     if names and all(isinstance(item, str) and 0 < len(item) <= 32 for item in names):
@@ -579,6 +585,10 @@ def _optional_http_url(value: Any) -> str | None:
 
 
 def _webhook_secrets_problem(value: Any) -> str | None:
+    from .webhooks.services import configured_secrets
+
+    if value is None:
+        return None
     if not isinstance(value, dict):
         return f"it must be a dict of {', '.join(WEBHOOK_SOURCES)} to lists of secrets"
     unknown = [str(source) for source in value if source not in WEBHOOK_SOURCES]
@@ -586,18 +596,20 @@ def _webhook_secrets_problem(value: Any) -> str | None:
         known = ", ".join(WEBHOOK_SOURCES)
         return f"{', '.join(map(repr, unknown))} is not a webhook source (known: {known})"
     for source, secrets in value.items():
-        items = [secrets] if isinstance(secrets, str | bytes) else secrets
+        # As ingest reads them: empty entries (an unset variable) are skipped.
+        items = configured_secrets(secrets)
         if not isinstance(items, list | tuple) or not all(
-            isinstance(secret, str | bytes) and secret for secret in items
+            isinstance(secret, str | bytes) for secret in items
         ):
-            return f"the secrets of {source!r} must be a list of non-empty strings"
+            return f"the secrets of {source!r} must be a list of strings"
     return None
 
 
 _KIND_CHECKERS = {
     "STORAGE_ALIAS": _non_empty_text,
     "CACHE_ALIAS": _non_empty_text,
-    "SECRET_ENCRYPTION_KEY": _optional_text,
+    # None or "" (an unset variable): the key is derived from SECRET_KEY.
+    "SECRET_ENCRYPTION_KEY": lambda value: None if value in (None, "") else _non_empty_text(value),
     "SKILL_CATEGORIES": _categories,
     "PUBLIC_BASE_URL": _http_url,
     "STORAGE_PUBLIC_ENDPOINT_URL": _optional_http_url,

@@ -142,7 +142,7 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
         serializer = DispatcherControlsSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.set_dispatcher_controls(dispatcher, **serializer.validated_data)
-        return Response(self.get_serializer(dispatcher).data)
+        return Response(self.get_response_serializer(dispatcher).data)
 
     @extend_schema(
         summary="Delete a dispatcher",

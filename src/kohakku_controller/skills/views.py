@@ -126,6 +126,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     """Skills: list, create, retrieve, change, archive; upload and download packages."""
 
     queryset = Skill.objects.all()
+    serializer_class = SkillDetailSerializer
     lookup_field = "slug"
     read_scope = "skills:read"
     write_scope = "skills:write"
@@ -185,7 +186,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         serializer = SkillCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         skill = services.create_skill(**serializer.validated_data)
-        return Response(self.get_serializer(skill).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_response_serializer(skill).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=SkillUpdateSerializer, responses={200: SkillDetailSerializer})
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -194,7 +195,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         serializer = SkillUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         skill = services.update_skill(skill, **serializer.validated_data)
-        return Response(self.get_serializer(skill).data)
+        return Response(self.get_response_serializer(skill).data)
 
     @extend_schema(
         request=None,
@@ -207,7 +208,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     def archive(self, request: Request, slug: str | None = None) -> Response:
         """Archive the skill: it leaves the list and new tasks cannot use it."""
         skill = services.set_skill_archived(self.get_object(), True)
-        return Response(self.get_serializer(skill).data)
+        return Response(self.get_response_serializer(skill).data)
 
     @extend_schema(
         request=None,
@@ -220,7 +221,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
     def unarchive(self, request: Request, slug: str | None = None) -> Response:
         """Restore an archived skill."""
         skill = services.set_skill_archived(self.get_object(), False)
-        return Response(self.get_serializer(skill).data)
+        return Response(self.get_response_serializer(skill).data)
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer},
@@ -401,7 +402,7 @@ class SkillVersionViewSet(
         version = services.set_version_yanked(
             version, yanked, reason=serializer.validated_data["reason"]
         )
-        return Response(self.get_serializer(version).data)
+        return Response(self.get_response_serializer(version).data)
 
     @extend_schema(
         request=YankSerializer,

@@ -7,6 +7,11 @@ import django_filters
 from ..filters import ChoicesFilter, IsoDateTimeFilter, WholeNumberFilter
 from .models import Task, TaskOrigin, TaskStatus
 
+#: The names this filter and its field had here before they moved to
+#: ``kohakku_controller.filters``.
+PositiveIntegerFilter = WholeNumberFilter
+PositiveIntegerField = WholeNumberFilter.field_class
+
 
 class TaskFilter(django_filters.FilterSet):
     status = ChoicesFilter(choices=TaskStatus.choices)

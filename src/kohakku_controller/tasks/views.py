@@ -107,7 +107,7 @@ class TaskViewSet(
         replay = getattr(task, "idempotent_replay", False)
         headers = {"Idempotent-Replayed": "true"} if replay else {}
         return Response(
-            self.get_serializer(task).data,
+            self.get_response_serializer(task).data,
             status=status.HTTP_200_OK if replay else status.HTTP_201_CREATED,
             headers=headers,
         )
@@ -139,7 +139,7 @@ class TaskViewSet(
         # task ended otherwise (completed, failed) before this answer was written.
         cancelled = task.status == TaskStatus.CANCELLED
         code = status.HTTP_200_OK if cancelled else status.HTTP_202_ACCEPTED
-        return Response(self.get_serializer(task).data, status=code)
+        return Response(self.get_response_serializer(task).data, status=code)
 
     @extend_schema(
         parameters=[PRESIGNED_LOCATION_HEADER],

@@ -85,9 +85,16 @@ class _Rejected(Exception):
 
 def secrets_for(source: str) -> list[str]:
     """The configured secrets of a source (``WEBHOOK_SECRETS[source]``), newest first."""
-    configured = (kohakku_settings.WEBHOOK_SECRETS or {}).get(source) or []
+    return configured_secrets((kohakku_settings.WEBHOOK_SECRETS or {}).get(source))
+
+
+def configured_secrets(configured: Any) -> Any:
+    """The secrets in one source's ``WEBHOOK_SECRETS`` entry: one secret or a list of them,
+    empty ones (an unset environment variable) left out. Check E012 refuses the rest."""
     if isinstance(configured, (str, bytes)):
         configured = [configured]
+    if not isinstance(configured, list | tuple):
+        return configured or []
     return [secret for secret in configured if secret]
 
 

@@ -183,4 +183,4 @@ class DeliveryViewSet(ControllerReadOnlyViewSet):
         """Route the stored body again with today's workflows; answers the new delivery."""
         replayed = services.replay_delivery(self.get_object())
         replayed = self.get_queryset().get(pk=replayed.pk)
-        return Response(self.get_serializer(replayed).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_response_serializer(replayed).data, status=status.HTTP_201_CREATED)
