@@ -406,6 +406,28 @@ def test_failed_cancel_of_a_timed_out_task_is_retried_until_the_grace_ends(
     assert kinds(task)[-2:] == ["timed_out", "cancel_sent"]
 
 
+def test_a_dispatcher_whose_cancel_failed_is_asked_again_only_after_a_backoff(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
+):
+    # A dispatcher that does not answer must not hold up every pass (and every other
+    # dispatcher's pushes) for the push timeouts, pass after pass.
+    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **backoff}
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review", timeout_seconds=5)
+    scheduler.run_pass()
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
+    timed_out_at = timezone.now() + timedelta(seconds=6)
+    assert scheduler.run_pass(now=timed_out_at).cancels_sent == 0  # refused connection
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)
+
+    assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=0.5)).cancels_sent == 0
+    assert stub.cancels == []  # within the backoff (1 to 2 s after one failure)
+    assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=2.5)).cancels_sent == 1
+    assert len(stub.cancels) == 1
+
+
 def test_cancel_of_running_task(
     skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
 ):
@@ -691,3 +713,29 @@ def test_timeout_sweep_takes_the_most_overdue_tasks_first(skill_version, make_di
     least_overdue = min(overdue_by, key=overdue_by.get)
     assert Task.objects.get(status="dispatched").pk == least_overdue  # it waits for the next pass
     assert Task.objects.filter(dispatcher=dispatcher, status="timed_out").count() == 10
+
+
+def test_an_accepted_task_its_dispatcher_stopped_listing_is_requeued(
+    skill_version, make_dispatcher, scheduler
+):
+    # The dispatcher answered the push, then restarted before the task started: it will
+    # never report on it, and the task must not wait for its timeout.
+    dispatcher = make_dispatcher()
+    lost, listed, unconfirmed = (create_task(skill="code-review") for _ in range(3))
+    scheduler.claim_and_assign(timezone.now())
+    accepted = timezone.now() - timedelta(seconds=120)
+    Task.objects.filter(pk__in=[lost.pk, listed.pk]).update(pushed_at=accepted)
+    Task.objects.filter(pk=unconfirmed.pk).update(pushed_at=None)  # the lease's to decide
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        last_heartbeat_at=timezone.now(), reported_task_guids=[str(listed.guid)]
+    )
+    assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+    later = timezone.now() + timedelta(seconds=61)
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(last_heartbeat_at=later)
+
+    assert scheduler.release_tasks_not_reported(later) == 1
+
+    lost.refresh_from_db()
+    assert lost.status == "queued" and "no longer reports" in lost.status_reason
+    assert Task.objects.get(pk=listed.pk).status == "dispatched"
+    assert Task.objects.get(pk=unconfirmed.pk).status == "dispatched"

@@ -49,6 +49,7 @@ from django.db import (
     transaction,
 )
 from django.db.models import Count, F, Q
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
@@ -441,6 +442,8 @@ class Scheduler:
             follow_redirects=False,
         )
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kohakku-push")
+        # Dispatchers whose last cancel request failed: id -> (failures in a row, next try).
+        self._cancel_backoff: dict[int, tuple[int, datetime]] = {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -534,21 +537,26 @@ class Scheduler:
         return released
 
     def release_tasks_not_reported(self, now: datetime) -> int:
-        """Requeue running tasks that heartbeats stopped listing for the reported-tasks grace.
+        """Requeue held tasks that heartbeats stopped listing for the reported-tasks grace.
 
-        A heartbeat keeps only the latest list (``reported_task_guids``) and its time, so each
-        pass compares it with the dispatcher's running tasks: a task missing from a heartbeat
-        that came after its start is stamped ``unreported_since`` (that heartbeat's time), a
-        task listed again loses the stamp, and a task still missing
-        ``REPORTED_TASKS_GRACE_SECONDS`` after the stamp goes back to the queue. The grace is
-        counted from the first heartbeat seen without the task, never from the task's start.
-        The stamp is written only when a task drops out of, or returns to, the list.
+        A dispatcher holds a task from the moment it accepts the push (``dispatched`` with
+        ``pushed_at``) until it ends it; a dispatcher that restarted in between has lost it
+        and would never report on it. A heartbeat keeps only the latest list
+        (``reported_task_guids``) and its time, so each pass compares it with the tasks the
+        dispatcher holds: a task missing from a heartbeat that came after the dispatcher
+        accepted it (after it started, for a ``running`` task) is stamped
+        ``unreported_since`` (that heartbeat's time), a task listed again loses the stamp,
+        and a task still missing ``REPORTED_TASKS_GRACE_SECONDS`` after the stamp goes back
+        to the queue. The grace is counted from the first heartbeat seen without the task,
+        never from the task's start. The stamp is written only when a task drops out of, or
+        returns to, the list.
         """
         if not kohakku_settings.RECONCILE_REPORTED_TASKS:
             return 0
         grace = timedelta(seconds=kohakku_settings.REPORTED_TASKS_GRACE_SECONDS)
-        running = Task.objects.filter(status=TaskStatus.RUNNING)
-        # One read for every running task of an online dispatcher, with what its latest
+        held_statuses = (TaskStatus.RUNNING, TaskStatus.DISPATCHED)
+        running = Task.objects.filter(status__in=held_statuses)
+        # One read for every held task of an online dispatcher, with what its latest
         # heartbeat said; writes only for tasks that drop out, return or run out of grace.
         rows = running.filter(
             dispatcher__in=Dispatcher.objects.online(now),
@@ -556,7 +564,9 @@ class Scheduler:
         ).values_list(
             "pk",
             "guid",
-            "started_at",
+            "status",
+            # Held since: started (running), or accepted (dispatched; None until pushed).
+            Coalesce("started_at", "pushed_at"),
             "unreported_since",
             "dispatcher_id",
             "dispatcher__last_heartbeat_at",
@@ -567,14 +577,16 @@ class Scheduler:
         dropped: dict[datetime, list[int]] = defaultdict(list)
         missing_long: list[int] = []
         reported_by: dict[int, set[str]] = {}
-        for pk, guid, started_at, since, dispatcher_id, beat, reported in rows:
+        for pk, guid, status, held_since, since, dispatcher_id, beat, reported in rows:
             if dispatcher_id not in reported_by:
                 reported_by[dispatcher_id] = {str(g) for g in reported or []}
             if str(guid) in reported_by[dispatcher_id]:
                 if since is not None:
                     listed_again.append(pk)
             elif since is None:
-                if started_at is None or started_at < beat:
+                # A claim whose push is not confirmed yet is the lease's to take back.
+                unconfirmed = status == TaskStatus.DISPATCHED and held_since is None
+                if not unconfirmed and (held_since is None or held_since < beat):
                     dropped[beat].append(pk)
             elif since <= beat - grace:
                 missing_long.append(pk)
@@ -612,7 +624,7 @@ class Scheduler:
                         kind="requeued",
                         reason=reason,
                         now=now,
-                        from_statuses=(TaskStatus.RUNNING,),
+                        from_statuses=held_statuses,
                         # Not if another pass cleared or moved the stamp meanwhile.
                         unchanged={"unreported_since": since},
                     ):
@@ -1004,7 +1016,11 @@ class Scheduler:
         pass, or by a callback that came after the deadline). An accepted request is
         recorded (``cancel_sent_at`` and a ``cancel_sent`` event), so it is sent once; a
         failed one is tried again on later passes, for a timed-out task during
-        ``CANCEL_GRACE_SECONDS`` after it ended.
+        ``CANCEL_GRACE_SECONDS`` after it ended. A dispatcher whose cancel request failed is
+        sent none until a backoff has passed (as a failed push: ``PUSH_BACKOFF_BASE_SECONDS``
+        doubling up to ``PUSH_BACKOFF_MAX_SECONDS``), so one that does not answer holds up a
+        pass, and the tasks of every other dispatcher, once per backoff rather than on every
+        pass.
         """
         now = now or timezone.now()
         requested = Task.objects.cancel_requested().filter(cancel_sent_at__isnull=True)
@@ -1018,7 +1034,7 @@ class Scheduler:
             *[(t, "timed out") for t in timed_out],
             *[(t, "cancellation requested") for t in requested],
         ]:
-            if task.dispatcher is None:
+            if task.dispatcher is None or self._cancels_paused(task.dispatcher_id, now):
                 continue
             body = json.dumps(
                 {"task_guid": str(task.guid), "attempt": task.attempt, "reason": reason}
@@ -1027,11 +1043,14 @@ class Scheduler:
             future = self.pool.submit(self._post_signed, task.dispatcher, path, body, {})
             jobs.append((task, reason, future))
         sent = 0
+        failed: set[int] = set()
         for task, reason, future in jobs:
             error = future.result().error
             if error:
                 logger.warning("cancel request for task %s failed: %s", task.guid, error)
+                failed.add(task.dispatcher_id)
                 continue
+            self._cancel_backoff.pop(task.dispatcher_id, None)
             sent += 1
             with transaction.atomic():
                 sent_at = timezone.now()
@@ -1044,7 +1063,15 @@ class Scheduler:
                         reason=f"cancel request accepted ({reason})",
                         now=sent_at,
                     )
+        for dispatcher_id in failed:
+            failures = self._cancel_backoff.get(dispatcher_id, (0, now))[0] + 1
+            wait = push_backoff_seconds(failures)
+            self._cancel_backoff[dispatcher_id] = (failures, now + timedelta(seconds=wait))
         return sent
+
+    def _cancels_paused(self, dispatcher_id: int, now: datetime) -> bool:
+        _failures, next_try = self._cancel_backoff.get(dispatcher_id, (0, now))
+        return next_try > now
 
     # --- loop --------------------------------------------------------------------------
 
