@@ -450,6 +450,36 @@ def test_cancel_of_running_task(
     assert kinds(task)[-3:] == ["cancel_requested", "cancel_sent", "cancelled"]
 
 
+def test_a_cancel_accepted_after_the_task_ended_otherwise_is_not_recorded(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, monkeypatch
+):
+    from concurrent.futures import Future
+
+    stub = stub_dispatcher()
+    make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    scheduler.run_pass()
+    cancel_task(Task.objects.get(pk=task.pk))
+    post = scheduler._post_signed
+
+    def post_then_taken_back(dispatcher, path, body, headers):
+        answer = post(dispatcher, path, body, headers)
+        # Meanwhile its dispatcher was lost and the task ended cancelled.
+        Task.objects.filter(pk=task.pk).update(status="cancelled")
+        return answer
+
+    def on_this_connection(work, *args):
+        future = Future()
+        future.set_result(work(*args))
+        return future
+
+    monkeypatch.setattr(scheduler, "_post_signed", post_then_taken_back)
+    monkeypatch.setattr(scheduler.pool, "submit", on_this_connection)
+
+    assert scheduler.send_cancel_requests() == 1  # the dispatcher accepted it
+    assert "cancel_sent" not in kinds(task)
+
+
 def test_unconfirmed_cancel_ends_after_grace(skill_version, make_dispatcher, scheduler):
     make_dispatcher()
     task = create_task(skill="code-review")

@@ -1054,8 +1054,12 @@ class Scheduler:
             sent += 1
             with transaction.atomic():
                 sent_at = timezone.now()
+                # Not for a task that ended otherwise meanwhile (taken back as cancelled).
                 if Task.objects.filter(
-                    pk=task.pk, attempt=task.attempt, cancel_sent_at__isnull=True
+                    pk=task.pk,
+                    attempt=task.attempt,
+                    status=task.status,
+                    cancel_sent_at__isnull=True,
                 ).update(cancel_sent_at=sent_at):
                     record_event(
                         task,
