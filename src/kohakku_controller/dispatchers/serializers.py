@@ -208,7 +208,8 @@ class HeartbeatSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         child=StrictUUIDField(),
         required=False,
         max_length=MAX_RUNNING_TASKS,
-        help_text="Guids of the tasks the dispatcher is running now.",
+        help_text="Guids of the tasks the dispatcher holds: accepted, until their final "
+        "callback is delivered.",
     )
     free_capacity = StrictIntegerField(
         required=False,
