@@ -284,11 +284,28 @@ def test_settings_of_the_right_kind_pass(key, value):
 
 
 @pytest.mark.parametrize(
-    "entry", [{"BACKEND": "nope.Storage"}, {}, {"OPTIONS": {}}, "django.core.files.storage"]
+    "entry",
+    [
+        {"BACKEND": "nope.Storage"},
+        {"BACKEND": ".Storage"},
+        {"BACKEND": "..pkg.Storage"},
+        {},
+        {"OPTIONS": {}},
+        "django.core.files.storage",
+    ],
 )
 def test_a_storage_backend_that_does_not_import_is_an_error(settings, entry):
     settings.STORAGES = {**settings.STORAGES, "kohakku": entry}
     assert "does not import" in _ids()["kohakku_controller.E003"].msg
+
+
+def test_empty_webhook_secrets_count_as_none_in_every_check():
+    unset = {"WEBHOOK_SECRETS": {"github": [""], "slack": "", "custom": [""]}}
+    with override_settings(KOHAKKU_CONTROLLER=unset):
+        found = checks.run_checks(include_deployment_checks=True)
+    ids = {m.id: m for m in found}
+    assert "kohakku_controller.E006" not in ids and "kohakku_controller.E012" not in ids
+    assert "github, slack, custom" in ids["kohakku_controller.W004"].msg
 
 
 def test_pagination_may_be_turned_off():

@@ -10,6 +10,7 @@ concrete viewset and override one hook (``get_queryset``, ``get_serializer_class
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import types
 from typing import Any
@@ -124,7 +125,8 @@ class ControllerGenericViewSet(ControllerViewMixin, viewsets.GenericViewSet):
     before it, overrides them: ``def cancel(self, request, *args, **kwargs)`` calling
     ``super()`` keeps the route, the methods and the OpenAPI description of ``cancel``. DRF
     alone routes only methods decorated with ``@action``, so such an override would remove
-    the endpoint (404). Set the name to ``None`` to remove an action."""
+    the endpoint (404). Only a plain function is recognised this way (not a staticmethod or
+    classmethod). Set the name to ``None`` to remove an action."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -180,9 +182,8 @@ def _as_action(method: Any, inherited: Any) -> Any:
         method.__defaults__,
         method.__closure__,
     )
-    action.__dict__.update(method.__dict__)
     action.__kwdefaults__ = method.__kwdefaults__
-    action.__qualname__, action.__doc__ = method.__qualname__, method.__doc__
+    functools.update_wrapper(action, method)  # name, docstring, annotations, attributes
     for attribute in _ACTION_ATTRIBUTES:
         setattr(action, attribute, getattr(inherited, attribute))
     own = getattr(method, "kwargs", {})

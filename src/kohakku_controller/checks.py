@@ -317,7 +317,7 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             if not isinstance(backend, str):
                 raise ImportError("STORAGES entries are dicts with a 'BACKEND' dotted path")
             import_string(backend)
-        except ImportError as exc:
+        except (ImportError, TypeError, ValueError) as exc:  # ".Storage" is a ValueError
             errors.append(
                 Error(
                     f"STORAGES[{storage_alias!r}]['BACKEND'] ({backend!r}) does not import: {exc}",
@@ -423,7 +423,9 @@ def check_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="kohakku_controller.W003",
             )
         )
-    unconfigured = [source for source in WEBHOOK_SOURCES if not secrets.get(source)]
+    unconfigured = [
+        source for source in WEBHOOK_SOURCES if not _configured_secrets(secrets.get(source))
+    ]
     if unconfigured:
         warnings.append(
             Warning(
@@ -444,9 +446,7 @@ def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list
     import base64
     import binascii
 
-    secrets = _webhook_secrets().get("custom") or []
-    if isinstance(secrets, (str, bytes)):
-        secrets = [secrets]
+    secrets = _configured_secrets(_webhook_secrets().get("custom"))
     errors = []
     for index, secret in enumerate(secrets):
         text = secret.decode("ascii", "replace") if isinstance(secret, bytes) else str(secret)
@@ -465,6 +465,14 @@ def check_custom_webhook_secrets(app_configs: Any = None, **kwargs: Any) -> list
                 )
             )
     return errors
+
+
+def _configured_secrets(value: Any) -> list[Any]:
+    """One source's secrets as ingest reads them (a list, empty ones left out)."""
+    from .webhooks.services import configured_secrets
+
+    secrets = configured_secrets(value)
+    return list(secrets) if isinstance(secrets, list | tuple) else []
 
 
 def _webhook_secrets() -> dict[str, Any]:

@@ -428,6 +428,55 @@ def test_a_dispatcher_whose_cancel_failed_is_asked_again_only_after_a_backoff(
     assert len(stub.cancels) == 1
 
 
+def test_a_dispatcher_in_cancel_backoff_does_not_hold_back_another_dispatchers_cancels(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
+):
+    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **backoff}
+    dead = make_dispatcher("dead")
+    stub = stub_dispatcher()
+    alive = make_dispatcher("alive", endpoint_url=stub.url)
+    tasks = [create_task(skill="code-review") for _ in range(3)]
+    scheduler.claim_and_assign(timezone.now())
+    # The two oldest cancel requests are the unreachable dispatcher's.
+    pushed = timezone.now()
+    Task.objects.filter(pk__in=[t.pk for t in tasks[:2]]).update(dispatcher=dead, pushed_at=pushed)
+    Task.objects.filter(pk=tasks[2].pk).update(dispatcher=alive, pushed_at=pushed)
+    Dispatcher.objects.filter(pk=dead.pk).update(endpoint_url="http://127.0.0.1:9")
+    for task in tasks:
+        cancel_task(Task.objects.get(pk=task.pk))
+    scheduler.batch_size = 2
+    now = timezone.now()
+
+    sent = [scheduler.send_cancel_requests(now + timedelta(seconds=0.1 * n)) for n in range(3)]
+
+    assert sum(sent) == 1
+    assert [c["body"]["task_guid"] for c in stub.cancels] == [str(tasks[2].guid)]
+
+
+def test_cancels_to_a_failing_dispatcher_are_retried_within_the_cancel_grace(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings, monkeypatch
+):
+    from kohakku_controller.tasks import services as task_services
+
+    grace = {"CANCEL_GRACE_SECONDS": 16}  # retried at least every 4 s
+    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **grace, **backoff}
+    monkeypatch.setattr(task_services.random, "uniform", lambda low, high: high)  # 2, 4, 8 s
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    create_task(skill="code-review", timeout_seconds=5)
+    scheduler.run_pass()
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
+    timed_out_at = timezone.now() + timedelta(seconds=6)
+    for second in (0, 2.1, 6.2):  # three failures in a row, each once its backoff ended
+        assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=second)).cancels_sent == 0
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)
+
+    # Not 8 s after the third failure (past the grace's end for a longer outage): 4.
+    assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=10.3)).cancels_sent == 1
+
+
 def test_cancel_of_running_task(
     skill_version, make_dispatcher, stub_dispatcher, scheduler, api_client
 ):
@@ -450,8 +499,15 @@ def test_cancel_of_running_task(
     assert kinds(task)[-3:] == ["cancel_requested", "cancel_sent", "cancelled"]
 
 
-def test_a_cancel_accepted_after_the_task_ended_otherwise_is_not_recorded(
-    skill_version, make_dispatcher, stub_dispatcher, scheduler, monkeypatch
+@pytest.mark.parametrize(
+    "meanwhile, recorded",
+    [
+        ("cancelled", False),  # its dispatcher was lost and the task ended cancelled
+        ("running", True),  # it started: the dispatcher still got the cancel
+    ],
+)
+def test_a_cancel_accepted_while_the_task_changed_is_recorded_only_if_it_is_still_active(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, monkeypatch, meanwhile, recorded
 ):
     from concurrent.futures import Future
 
@@ -462,10 +518,9 @@ def test_a_cancel_accepted_after_the_task_ended_otherwise_is_not_recorded(
     cancel_task(Task.objects.get(pk=task.pk))
     post = scheduler._post_signed
 
-    def post_then_taken_back(dispatcher, path, body, headers):
+    def post_then_change(dispatcher, path, body, headers):
         answer = post(dispatcher, path, body, headers)
-        # Meanwhile its dispatcher was lost and the task ended cancelled.
-        Task.objects.filter(pk=task.pk).update(status="cancelled")
+        Task.objects.filter(pk=task.pk).update(status=meanwhile)
         return answer
 
     def on_this_connection(work, *args):
@@ -473,11 +528,11 @@ def test_a_cancel_accepted_after_the_task_ended_otherwise_is_not_recorded(
         future.set_result(work(*args))
         return future
 
-    monkeypatch.setattr(scheduler, "_post_signed", post_then_taken_back)
+    monkeypatch.setattr(scheduler, "_post_signed", post_then_change)
     monkeypatch.setattr(scheduler.pool, "submit", on_this_connection)
 
     assert scheduler.send_cancel_requests() == 1  # the dispatcher accepted it
-    assert "cancel_sent" not in kinds(task)
+    assert ("cancel_sent" in kinds(task)) is recorded
 
 
 def test_unconfirmed_cancel_ends_after_grace(skill_version, make_dispatcher, scheduler):

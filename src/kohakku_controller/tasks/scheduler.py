@@ -1027,6 +1027,11 @@ class Scheduler:
         timed_out = Task.objects.timed_out_cancel_unsent(
             now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
         )
+        # Not read at all for a dispatcher in backoff: its tasks would fill the batch and
+        # hold back every other dispatcher's.
+        paused = [pk for pk, (_, next_try) in self._cancel_backoff.items() if next_try > now]
+        requested = requested.exclude(dispatcher_id__in=paused)
+        timed_out = timed_out.exclude(dispatcher_id__in=paused)
         requested = requested.select_related("dispatcher")[: self.batch_size]
         timed_out = timed_out.select_related("dispatcher")[: self.batch_size]
         jobs = []
@@ -1034,7 +1039,7 @@ class Scheduler:
             *[(t, "timed out") for t in timed_out],
             *[(t, "cancellation requested") for t in requested],
         ]:
-            if task.dispatcher is None or self._cancels_paused(task.dispatcher_id, now):
+            if task.dispatcher is None:
                 continue
             body = json.dumps(
                 {"task_guid": str(task.guid), "attempt": task.attempt, "reason": reason}
@@ -1054,11 +1059,14 @@ class Scheduler:
             sent += 1
             with transaction.atomic():
                 sent_at = timezone.now()
-                # Not for a task that ended otherwise meanwhile (taken back as cancelled).
+                # Not for a task that ended otherwise meanwhile (taken back as cancelled); a
+                # task that started meanwhile had its cancel sent all the same.
+                timed_out = task.status == TaskStatus.TIMED_OUT
+                statuses = [TaskStatus.TIMED_OUT] if timed_out else list(ACTIVE_STATUSES)
                 if Task.objects.filter(
                     pk=task.pk,
                     attempt=task.attempt,
-                    status=task.status,
+                    status__in=statuses,
                     cancel_sent_at__isnull=True,
                 ).update(cancel_sent_at=sent_at):
                     record_event(
@@ -1067,15 +1075,16 @@ class Scheduler:
                         reason=f"cancel request accepted ({reason})",
                         now=sent_at,
                     )
+        # At most a quarter of the cancel grace, so a timed-out task's cancel is tried a few
+        # times within it; a failure long after the last one starts the count again.
+        longest = max(1.0, kohakku_settings.CANCEL_GRACE_SECONDS / 4)
         for dispatcher_id in failed:
-            failures = self._cancel_backoff.get(dispatcher_id, (0, now))[0] + 1
-            wait = push_backoff_seconds(failures)
-            self._cancel_backoff[dispatcher_id] = (failures, now + timedelta(seconds=wait))
+            failures, next_try = self._cancel_backoff.get(dispatcher_id, (0, now))
+            if now - next_try > timedelta(seconds=longest):
+                failures = 0
+            wait = min(push_backoff_seconds(failures + 1), longest)
+            self._cancel_backoff[dispatcher_id] = (failures + 1, now + timedelta(seconds=wait))
         return sent
-
-    def _cancels_paused(self, dispatcher_id: int, now: datetime) -> bool:
-        _failures, next_try = self._cancel_backoff.get(dispatcher_id, (0, now))
-        return next_try > now
 
     # --- loop --------------------------------------------------------------------------
 
