@@ -1061,8 +1061,8 @@ class Scheduler:
                 sent_at = timezone.now()
                 # Not for a task that ended otherwise meanwhile (taken back as cancelled); a
                 # task that started meanwhile had its cancel sent all the same.
-                timed_out = task.status == TaskStatus.TIMED_OUT
-                statuses = [TaskStatus.TIMED_OUT] if timed_out else list(ACTIVE_STATUSES)
+                ended_by_timeout = task.status == TaskStatus.TIMED_OUT
+                statuses = [TaskStatus.TIMED_OUT] if ended_by_timeout else list(ACTIVE_STATUSES)
                 if Task.objects.filter(
                     pk=task.pk,
                     attempt=task.attempt,
