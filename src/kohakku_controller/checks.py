@@ -296,9 +296,7 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors = []
     storage_alias = _setting("STORAGE_ALIAS")
     storages = getattr(settings, "STORAGES", {})
-    if not isinstance(storage_alias, str):
-        pass
-    elif storage_alias not in storages:
+    if isinstance(storage_alias, str) and storage_alias not in storages:
         errors.append(
             Error(
                 f"Storage alias {storage_alias!r} is not in settings.STORAGES.",
@@ -310,7 +308,7 @@ def check_aliases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="kohakku_controller.E003",
             )
         )
-    else:
+    elif isinstance(storage_alias, str):
         storage = storages[storage_alias]
         backend = storage.get("BACKEND") if isinstance(storage, dict) else None
         try:
@@ -564,10 +562,13 @@ def _non_empty_text(value: Any) -> str | None:
 
 
 def _categories(value: Any) -> str | None:
+    from .skills.models import Skill
+
+    longest = Skill._meta.get_field("category").max_length  # what a skill's column holds
     names = value if isinstance(value, list | tuple) else []
-    if names and all(isinstance(item, str) and 0 < len(item) <= 32 for item in names):
+    if names and all(isinstance(item, str) and 0 < len(item) <= longest for item in names):
         return None
-    return "it must be a non-empty list of names of 1 to 32 characters"
+    return f"it must be a non-empty list of names of 1 to {longest} characters"
 
 
 def _http_url(value: Any) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC
 from typing import Any
 
@@ -13,7 +12,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField, MultipleChoiceField
 
-from .parsers import MAX_QUERY_INT
+from .parsers import ASCII_DIGITS, MAX_QUERY_INT
 
 #: What django-filter's ``BooleanFilter`` reads as true and false, accepted alike.
 _TRUE, _FALSE = ("true", "True", "1"), ("false", "False", "0")
@@ -58,9 +57,6 @@ class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = _StorableIsoDateTimeField
 
 
-_DIGITS = re.compile(r"[0-9]+")
-
-
 class _WholeNumberField(forms.IntegerField):
     """Digits only, from ``min_value`` (1) to ``max_value``: ``1.9``, ``1.0``, ``+2`` and
     ``-1`` are refused, never rounded or read as something else."""
@@ -71,7 +67,7 @@ class _WholeNumberField(forms.IntegerField):
         super().__init__(**kwargs)
 
     def to_python(self, value: Any) -> int | None:
-        if value not in self.empty_values and not _DIGITS.fullmatch(str(value)):
+        if value not in self.empty_values and not ASCII_DIGITS.fullmatch(str(value)):
             raise ValidationError(self.error_messages["invalid"], code="invalid")
         return super().to_python(value)
 

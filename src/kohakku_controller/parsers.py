@@ -167,7 +167,9 @@ def _finite_float(text: str) -> float:
 
 #: The largest number a positive-integer query parameter may hold (a 32-bit integer column).
 MAX_QUERY_INT = 2**31 - 1
-_ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
+#: A query integer as written: ASCII digits only (``int()`` also takes ``1_0``, other
+#: scripts' digits and thousands of digits), few enough for a 32-bit column.
+ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def positive_int_param(request: Any, name: str, *, maximum: int = MAX_QUERY_INT) -> int | None:
@@ -177,6 +179,6 @@ def positive_int_param(request: Any, name: str, *, maximum: int = MAX_QUERY_INT)
     raw = request.query_params.get(name, "")
     if raw == "":
         return None
-    if not _ASCII_DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+    if not ASCII_DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise ValidationError({name: ["Must be a positive integer."]})
     return int(raw)

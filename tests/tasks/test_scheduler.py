@@ -387,15 +387,25 @@ def test_timed_out_task_gets_one_cancel_request_however_the_timeout_was_noticed(
     assert Task.objects.get(pk=task.pk).status == "timed_out"
 
 
-def test_failed_cancel_of_a_timed_out_task_is_retried_until_the_grace_ends(
-    skill_version, make_dispatcher, stub_dispatcher, scheduler
-):
-    stub = stub_dispatcher()
+#: The push backoff as shipped (the autouse ``_fast_backoff`` above makes it instant).
+SHIPPED_BACKOFF = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
+
+
+def pushed_then_unreachable(scheduler, make_dispatcher, stub):
+    """A task pushed to ``stub`` with a 5 s timeout, whose dispatcher's endpoint then refuses
+    connections; returns the dispatcher, the task and the time the task has timed out by."""
     dispatcher = make_dispatcher(endpoint_url=stub.url)
     task = create_task(skill="code-review", timeout_seconds=5)
     scheduler.run_pass()
     Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
-    timed_out_at = timezone.now() + timedelta(seconds=6)
+    return dispatcher, task, timezone.now() + timedelta(seconds=6)
+
+
+def test_failed_cancel_of_a_timed_out_task_is_retried_until_the_grace_ends(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
+    stub = stub_dispatcher()
+    dispatcher, task, timed_out_at = pushed_then_unreachable(scheduler, make_dispatcher, stub)
     report = scheduler.run_pass(now=timed_out_at)
     assert (report.timed_out, report.cancels_sent) == (1, 0)  # refused connection
     Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)
@@ -411,14 +421,9 @@ def test_a_dispatcher_whose_cancel_failed_is_asked_again_only_after_a_backoff(
 ):
     # A dispatcher that does not answer must not hold up every pass (and every other
     # dispatcher's pushes) for the push timeouts, pass after pass.
-    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
-    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **backoff}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **SHIPPED_BACKOFF}
     stub = stub_dispatcher()
-    dispatcher = make_dispatcher(endpoint_url=stub.url)
-    create_task(skill="code-review", timeout_seconds=5)
-    scheduler.run_pass()
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
-    timed_out_at = timezone.now() + timedelta(seconds=6)
+    dispatcher, _, timed_out_at = pushed_then_unreachable(scheduler, make_dispatcher, stub)
     assert scheduler.run_pass(now=timed_out_at).cancels_sent == 0  # refused connection
     Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)
 
@@ -431,8 +436,7 @@ def test_a_dispatcher_whose_cancel_failed_is_asked_again_only_after_a_backoff(
 def test_a_dispatcher_in_cancel_backoff_does_not_hold_back_another_dispatchers_cancels(
     skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
 ):
-    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
-    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **backoff}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **SHIPPED_BACKOFF}
     dead = make_dispatcher("dead")
     stub = stub_dispatcher()
     alive = make_dispatcher("alive", endpoint_url=stub.url)
@@ -460,15 +464,10 @@ def test_cancels_to_a_failing_dispatcher_are_retried_within_the_cancel_grace(
     from kohakku_controller.tasks import services as task_services
 
     grace = {"CANCEL_GRACE_SECONDS": 16}  # retried at least every 4 s
-    backoff = {"PUSH_BACKOFF_BASE_SECONDS": 2, "PUSH_BACKOFF_MAX_SECONDS": 300}
-    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **grace, **backoff}
+    settings.KOHAKKU_CONTROLLER = {**settings.KOHAKKU_CONTROLLER, **grace, **SHIPPED_BACKOFF}
     monkeypatch.setattr(task_services.random, "uniform", lambda low, high: high)  # 2, 4, 8 s
     stub = stub_dispatcher()
-    dispatcher = make_dispatcher(endpoint_url=stub.url)
-    create_task(skill="code-review", timeout_seconds=5)
-    scheduler.run_pass()
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url="http://127.0.0.1:9")
-    timed_out_at = timezone.now() + timedelta(seconds=6)
+    dispatcher, _, timed_out_at = pushed_then_unreachable(scheduler, make_dispatcher, stub)
     for second in (0, 2.1, 6.2):  # three failures in a row, each once its backoff ended
         assert scheduler.run_pass(now=timed_out_at + timedelta(seconds=second)).cancels_sent == 0
     Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=stub.url)

@@ -1017,16 +1017,21 @@ class Scheduler:
         recorded (``cancel_sent_at`` and a ``cancel_sent`` event), so it is sent once; a
         failed one is tried again on later passes, for a timed-out task during
         ``CANCEL_GRACE_SECONDS`` after it ended. A dispatcher whose cancel request failed is
-        sent none until a backoff has passed (as a failed push: ``PUSH_BACKOFF_BASE_SECONDS``
-        doubling up to ``PUSH_BACKOFF_MAX_SECONDS``), so one that does not answer holds up a
-        pass, and the tasks of every other dispatcher, once per backoff rather than on every
-        pass.
+        sent none, and its tasks are not read, until a backoff has passed
+        (``PUSH_BACKOFF_BASE_SECONDS`` doubling, at most a quarter of the cancel grace so it
+        is tried a few times within it): one that does not answer holds up a pass, and the
+        other dispatchers, once per backoff rather than on every pass.
         """
         now = now or timezone.now()
         requested = Task.objects.cancel_requested().filter(cancel_sent_at__isnull=True)
         timed_out = Task.objects.timed_out_cancel_unsent(
             now - timedelta(seconds=kohakku_settings.CANCEL_GRACE_SECONDS)
         )
+        longest = timedelta(seconds=max(1.0, kohakku_settings.CANCEL_GRACE_SECONDS / 4))
+        # A backoff long over is forgotten: a failure after a quiet spell counts from one.
+        self._cancel_backoff = {
+            pk: entry for pk, entry in self._cancel_backoff.items() if now - entry[1] <= longest
+        }
         # Not read at all for a dispatcher in backoff: its tasks would fill the batch and
         # hold back every other dispatcher's.
         paused = [pk for pk, (_, next_try) in self._cancel_backoff.items() if next_try > now]
@@ -1075,15 +1080,10 @@ class Scheduler:
                         reason=f"cancel request accepted ({reason})",
                         now=sent_at,
                     )
-        # At most a quarter of the cancel grace, so a timed-out task's cancel is tried a few
-        # times within it; a failure long after the last one starts the count again.
-        longest = max(1.0, kohakku_settings.CANCEL_GRACE_SECONDS / 4)
         for dispatcher_id in failed:
-            failures, next_try = self._cancel_backoff.get(dispatcher_id, (0, now))
-            if now - next_try > timedelta(seconds=longest):
-                failures = 0
-            wait = min(push_backoff_seconds(failures + 1), longest)
-            self._cancel_backoff[dispatcher_id] = (failures + 1, now + timedelta(seconds=wait))
+            failures = self._cancel_backoff.get(dispatcher_id, (0, now))[0] + 1
+            wait = min(timedelta(seconds=push_backoff_seconds(failures)), longest)
+            self._cancel_backoff[dispatcher_id] = (failures, now + wait)
         return sent
 
     # --- loop --------------------------------------------------------------------------
