@@ -6,14 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.test import Client
 from django.urls import resolve
+from django.utils import timezone
+from oauth2_provider.models import get_access_token_model, get_application_model
 from rest_framework.throttling import UserRateThrottle
 
-from kohakku_controller.oauth import create_or_reset_client
+from kohakku_controller.oauth import ClientScopes, create_or_reset_client
+
+from .admin_pages import opened_version
 
 pytestmark = pytest.mark.django_db
 URL = "/test-api/echo/"
@@ -170,6 +175,52 @@ def test_client_cannot_obtain_scope_it_was_not_granted():
     response = _token_request(created.client_id, created.client_secret, scope="tasks:write")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_scope"
+
+
+def _issued_token(name, granted, scope):
+    """A token issued by the token endpoint to client ``name`` (granted ``granted``)."""
+    created = create_or_reset_client(name, granted)
+    response = _token_request(created.client_id, created.client_secret, scope=scope)
+    assert response.status_code == 200, response.content
+    return Client(HTTP_AUTHORIZATION=f"Bearer {response.json()['access_token']}")
+
+
+def test_resetting_a_client_revokes_the_tokens_issued_with_its_old_secret():
+    api = _issued_token("orchestrator", ["tasks:read"], "tasks:read")
+    assert api.get(URL).status_code == 200
+    create_or_reset_client("orchestrator", ["tasks:read"])
+    assert api.get(URL).status_code == 401
+
+
+def test_narrowing_a_grant_revokes_the_tokens_that_carry_a_withdrawn_scope(admin_browser):
+    wide = _issued_token("orchestrator", ["tasks:read", "tasks:write"], "tasks:read tasks:write")
+    application = get_application_model().objects.get(name="orchestrator")
+    grant = ClientScopes.objects.get(application=application)
+    narrow_token = get_access_token_model().objects.create(
+        application=application, token="narrow-token", scope="tasks:read",
+        expires=timezone.now() + timedelta(hours=1),
+    )  # fmt: skip
+    narrow = Client(HTTP_AUTHORIZATION=f"Bearer {narrow_token.token}")
+
+    grant.scopes = ["tasks:read"]
+    grant.save()
+    assert wide.get(URL).status_code == 401  # it carried tasks:write
+    assert narrow.get(URL).status_code == 200  # it carries nothing withdrawn
+
+    # The same through the admin's change page (a conditional update, not save()).
+    url = f"/admin/kohakku_controller/clientscopes/{grant.pk}/change/"
+    opened = opened_version(admin_browser, url)
+    edit = {"application": str(application.pk), "scopes": ["tasks:write"], **opened}
+    assert admin_browser.post(url, edit).status_code == 302
+    assert narrow.get(URL).status_code == 401
+
+    # And deleting the grant withdraws every controller scope.
+    again = get_access_token_model().objects.create(
+        application=application, token="again-token", scope="tasks:write",
+        expires=timezone.now() + timedelta(hours=1),
+    )  # fmt: skip
+    ClientScopes.objects.filter(pk=grant.pk).delete()
+    assert not get_access_token_model().objects.filter(pk=again.pk).exists()
 
 
 def test_wrong_client_secret_is_refused():

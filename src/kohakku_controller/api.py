@@ -67,7 +67,8 @@ class ControllerViewMixin:
     versioning_class = None
     read_scope: str | None = None
     write_scope: str | None = None
-    action_scopes: dict[str, str | None] = {}
+    action_scopes: dict[str, str | tuple[str, ...] | None] = {}
+    action_extra_permissions: dict[str, tuple[str, ...]] = {}
 
     authentication_classes = _FromSettings("AUTHENTICATION_CLASSES")
     pagination_class = _FromSettings("PAGINATION_CLASS")

@@ -48,11 +48,15 @@ class ScopedPermission(permissions.BasePermission):
     A view declares:
 
     * ``read_scope`` and ``write_scope``: the scope for safe methods and for the rest;
-    * ``action_scopes`` (optional): ``{action: scope}`` for actions that differ, ``None``
-      meaning the action is not open to OAuth2 clients at all;
+    * ``action_scopes`` (optional): ``{action: scope}`` for actions that differ, a tuple of
+      scopes meaning all of them, ``None`` meaning the action is not open to OAuth2 clients
+      at all;
     * ``action_model_permissions`` (optional): ``{action: "view" | "add" | "change" |
       "delete"}`` for custom actions; the default is ``view`` for safe methods and
-      ``change`` otherwise.
+      ``change`` otherwise;
+    * ``action_extra_permissions`` (optional): ``{action: ("app_label.codename", ...)}``,
+      Django permissions an operator needs on top of that one (for an action that also
+      does what another model's permission guards, such as creating tasks).
     """
 
     message = _("Your credential does not allow this action.")
@@ -60,8 +64,8 @@ class ScopedPermission(permissions.BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         if is_oauth2_token(request.auth):
             # Client-credentials tokens often have no user; the scope alone decides.
-            scope = self.required_scope(request, view)
-            return scope is not None and request.auth.is_valid([scope])
+            scopes = self.required_scopes(request, view)
+            return bool(scopes) and request.auth.is_valid(scopes)
         user = request.user
         if not (user and user.is_authenticated):
             return False
@@ -71,13 +75,23 @@ class ScopedPermission(permissions.BasePermission):
         if model is None:
             return False
         codename = f"{self.model_permission(request, view)}_{model._meta.model_name}"
-        return user.has_perm(f"{model._meta.app_label}.{codename}")
+        extra = (getattr(view, "action_extra_permissions", {}) or {}).get(
+            self.action_name(request, view), ()
+        )
+        return user.has_perms([f"{model._meta.app_label}.{codename}", *extra])
 
     @staticmethod
     def action_name(request: Request, view: APIView) -> str:
         return getattr(view, "action", None) or request.method.lower()
 
-    def required_scope(self, request: Request, view: APIView) -> str | None:
+    def required_scopes(self, request: Request, view: APIView) -> list[str]:
+        """Every scope an OAuth2 client needs for this request (none: closed to clients)."""
+        scope = self.required_scope(request, view)
+        if scope is None:
+            return []
+        return [scope] if isinstance(scope, str) else list(scope)
+
+    def required_scope(self, request: Request, view: APIView) -> str | tuple[str, ...] | None:
         action = self.action_name(request, view)
         overrides = getattr(view, "action_scopes", {}) or {}
         if action in overrides:

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.db import models, transaction
 from django.utils.translation import gettext_lazy as _
-from oauth2_provider.models import get_application_model
+from oauth2_provider.models import get_access_token_model, get_application_model
 from oauth2_provider.scopes import SettingsScopes
 from oauth2_provider.settings import oauth2_settings
 
@@ -49,6 +49,10 @@ class ClientScopes(models.Model):
         scopes = self.scopes if isinstance(self.scopes, list) else [self.scopes]
         return f"{self.application_id}: {' '.join(map(str, scopes))}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        revoke_tokens_beyond(self.application_id, self.scopes)
+
 
 class ClientScopesBackend(SettingsScopes):
     """Declared scopes, minus controller scopes not granted to the application."""
@@ -73,6 +77,33 @@ class ClientScopesBackend(SettingsScopes):
         return self.get_available_scopes(application, request)
 
 
+def revoke_tokens_beyond(application: Any, granted: Any) -> int:
+    """Revoke the access tokens of ``application`` (an application or its pk) that carry a
+    controller scope outside ``granted``; return how many.
+
+    A token keeps the scopes it was issued with until it expires, so a grant narrowed
+    without this would take effect only then. Called whenever a grant is saved or deleted.
+    """
+    granted = set(granted) if isinstance(granted, list | tuple | set) else set()
+    withdrawn = set(SCOPES) - granted
+    tokens = get_access_token_model().objects.filter(application=application)
+    doomed = [
+        pk for pk, scope in tokens.values_list("pk", "scope") if withdrawn & set(scope.split())
+    ]
+    if not doomed:
+        return 0
+    tokens.filter(pk__in=doomed).delete()
+    return len(doomed)
+
+
+def _grant_deleted(sender: Any, instance: ClientScopes, **kwargs: Any) -> None:
+    # Also when the admin deletes grants in bulk, or the application goes (cascade).
+    revoke_tokens_beyond(instance.application_id, [])
+
+
+models.signals.post_delete.connect(_grant_deleted, sender=ClientScopes)
+
+
 @dataclass
 class CreatedClient:
     application: Any
@@ -94,14 +125,17 @@ def create_or_reset_client(
     """Create (or update) a confidential client-credentials application with ``scopes``.
 
     The secret is returned in clear only here; django-oauth-toolkit stores it hashed. If
-    the application exists already its secret is replaced.
+    the application exists already its secret is replaced and every access token issued
+    with the old one is revoked.
     """
     scopes = validate_scopes(scopes)
     application_model = get_application_model()
     secret = client_secret or secrets.token_urlsafe(32)
     lookup = {"client_id": client_id} if client_id else {"name": name}
     application = application_model.objects.filter(**lookup).first()
-    if application is None:
+    if application is not None:
+        get_access_token_model().objects.filter(application=application).delete()
+    else:
         application = application_model(client_id=client_id) if client_id else application_model()
     application.name = name
     application.client_type = application_model.CLIENT_CONFIDENTIAL

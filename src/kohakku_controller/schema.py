@@ -95,13 +95,13 @@ class ControllerAutoSchema(AutoSchema):
             return [{CALLBACK_TOKEN_SCHEME: []}]
         auths = super().get_auth()
         scopes = [
-            permission.required_scope(self.view.request, self.view)
+            permission.required_scopes(self.view.request, self.view)
             for permission in self.view.get_permissions()
             if isinstance(permission, ScopedPermission)
         ]
-        if scopes and scopes[0] is not None and "oauth2" in self._authenticator_names():
+        if scopes and scopes[0] and "oauth2" in self._authenticator_names():
             # The extension for django-oauth-toolkit only knows its own permission classes.
-            auths = [{"oauth2": [scopes[0]]}, *(a for a in auths if "oauth2" not in a)]
+            auths = [{"oauth2": scopes[0]}, *(a for a in auths if "oauth2" not in a)]
         return auths
 
     def _authenticator_names(self) -> set[str]:

@@ -725,12 +725,24 @@ def test_claim_query_budget(
     make_dispatcher("b", capacity=50)
     for _ in range(20):
         create_task(skill="code-review")
-    # dispatchers 2, counts (which backends are full) 1, savepoint 1, claim 1, lock dispatchers
-    # 1, counts 1, conditional UPDATE 1, bulk UPDATE 1, event INSERT 1, release savepoint 1:
-    # the same for 20 tasks as for one.
-    with django_assert_max_num_queries(11):
+    # anything to claim 1, dispatchers 2, counts (which backends are full) 1, savepoint 1,
+    # claim 1, lock the chosen dispatchers 1, their counts 1, conditional UPDATE 1, bulk UPDATE
+    # 1, event INSERT 1, release savepoint 1: the same for 20 tasks as for one.
+    with django_assert_max_num_queries(12):
         claims, _ = scheduler.claim_and_assign(timezone.now())
     assert len(claims) == 20
+
+
+def test_a_claim_with_nothing_queued_reads_no_dispatcher(
+    skill_version, make_dispatcher, scheduler, django_assert_num_queries
+):
+    for index in range(30):
+        make_dispatcher(f"idle-{index}")
+    later = create_task(skill="code-review")
+    Task.objects.filter(pk=later.pk).update(not_before=timezone.now() + timedelta(hours=1))
+    # A quiet controller's pass costs one indexed query here, however large the fleet.
+    with django_assert_num_queries(1):
+        assert scheduler.claim_and_assign(timezone.now()) == ([], 0)
 
 
 @pytest.mark.django_db(transaction=True)

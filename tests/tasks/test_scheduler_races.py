@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -141,6 +141,52 @@ def test_a_dispatcher_deleted_during_a_claim_does_not_break_the_claim(
     assert [claim.task.pk for claim in claims] == [other.pk]
     task.refresh_from_db()
     assert task.status == "queued"
+
+
+def heartbeat_without_waiting(dispatcher: Dispatcher) -> Callable[[], Any]:
+    """A heartbeat of ``dispatcher`` that gives up at once if its row is locked."""
+
+    def beat() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '50ms'")
+            heartbeat_listing(dispatcher, [])()
+
+    return beat
+
+
+def test_a_claim_holds_up_no_heartbeat_but_those_of_the_dispatchers_it_chose(
+    skill_version, make_dispatcher, monkeypatch
+):
+    chosen = make_dispatcher("chosen", capacity=1)
+    bystanders = [make_dispatcher(f"bystander-{n}", backends=("k8s",)) for n in range(3)]
+    create_task(skill="code-review")
+    claiming, done = threading.Event(), threading.Event()
+    mark_dispatched = Scheduler._mark_dispatched
+
+    def slowly(self: Scheduler, *args: Any) -> Any:
+        claiming.set()
+        done.wait(10)
+        return mark_dispatched(self, *args)
+
+    monkeypatch.setattr(Scheduler, "_mark_dispatched", slowly)
+
+    def claim() -> list[Any]:
+        with Scheduler(name="holder") as sched:
+            return sched.claim_and_assign(timezone.now())[0]
+
+    def heartbeats() -> list[Any]:
+        claiming.wait(10)
+        try:
+            return run_all([heartbeat_without_waiting(d) for d in [chosen, *bystanders]])
+        finally:
+            done.set()
+
+    claims, beats = run_all([claim, heartbeats])
+    assert [claim.dispatcher.pk for claim in claims] == [chosen.pk]
+    # The chosen dispatcher is locked while its capacity is counted; the rest of the fleet
+    # beats on.
+    assert isinstance(beats[0], OperationalError), beats[0]
+    assert beats[1:] == [None, None, None]
 
 
 # --- a heartbeat committed between a sweep's decision and its release --------------------------

@@ -53,14 +53,24 @@ class TestAccess:
         viewer = token_client("viewer", perms=("kohakku_controller.view_delivery",))
         assert viewer.get(LIST).status_code == 200
 
-    def test_replay_needs_workflows_write_or_change_permission(
-        self, oauth_client, token_client, deliveries
-    ):
+    def test_replay_needs_workflows_write_and_tasks_write(self, oauth_client, deliveries):
         url = f"{LIST}{deliveries['routed']}/replay/"
         assert oauth_client("workflows:read").post(url).status_code == 403
+        # A replay queues tasks on demand: without tasks:write it would be a way around it.
+        assert oauth_client("workflows:write").post(url).status_code == 403
+        assert oauth_client("tasks:write").post(url).status_code == 403
+        assert Task.objects.count() == 1  # the original delivery's task only
+        assert oauth_client("workflows:write", "tasks:write").post(url).status_code == 201
+        assert Task.objects.count() == 2
+
+    def test_replay_needs_change_delivery_and_add_task(self, token_client, deliveries):
+        url = f"{LIST}{deliveries['routed']}/replay/"
         viewer = token_client("viewer", perms=("kohakku_controller.view_delivery",))
         assert viewer.post(url).status_code == 403
-        assert oauth_client("workflows:write").post(url).status_code == 201
+        changer = token_client("changer", perms=("kohakku_controller.change_delivery",))
+        assert changer.post(url).status_code == 403
+        both = ("kohakku_controller.change_delivery", "kohakku_controller.add_task")
+        assert token_client("replayer", perms=both).post(url).status_code == 201
 
 
 class TestList:

@@ -65,6 +65,7 @@ from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_
 from .services import (
     WAKEUP_CHANNEL,
     end_task,
+    notify_scheduler,
     push_backoff_seconds,
     record_event,
     redis_wakeup_channel,
@@ -254,17 +255,33 @@ def _by_dispatcher(tasks: Any) -> dict[int | None, list[Task]]:
     return groups
 
 
-def _active_counts(dispatchers: list[Dispatcher]) -> dict[int, int]:
-    """How many tasks each of ``dispatchers`` holds (``dispatched`` or ``running``)."""
+def _active_counts(dispatcher_ids: list[int] | None = None) -> dict[int, int]:
+    """How many tasks each dispatcher holds (``dispatched`` or ``running``): those of
+    ``dispatcher_ids``, or of every dispatcher holding one (read from the active tasks, so
+    its cost follows the work in flight, not the size of the fleet)."""
+    active = Task.objects.filter(status__in=list(ACTIVE_STATUSES), dispatcher__isnull=False)
+    if dispatcher_ids is not None:
+        active = active.filter(dispatcher_id__in=dispatcher_ids)
     return dict(
-        Task.objects.filter(
-            dispatcher_id__in=[d.pk for d in dispatchers], status__in=list(ACTIVE_STATUSES)
-        )
-        .order_by()
+        active.order_by()
         .values_list("dispatcher_id")
         .annotate(n=Count("id"))
         .values_list("dispatcher_id", "n")
     )
+
+
+def _can_take(dispatcher: Dispatcher, task: Task) -> bool:
+    """``dispatcher`` offers the task's backend and carries its labels (room aside)."""
+    return task.backend in (dispatcher.backends or []) and _carries_labels(dispatcher, task.labels)
+
+
+def _by_backend(dispatchers: list[Dispatcher]) -> dict[str, list[Dispatcher]]:
+    """``dispatchers`` under each backend they offer, in their order."""
+    grouped: dict[str, list[Dispatcher]] = defaultdict(list)
+    for dispatcher in dispatchers:
+        for backend in dict.fromkeys(dispatcher.backends or []):
+            grouped[backend].append(dispatcher)
+    return grouped
 
 
 def _full_backends(
@@ -344,6 +361,9 @@ _MIN_BUSY_SECONDS = 1.0
 _MAX_CLAIM_READS = 4
 #: Dispatcher columns a claim does not read (the JSON a heartbeat or check-in sends).
 _NOT_NEEDED_TO_MATCH = ("reported_task_guids", "metadata")
+#: The only columns a claim reads of every candidate dispatcher: what choosing one takes. The
+#: chosen few are read whole, locked, before they are given tasks.
+_MATCHING_FIELDS = ("pk", "backends", "labels", "capacity", "busy_until")
 
 
 def push_deadline_seconds() -> float:
@@ -666,11 +686,19 @@ class Scheduler:
 
         Returns the claims to push and how many tasks found no dispatcher.
         """
-        dispatchers = Dispatcher.objects.defer(*_NOT_NEEDED_TO_MATCH)
-        candidates = list(dispatchers.accepting_work(now).order_by("pk"))
-        lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
         claimable = Task.objects.claimable(now)
-        full = _full_backends(candidates, _active_counts(candidates), now)
+        # Most passes of a quiet controller have nothing to claim: they read no dispatcher,
+        # which in a large fleet is most of what a pass costs.
+        if not claimable.exists():
+            return [], 0
+        # Candidates are read without locks, and only what choosing takes; the dispatchers
+        # chosen are locked and read again before they get anything (_confirm_under_lock).
+        candidates = list(
+            Dispatcher.objects.accepting_work(now).only(*_MATCHING_FIELDS).order_by("pk")
+        )
+        active = _active_counts()
+        lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
+        full = _full_backends(candidates, active, now)
         if full:
             # Tasks that only full dispatchers could take are left unread: a batch of them
             # would otherwise hide, pass after pass, the tasks behind them that could run.
@@ -682,18 +710,6 @@ class Scheduler:
             tasks = list(claimable[: self.batch_size])
             if not tasks:
                 return [], 0
-            if candidates:
-                # Lock the dispatchers so that concurrent schedulers count capacity one at a
-                # time (tasks are skip-locked first, so this cannot deadlock), and read them
-                # again as locked: an operator's change (draining, capacity) or deletion
-                # that committed since the read above applies to this claim.
-                locked = dispatchers.select_for_update().filter(pk__in=[d.pk for d in candidates])
-                candidates = [
-                    d
-                    for d in locked.order_by("pk")
-                    if d.status(now) == DispatcherStatus.ONLINE  # enabled, online, not draining
-                ]
-            active = _active_counts(candidates)  # again, now that the dispatchers are locked
             assignments: list[tuple[Task, Dispatcher, str]] = []
             unmatched = 0
             read: list[int] = []
@@ -718,6 +734,7 @@ class Scheduler:
                 # waiting for room by their (backend, labels).
                 read += [task.pk for task in tasks]
                 waiting_for_room += [g for g in at_capacity if g not in waiting_for_room]
+            assignments = self._confirm_under_lock(assignments, now)
             assignments = self._mark_dispatched(assignments, now, now + lease)
             events = [
                 record_event(
@@ -749,14 +766,16 @@ class Scheduler:
         assignments: list[tuple[Task, Dispatcher, str]] = []
         unmatched = 0
         at_capacity: list[tuple[str, dict[str, Any]]] = []
+        by_backend = _by_backend(candidates)
         for task in tasks:
-            chosen = self._choose(task, candidates, active, now)
+            offering = by_backend.get(task.backend, [])
+            chosen = self._choose(task, offering, active, now)
             if chosen is not None:
                 active[chosen.pk] = active.get(chosen.pk, 0) + 1
                 assignments.append((task, chosen, secrets.token_urlsafe(32)))
                 continue
             unmatched += 1
-            waiting = explain_no_match(task, candidates, active, now)
+            waiting = explain_no_match(task, offering or candidates, active, now)
             reason = waiting.reason[:500]
             if waiting.busy_until is not None:
                 # Only busy dispatchers could take it: none before the first is free.
@@ -825,20 +844,60 @@ class Scheduler:
     def _choose(
         task: Task, candidates: list[Dispatcher], active: dict[int, int], now: datetime
     ) -> Dispatcher | None:
+        """The least loaded of ``candidates`` (in pk order) that can take ``task`` now."""
         best = None
         best_key = None
         for dispatcher in candidates:
-            if task.backend not in (dispatcher.backends or []):
-                continue
-            if not _carries_labels(dispatcher, task.labels):
+            if not _can_take(dispatcher, task):
                 continue
             load = active.get(dispatcher.pk, 0)
             if load >= dispatcher.capacity or dispatcher.is_busy(now):
                 continue
+            if load == 0:
+                return dispatcher  # no key beats an idle one that comes first in pk order
             key = (load / max(dispatcher.capacity, 1), load, dispatcher.pk)
             if best_key is None or key < best_key:
                 best, best_key = dispatcher, key
         return best
+
+    @staticmethod
+    def _confirm_under_lock(
+        assignments: list[tuple[Task, Dispatcher, str]], now: datetime
+    ) -> list[tuple[Task, Dispatcher, str]]:
+        """Lock the chosen dispatchers, read them again, and keep the choices that still hold.
+
+        Choices are made on rows read without locks. Only the dispatchers chosen are locked
+        (in pk order, after the tasks were skip-locked, so concurrent schedulers cannot
+        deadlock), so a claim holds up no heartbeat of the rest of the fleet. Under the lock
+        the claim sees every change committed since its read: an operator's (disabled,
+        draining, capacity, deletion), a check-in's (backends, labels), and another
+        scheduler's claims, counted again. A task whose choice no longer holds stays queued;
+        the schedulers are woken to claim it again at once.
+        """
+        if not assignments:
+            return []
+        chosen = sorted({dispatcher.pk for _, dispatcher, _ in assignments})
+        locked = {
+            dispatcher.pk: dispatcher
+            for dispatcher in Dispatcher.objects.defer(*_NOT_NEEDED_TO_MATCH)
+            .select_for_update()
+            .filter(pk__in=chosen)
+            .order_by("pk")
+            if dispatcher.status(now) == DispatcherStatus.ONLINE and not dispatcher.is_busy(now)
+        }
+        active = _active_counts(sorted(locked))
+        kept = []
+        for task, choice, token in assignments:
+            dispatcher = locked.get(choice.pk)
+            if dispatcher is None or not _can_take(dispatcher, task):
+                continue
+            if active.get(dispatcher.pk, 0) >= dispatcher.capacity:
+                continue
+            active[dispatcher.pk] = active.get(dispatcher.pk, 0) + 1
+            kept.append((task, dispatcher, token))
+        if len(kept) < len(assignments):
+            notify_scheduler()
+        return kept
 
     # --- push --------------------------------------------------------------------------
 

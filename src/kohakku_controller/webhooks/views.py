@@ -25,6 +25,7 @@ from ..conf import kohakku_settings
 from ..exceptions import LengthRequired, PayloadTooLarge
 from ..parsers import read_bounded
 from ..schema import ErrorSerializer
+from ..tasks.models import Task
 from . import services
 from .filters import DeliveryFilter
 from .models import Delivery
@@ -157,7 +158,10 @@ class DeliveryViewSet(ControllerReadOnlyViewSet):
     filterset_class = DeliveryFilter
     read_scope = "workflows:read"
     write_scope = "workflows:write"
+    # A replay creates tasks now, on demand: it needs what creating a task needs, too.
+    action_scopes = {"replay": ("workflows:write", "tasks:write")}
     action_model_permissions = {"replay": "change"}
+    action_extra_permissions = {"replay": (f"{Task._meta.app_label}.add_task",)}
 
     def get_queryset(self) -> QuerySet[Delivery]:
         queryset = super().get_queryset()

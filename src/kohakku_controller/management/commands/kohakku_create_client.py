@@ -14,9 +14,9 @@ from ._arguments import Once, check_label, printable
 class Command(BaseCommand):
     help = (
         "Create an OAuth2 client-credentials application with controller scopes, or reset "
-        "the secret and scopes of an existing one (same name, or same --client-id and name); "
-        "safe to re-run, and never leaves two applications with one name. Prints the client "
-        "id and secret once."
+        "the secret and scopes of an existing one (same name, or same --client-id and name), "
+        "revoking the access tokens issued with its old secret; safe to re-run, and never "
+        "leaves two applications with one name. Prints the client id and secret once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
