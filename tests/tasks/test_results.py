@@ -281,6 +281,46 @@ def test_an_attempt_taken_back_cannot_replace_the_result_of_the_one_that_complet
     assert httpx.get(response["Location"]).content == b"attempt 2"
 
 
+def given_back_and_dispatched_again(dispatch, task):
+    """The push of attempt 1 is refused for lack of room, which gives the attempt number
+    back; the task is claimed again, as attempt 1 once more."""
+    dispatcher = task.dispatcher
+    given_back = services.release_task(
+        task, kind="push_deferred", reason="full", count_attempt=False
+    )
+    assert given_back == "queued"
+    return dispatch(Task.objects.get(pk=task.pk), dispatcher)
+
+
+def test_a_claim_that_reuses_an_attempt_number_is_told_its_own_result_key(running, dispatch):
+    first, first_token = running
+    refused = build_push_body(first, first_token)["result"]
+    again, token = given_back_and_dispatched_again(dispatch, first)
+    assert (again.attempt, again.claims) == (1, 2)
+    target = build_push_body(again, token)["result"]
+    assert refused["key"] == f"results/{first.guid}/output.json"
+    assert target["key"] == f"results/{first.guid}/attempt-1/claim-2/output.json"
+    if not storage_is_remote():
+        assert target["upload_url"].endswith("?name=attempt-1%2Fclaim-2%2Foutput.json")
+
+
+@pytest.mark.usefixtures("s3_storage")
+def test_a_refused_push_cannot_replace_the_result_of_the_claim_that_completed(
+    api_client, staff_client, running, dispatch
+):
+    first, first_token = running
+    refused = build_push_body(first, first_token)["result"]
+    again, token = given_back_and_dispatched_again(dispatch, first)
+    target = build_push_body(again, token)["result"]
+    assert httpx.put(target["upload_url"], content=b"the run").status_code == 200
+    done = callback(api_client, again, token, {"status": "completed", "result_key": target["key"]})
+    assert done.status_code == 200
+    # The dispatcher that refused the push kept its presigned URL, which cannot be revoked.
+    assert httpx.put(refused["upload_url"], content=b"forged").status_code == 200
+    response = staff_client.get(f"/api/v1/tasks/{again.guid}/result/")
+    assert httpx.get(response["Location"]).content == b"the run"
+
+
 @pytest.mark.parametrize(
     ("key", "served_as"),
     [

@@ -123,6 +123,10 @@ class Task(models.Model):
     timeout_seconds = models.PositiveIntegerField()
     max_attempts = models.PositiveSmallIntegerField()
     attempt = models.PositiveSmallIntegerField(default=0, editable=False)
+    # How many times a scheduler claimed the task. It runs ahead of ``attempt`` once an
+    # attempt number was given back (a push refused for lack of room), and names the result
+    # file of a claim that reuses one (see ``scheduler.result_name``).
+    claims = models.PositiveIntegerField(default=0, editable=False)
     status = models.CharField(
         max_length=16, choices=TaskStatus.choices, default=TaskStatus.QUEUED, editable=False
     )

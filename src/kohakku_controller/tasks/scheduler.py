@@ -122,19 +122,24 @@ def task_url(url_name: str, guid: Any) -> str:
     return public_url(template.replace(_URL_PLACEHOLDER, str(guid)))
 
 
-def result_name(attempt: int) -> str:
-    """The file an attempt is told to write its result to, under the task's result prefix.
+def result_name(attempt: int, claims: int = 0) -> str:
+    """The file a claim is told to write its result to, under the task's result prefix.
 
-    ``output.json`` for the first attempt, ``attempt-<n>/output.json`` for a later one: an
-    attempt that was taken back may still be running and upload with its presigned URL,
-    which cannot be revoked, and must not replace the result of the attempt that completed.
+    ``output.json`` for the first attempt, ``attempt-<n>/output.json`` for a later one, and
+    ``attempt-<n>/claim-<c>/output.json`` for the ``c``-th claim of a task when it reuses
+    attempt number ``n`` (given back after a push was refused for lack of room). A claim that
+    was taken back, or whose push was refused, may still upload with its presigned URL,
+    which cannot be revoked: with a name of its own, it can never replace the result of the
+    claim that completed.
     """
+    if claims > attempt:
+        return f"attempt-{attempt}/claim-{claims}/output.json"
     return "output.json" if attempt <= 1 else f"attempt-{attempt}/output.json"
 
 
 def result_target(task: Task, callback_token: str) -> dict[str, Any]:
     """Where the dispatcher puts the task's result (the ``result`` object of a push)."""
-    name = result_name(task.attempt)
+    name = result_name(task.attempt, task.claims)
     key = f"{task.result_prefix}{name}"
     expires = max(kohakku_settings.RESULT_URL_EXPIRES_SECONDS, task.timeout_seconds + 300)
     if storage_is_remote():
@@ -142,7 +147,7 @@ def result_target(task: Task, callback_token: str) -> dict[str, Any]:
         headers: dict[str, str] = {}
     else:
         url = task_url("kohakku_controller:task-result-upload", task.guid)
-        if task.attempt > 1:
+        if name != result_name(1):
             url += "?" + urlencode({"name": name})
         headers = {"Authorization": f"Bearer {callback_token}"}
     return {
@@ -812,6 +817,7 @@ class Scheduler:
         updated = Task.objects.filter(pk__in=ids, status=TaskStatus.QUEUED).update(
             status=TaskStatus.DISPATCHED,
             attempt=F("attempt") + 1,
+            claims=F("claims") + 1,
             dispatched_at=now,
             lease_expires_at=lease_until,
             claimed_by=name,
@@ -831,6 +837,7 @@ class Scheduler:
         for task, chosen, token in assignments:
             task.status = TaskStatus.DISPATCHED
             task.attempt += 1
+            task.claims += 1
             task.dispatcher = chosen
             task.dispatched_at = now
             task.claimed_by = name
