@@ -319,18 +319,34 @@ def test_the_openapi_document_takes_no_credential(make_user, path):
 HOST_DEFAULTS_PROBE = """
 import json, django
 django.setup()
+from django.core.management import call_command
 from django.test import Client
+from rest_framework.authtoken.models import Token
+from kohakku_controller.skills.models import Skill, SkillVersion
 client = Client()
-print(json.dumps({
+answers = {
     "health": [client.get("/health/").status_code for _ in range(3)],
     "api": [client.get("/api/v1/tasks/").status_code for _ in range(3)],
-}))
+}
+call_command("migrate", verbosity=0)
+user = django.contrib.auth.get_user_model().objects.create(username="staff", is_staff=True)
+staff = Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+skill = Skill.objects.create(name="Triage", slug="triage")
+SkillVersion.objects.create(skill=skill, version_number=1, content_hash="a" * 64, size=1)
+wrong = staff.post("/api/v1/tasks/", "[]", content_type="application/json")
+answers.update(
+    options=staff.options("/api/v1/tasks/").status_code,
+    versions=len(staff.get("/api/v1/skills/triage/versions/").json()),
+    non_field=[wrong.status_code, sorted(wrong.json())],
+)
+print(json.dumps(answers))
 """
 
 
-def test_the_hosts_default_throttles_and_versioning_do_not_apply():
+def test_the_hosts_global_drf_defaults_do_not_apply():
     # DRF reads these defaults when a view class is defined, so they need a process of
-    # their own: a host whose every view is throttled (1 a day) and versioned (406).
+    # their own: a host whose every view is throttled (1 a day), versioned (406), filtered
+    # (to nothing) and without OPTIONS, with its own key for non-field errors.
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", HOST_DEFAULTS_PROBE],
@@ -345,8 +361,16 @@ def test_the_hosts_default_throttles_and_versioning_do_not_apply():
         check=True,
     )
     answers = json.loads(result.stdout.strip().splitlines()[-1])
-    # The probes answer, and the API asks for credentials: not 429, not 406.
-    assert answers == {"health": [200] * 3, "api": [401] * 3}, result.stderr[-2000:]
+    # The probes answer, and the API asks for credentials: not 429, not 406. The host's
+    # filter backend hides nothing, its metadata setting closes no OPTIONS, and errors keep
+    # the API's key.
+    assert answers == {
+        "health": [200] * 3,
+        "api": [401] * 3,
+        "options": 200,
+        "versions": 1,
+        "non_field": [400, ["non_field_errors"]],
+    }, result.stderr[-2000:]
 
 
 class TwoADay(UserRateThrottle):

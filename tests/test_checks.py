@@ -341,3 +341,20 @@ class HostScopes:
 
     def get_default_scopes(self, application=None, request=None, *args, **kwargs):
         return []
+
+
+class ToAnotherDatabase:
+    """A host's router that sends every model to another database."""
+
+    def db_for_read(self, model, **hints):
+        return "controller"
+
+    db_for_write = db_for_read
+
+
+def test_routing_the_controllers_models_to_another_database_is_refused(settings):
+    settings.DATABASE_ROUTERS = ["tests.test_checks.ToAnotherDatabase"]
+    error = _ids()["kohakku_controller.E013"]
+    assert "kohakku_controller.Task to 'controller'" in error.msg
+    settings.DATABASE_ROUTERS = []
+    assert "kohakku_controller.E013" not in _ids()

@@ -19,6 +19,8 @@ from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import mixins, parsers, renderers, viewsets
 from rest_framework.decorators import MethodMapper
 from rest_framework.exceptions import MethodNotAllowed, NotFound
+from rest_framework.metadata import SimpleMetadata
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.views import APIView
 
 from .auth import ScopedPermission
@@ -65,6 +67,10 @@ class ControllerViewMixin:
     # One API version, in the URL: a host's DEFAULT_VERSIONING_CLASS would refuse requests
     # that do not name a version the host knows (406).
     versioning_class = None
+    content_negotiation_class = DefaultContentNegotiation
+    metadata_class = SimpleMetadata
+    # A view lists its own; a host's DEFAULT_FILTER_BACKENDS would filter every queryset.
+    filter_backends: list[Any] = []
     read_scope: str | None = None
     write_scope: str | None = None
     action_scopes: dict[str, str | tuple[str, ...] | None] = {}

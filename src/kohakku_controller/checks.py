@@ -351,6 +351,31 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 
 @register(Tags.compatibility)
+def check_database_routing(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """The controller's tables must be in the default database: its transactions, locks,
+    wake-ups and raw statements run there, whatever a router says."""
+    from django.apps import apps
+    from django.db import DEFAULT_DB_ALIAS, router
+
+    routed = set()
+    for model in apps.get_app_config("kohakku_controller").get_models():
+        for alias in (router.db_for_read(model), router.db_for_write(model)):
+            if alias not in (None, DEFAULT_DB_ALIAS):
+                routed.add(f"{model._meta.label} to {alias!r}")
+    if not routed:
+        return []
+    return [
+        Error(
+            f"DATABASE_ROUTERS send the controller's models to another database than "
+            f"{DEFAULT_DB_ALIAS!r}: {', '.join(sorted(routed))}.",
+            hint="Keep the controller's tables (and django-oauth-toolkit's) in the default "
+            "database; route other apps as you like.",
+            id="kohakku_controller.E013",
+        )
+    ]
+
+
+@register(Tags.compatibility)
 def check_schema_class(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """The OpenAPI document needs drf-spectacular's schema class as DRF's default: the
     ``@extend_schema`` decorators on the controller's actions build on it."""

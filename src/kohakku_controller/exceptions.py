@@ -15,7 +15,11 @@ from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
+
+#: The key of errors that belong to no field, in every error body of the API.
+NON_FIELD_ERRORS = "non_field_errors"
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -74,6 +78,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     A 503 carries ``Retry-After``.
     """
     response = drf_exception_handler(_translate_django_error(exc), context)
+    if response is not None and isinstance(response.data, dict):
+        # Errors that belong to no field are under "non_field_errors" in the API's contract,
+        # whatever a host's NON_FIELD_ERRORS_KEY says.
+        key = api_settings.NON_FIELD_ERRORS_KEY
+        if key != NON_FIELD_ERRORS and key in response.data:
+            response.data[NON_FIELD_ERRORS] = response.data.pop(key)
     if response is not None and response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         response.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     if isinstance(exc, exceptions.NotAuthenticated):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import ISO_8601, serializers
 
@@ -105,13 +108,26 @@ class LabelsField(serializers.Field):
         return dict(value)
 
 
+def with_offset(value: datetime) -> datetime:
+    """``value`` as an aware time. Under ``USE_TZ = False`` Django stores and returns wall
+    times of ``TIME_ZONE``; written without an offset, no client could place them."""
+    return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+
 class IsoDateTimeField(serializers.DateTimeField):
-    """A time, always written in ISO 8601 (the API's contract), whatever a host's global
-    ``REST_FRAMEWORK["DATETIME_FORMAT"]`` says."""
+    """A time, always written in ISO 8601 with its offset (the API's contract), whatever a
+    host's global ``REST_FRAMEWORK["DATETIME_FORMAT"]`` or ``USE_TZ`` say."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("format", ISO_8601)
         super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> Any:
+        if isinstance(value, datetime) and not settings.USE_TZ and self.format == ISO_8601:
+            # DRF writes a USE_TZ = False time as it is stored, without an offset.
+            text = with_offset(value).isoformat()
+            return text[:-6] + "Z" if text.endswith("+00:00") else text
+        return super().to_representation(value)
 
 
 # The two base serializers below have comments, not docstrings: drf-spectacular describes a

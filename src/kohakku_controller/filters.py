@@ -7,6 +7,7 @@ from typing import Any
 
 import django_filters
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -47,6 +48,12 @@ class _StorableIsoDateTimeField(IsoDateTimeField):
                 parsed.astimezone(UTC)
             except OverflowError:
                 raise ValidationError(self.error_messages["invalid"], code="invalid") from None
+            if not settings.USE_TZ:
+                # Stored times are then TIME_ZONE's wall times (and SQLite refuses aware ones).
+                try:
+                    return timezone.make_naive(parsed)
+                except OverflowError:
+                    raise ValidationError(self.error_messages["invalid"], code="invalid") from None
         return parsed
 
 

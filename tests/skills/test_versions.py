@@ -27,6 +27,23 @@ def test_list_versions_newest_first(versions, staff_client):
     assert response["X-Total-Count"] == "3"
 
 
+def test_the_uploader_is_named_by_the_user_models_username_field(
+    versions, staff_client, monkeypatch
+):
+    # A host's custom user model may log in by email and have no ``username`` at all.
+    user = staff_client.user
+    type(user).objects.filter(pk=user.pk).update(email="staff@example.com")
+    monkeypatch.setattr(type(user), "USERNAME_FIELD", "email")
+    response = staff_client.get(f"/api/v1/skills/{versions.slug}/versions/1/")
+    assert response.status_code == 200
+    assert response.json()["uploaded_by"] == "staff@example.com"
+    SkillVersion.objects.filter(skill=versions).update(uploaded_by=None)  # an OAuth2 client's
+    assert (
+        staff_client.get(f"/api/v1/skills/{versions.slug}/versions/1/").json()["uploaded_by"]
+        is None
+    )
+
+
 def test_versions_list_query_budget(versions, staff_client, django_assert_num_queries):
     # token, skill, count, page (with skill and uploader joined)
     with django_assert_num_queries(4):

@@ -93,7 +93,10 @@ class SkillVersionSerializer(ControllerModelSerializer):
     """One package version of a skill."""
 
     skill = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # The user's USERNAME_FIELD (a custom user model may have no ``username``).
+    uploaded_by = serializers.CharField(
+        source="uploaded_by.get_username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = SkillVersion

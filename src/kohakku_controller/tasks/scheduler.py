@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -57,6 +57,7 @@ from ..conf import kohakku_settings
 from ..dispatchers.models import Dispatcher, DispatcherStatus
 from ..dispatchers.secrets import current_signing_secret
 from ..dispatchers.services import mark_lost_dispatchers
+from ..fields import with_offset
 from ..signing import sign_request
 from ..skills.services import package_download_url
 from ..storage import presigned_url, storage_is_remote
@@ -181,7 +182,7 @@ def build_push_body(task: Task, callback_token: str) -> dict[str, Any]:
         "labels": task.labels,
         "priority": task.priority,
         "timeout_seconds": task.timeout_seconds,
-        "deadline_at": task.deadline_at.isoformat() if task.deadline_at else None,
+        "deadline_at": with_offset(task.deadline_at).isoformat() if task.deadline_at else None,
         "callback_url": task_url("kohakku_controller:task-callback", task.guid),
         "callback_token": callback_token,
         "result": result_target(task, callback_token),
@@ -436,7 +437,7 @@ def _retry_after_seconds(value: str) -> float | None:
         return None
     if moment.tzinfo is None:
         return None  # an HTTP date is always GMT; one without a zone is not an HTTP date
-    return (moment - timezone.now()).total_seconds()
+    return (moment - datetime.now(UTC)).total_seconds()  # aware, whatever USE_TZ says
 
 
 class Scheduler:

@@ -28,7 +28,8 @@ from ..conf import kohakku_settings
 from ..db import JoinedLookup, insert_row, update_and_log, update_rows
 from ..dispatchers.labels import BACKEND_NAME_RE, BACKEND_NAME_RULE, validate_labels
 from ..dispatchers.secrets import valid_signing_secrets
-from ..exceptions import Conflict
+from ..exceptions import NON_FIELD_ERRORS, Conflict
+from ..fields import with_offset
 from ..parsers import (
     as_sentence,
     find_unstorable_text,
@@ -499,7 +500,10 @@ def _release_changes(
     )
     if not count_attempt:
         updates["attempt"] = task.attempt - 1
-    data = {"backoff_seconds": round(backoff_seconds, 3), "not_before": not_before.isoformat()}
+    data = {
+        "backoff_seconds": round(backoff_seconds, 3),
+        "not_before": with_offset(not_before).isoformat(),
+    }
     return TaskStatus.QUEUED, updates, data
 
 
@@ -615,7 +619,7 @@ def _task_with_dispatcher() -> JoinedLookup:
 
 def _validate_callback_payload(task: Task, payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+        raise ValidationError({NON_FIELD_ERRORS: ["The body must be a JSON object."]})
     allowed = {"status", "exit_code", "result_key", "result_metadata", "error_message"}
     errors: dict[str, list[str]] = {}
     unknown = sorted(set(payload) - allowed)
