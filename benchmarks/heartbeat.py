@@ -18,7 +18,8 @@ What it does, and undoes:
 5. prints requests/s, p50/p99 latency, server CPU per request (gunicorn workers plus their
    PostgreSQL backends and the WAL writer), peak memory, the heartbeat/ceiling ratio, and
    the CPU that 10,000 dispatchers beating every 60 s use (sent open loop at that rate,
-   after a bare Django view and the ceiling endpoint at the same rate);
+   after a bare Django view and the ceiling endpoint at the same rate), and the same again
+   with a scheduler running beside them, as in production, its own CPU shown apart;
 6. calls the same three endpoints in a separate process on Django's WSGI handler, without
    any server, and prints their CPU per request hot (back to back) and paced at the
    fleet's rate: what the code costs, and what this machine adds when a process wakes for
@@ -510,14 +511,19 @@ def main() -> int:
                 cpu_seconds(workers) - web_before,
                 cpu_seconds(backends) - db_before,
             )
+        fleet_with_scheduler = heartbeats_beside_the_scheduler(
+            args, env, admin, database, server, port, count, fleet_rate, heartbeat_request
+        )
         worker_peak = peak_rss_mib(children_of(server.pid))
         measured = subprocess.run(
             [sys.executable, __file__, "--in-process-only", *pairs[0]],
             env=env, cwd=ROOT, check=True, capture_output=True, text=True,
         )  # fmt: skip
         in_process = json.loads(measured.stdout.strip().splitlines()[-1])
-        report(args, rounds, fleet, worker_peak, pairs, admin, in_process)
-        failed = sum(round_.errors for round_ in [*rounds, *fleet.values()])
+        report(args, rounds, fleet, worker_peak, pairs, admin, in_process, fleet_with_scheduler)
+        failed = sum(
+            round_.errors for round_ in [*rounds, *fleet.values(), fleet_with_scheduler[0]]
+        )
         return 1 if failed else 0
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
@@ -536,6 +542,58 @@ def main() -> int:
         print(f"cleaned up: gunicorn stopped, database {database} dropped")
 
 
+def heartbeats_beside_the_scheduler(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    admin: Any,
+    database: str,
+    server: subprocess.Popen[bytes],
+    port: int,
+    count: int,
+    rate: float,
+    make_request: Any,
+) -> tuple[Round, float]:
+    """The fleet's heartbeats again, with a scheduler running as in production (nothing is
+    queued: what a registered fleet costs it); returns the round and the scheduler's cores."""
+    # Every dispatcher online, as in a steady fleet: none is found lost during the phase.
+    with admin_connection(env["DATABASE_URL"]) as bench:
+        bench.execute("UPDATE kohakku_controller_dispatcher SET last_heartbeat_at = now()")
+    scheduler = subprocess.Popen(
+        [sys.executable, "manage.py", "kohakku_scheduler"],
+        env=env,
+        cwd=EXAMPLE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(5)  # started, reconciled, past its first passes
+        if scheduler.poll() is not None:
+            raise RuntimeError(f"the scheduler exited with {scheduler.returncode}")
+        workers, backends = children_of(server.pid), backend_pids(admin, database)
+        web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+        scheduler_before = cpu_seconds([scheduler.pid])
+        seconds, latencies, errors = drive(
+            port, count, args.concurrency, make_request, rate=rate, reconnect=args.fleet_reconnect
+        )
+        scheduler_cores = (cpu_seconds([scheduler.pid]) - scheduler_before) / seconds
+        measured = Round(
+            "heartbeat",
+            count,
+            seconds,
+            latencies,
+            errors,
+            cpu_seconds(workers) - web_before,
+            cpu_seconds(backends) - db_before,
+        )
+        return measured, scheduler_cores
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        try:
+            scheduler.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            scheduler.kill()
+            scheduler.wait()
+
+
 def report(
     args: argparse.Namespace,
     rounds: list[Round],
@@ -544,6 +602,7 @@ def report(
     pairs: list[Any],
     admin: Any,
     in_process: dict[str, list[float]],
+    fleet_with_scheduler: tuple[Round, float],
 ) -> None:
     stamped = admin.execute("SELECT 1").fetchone()  # admin connection still healthy
     assert stamped == (1,)
@@ -617,6 +676,13 @@ def report(
         f"{cores['plain view']:.2f}, authentication and DRF "
         f"{cores['ping (ceiling)'] - cores['plain view']:.2f}, the heartbeat's own work "
         f"{cores['heartbeat'] - cores['ping (ceiling)']:.2f}"
+    )
+    beside, scheduler_cores = fleet_with_scheduler
+    served = (beside.web_cpu_seconds + beside.db_cpu_seconds) / beside.seconds
+    print(
+        f"  with a scheduler running (nothing queued): {beside.rate:.0f} req/s, {beside.errors} "
+        f"errors; CPU {served + scheduler_cores:.2f} of one core (web workers and PostgreSQL "
+        f"{served:.2f}, the scheduler process {scheduler_cores:.3f})"
     )
     print(
         f"in-process, no server ({IN_PROCESS_HOT} calls back to back, then {IN_PROCESS_PACED} "
