@@ -285,7 +285,9 @@ def _by_backend(dispatchers: list[Dispatcher]) -> dict[str, list[Dispatcher]]:
     """``dispatchers`` under each backend they offer, in their order."""
     grouped: dict[str, list[Dispatcher]] = defaultdict(list)
     for dispatcher in dispatchers:
-        for backend in dict.fromkeys(dispatcher.backends or []):
+        backends = dispatcher.backends if isinstance(dispatcher.backends, list) else []
+        # Names only (check-in allows nothing else; a row written by hand might).
+        for backend in dict.fromkeys(name for name in backends if isinstance(name, str)):
             grouped[backend].append(dispatcher)
     return grouped
 
