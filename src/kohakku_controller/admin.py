@@ -4,11 +4,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db import transaction
 
 from .admin_forms import ConcurrencySafeAdmin, VersionCheckedForm, update_if_unchanged
 from .auth import SCOPES
 from .dispatchers import admin as dispatchers_admin  # noqa: F401
-from .oauth import ClientScopes, revoke_tokens_beyond, validate_scopes
+from .oauth import ClientScopes, lock_client, revoke_tokens_beyond, validate_scopes
 from .skills import admin as skills_admin  # noqa: F401
 from .webhooks import admin as webhooks_admin  # noqa: F401
 from .workflows import admin as workflows_admin  # noqa: F401
@@ -49,8 +50,10 @@ class ClientScopesAdmin(ConcurrencySafeAdmin):
 
     def save_model(self, request: Any, obj: ClientScopes, form: Any, change: bool) -> None:
         if change:
-            update_if_unchanged(form)
-            revoke_tokens_beyond(obj.application_id, obj.scopes)
+            with transaction.atomic():
+                lock_client(obj.application_id)
+                update_if_unchanged(form)
+                revoke_tokens_beyond(obj.application_id, obj.scopes)
         else:
             super().save_model(request, obj, form, change)
 

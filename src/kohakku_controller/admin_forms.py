@@ -22,8 +22,9 @@ from django.contrib import admin, messages
 from django.db import IntegrityError, models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from rest_framework.exceptions import APIException
+from rest_framework.settings import api_settings
 
-from .exceptions import Conflict
+from .exceptions import NON_FIELD_ERRORS, Conflict
 
 logger = logging.getLogger("kohakku_controller.admin")
 
@@ -57,7 +58,7 @@ def add_api_errors(form: forms.BaseForm, detail: Any) -> None:
         if field in form.fields:
             if field not in form.errors:
                 form.add_error(field, error_messages(value))
-        elif field == "non_field_errors":
+        elif field in (NON_FIELD_ERRORS, api_settings.NON_FIELD_ERRORS_KEY):
             form.add_error(None, error_messages(value))
         else:
             form.add_error(None, [f"{field}: {message}" for message in error_messages(value)])

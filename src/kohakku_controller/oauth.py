@@ -50,8 +50,10 @@ class ClientScopes(models.Model):
         return f"{self.application_id}: {' '.join(map(str, scopes))}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)
-        revoke_tokens_beyond(self.application_id, self.scopes)
+        with transaction.atomic():
+            lock_client(self.application_id)
+            super().save(*args, **kwargs)
+            revoke_tokens_beyond(self.application_id, self.scopes)
 
 
 class ClientScopesBackend(SettingsScopes):
@@ -77,6 +79,15 @@ class ClientScopesBackend(SettingsScopes):
         return self.get_available_scopes(application, request)
 
 
+def lock_client(application: Any) -> None:
+    """Lock the application's row until the transaction ends. Whatever changes a client's
+    secret or grant takes this lock, and so does the recommended validator before it saves
+    a token (``ControllerOAuth2Validator``): a token is never issued on a secret or a grant
+    withdrawn meanwhile."""
+    pk = getattr(application, "pk", application)
+    list(get_application_model().objects.select_for_update().filter(pk=pk).values_list("pk"))
+
+
 def revoke_tokens_beyond(application: Any, granted: Any) -> int:
     """Revoke the access tokens of ``application`` (an application or its pk) that carry a
     controller scope outside ``granted``; return how many.
@@ -98,6 +109,7 @@ def revoke_tokens_beyond(application: Any, granted: Any) -> int:
 
 def _grant_deleted(sender: Any, instance: ClientScopes, **kwargs: Any) -> None:
     # Also when the admin deletes grants in bulk, or the application goes (cascade).
+    lock_client(instance.application_id)
     revoke_tokens_beyond(instance.application_id, [])
 
 
@@ -132,15 +144,15 @@ def create_or_reset_client(
     application_model = get_application_model()
     secret = client_secret or secrets.token_urlsafe(32)
     lookup = {"client_id": client_id} if client_id else {"name": name}
-    application = application_model.objects.filter(**lookup).first()
-    if application is not None:
-        get_access_token_model().objects.filter(application=application).delete()
-    else:
+    # Locked until the new secret is committed (see lock_client).
+    application = application_model.objects.select_for_update().filter(**lookup).first()
+    if application is None:
         application = application_model(client_id=client_id) if client_id else application_model()
     application.name = name
     application.client_type = application_model.CLIENT_CONFIDENTIAL
     application.authorization_grant_type = application_model.GRANT_CLIENT_CREDENTIALS
     application.client_secret = secret
     application.save()
+    get_access_token_model().objects.filter(application=application).delete()
     ClientScopes.objects.update_or_create(application=application, defaults={"scopes": scopes})
     return CreatedClient(application, application.client_id, secret)

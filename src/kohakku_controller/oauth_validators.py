@@ -18,6 +18,8 @@ from typing import Any
 from oauth2_provider.models import get_access_token_model
 from oauth2_provider.oauth2_backends import OAuthLibCore
 from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauth2_provider.scopes import get_scopes_backend
+from oauthlib.oauth2.rfc6749 import errors
 
 from .db import JoinedLookup
 from .exceptions import API_APP_NAME
@@ -40,6 +42,31 @@ class ControllerOAuth2Validator(OAuth2Validator):
         if isinstance(client_id, str) and "\x00" in client_id:
             return None
         return super()._load_application(client_id, request)
+
+    def _save_bearer_token(self, token: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """Issue the token only if the client's secret and grant are still the ones this
+        request was checked against.
+
+        A token request checks the secret (slowly: it is hashed) and the scopes before it
+        saves the token. A reset of the secret or a narrowed grant that commits in between
+        revokes the client's tokens, but this one is not saved yet. Here, in the
+        transaction that saves it, the client's row is locked (resets and grant changes lock
+        it too, so one in progress is waited for) and both are read again.
+        """
+        client = request.client
+        current = (
+            type(client)
+            .objects.select_for_update()
+            .filter(pk=client.pk)
+            .values_list("client_secret", flat=True)
+            .first()
+        )
+        if current is None or current != client.client_secret:
+            raise errors.InvalidClientError(request=request)
+        available = get_scopes_backend().get_available_scopes(application=client, request=request)
+        if not set(request.scopes or []) <= set(available):
+            raise errors.InvalidScopeError(request=request)
+        return super()._save_bearer_token(token, request, *args, **kwargs)
 
     def _load_access_token(self, token: str) -> Any:
         checksum = hashlib.sha256(token.encode("utf-8")).hexdigest()

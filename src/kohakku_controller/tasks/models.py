@@ -126,7 +126,9 @@ class Task(models.Model):
     # How many times a scheduler claimed the task. It runs ahead of ``attempt`` once an
     # attempt number was given back (a push refused for lack of room), and names the result
     # file of a claim that reuses one (see ``scheduler.result_name``).
-    claims = models.PositiveIntegerField(default=0, editable=False)
+    # The database's own default too: a process still running the code from before the
+    # column, during a rolling deploy, inserts tasks without it.
+    claims = models.PositiveIntegerField(default=0, db_default=0, editable=False)
     status = models.CharField(
         max_length=16, choices=TaskStatus.choices, default=TaskStatus.QUEUED, editable=False
     )

@@ -249,7 +249,7 @@ def _lost_for(dispatcher: Dispatcher | None, now: datetime, grace: timedelta) ->
         return None
     return (
         f"dispatcher {dispatcher.name} stopped sending heartbeats "
-        f"(last at {seen.isoformat() if seen else 'never'})"
+        f"(last at {with_offset(seen).isoformat() if seen else 'never'})"
     )
 
 
@@ -1066,7 +1066,9 @@ class Scheduler:
             Dispatcher.objects.filter(pk=dispatcher.pk).filter(
                 Q(busy_until__isnull=True) | Q(busy_until__lt=until)
             ).update(busy_until=until)
-            reason = f"{dispatcher.name} is busy until {until.isoformat()}: {outcome.error}"
+            reason = (
+                f"{dispatcher.name} is busy until {with_offset(until).isoformat()}: {outcome.error}"
+            )
         logger.info("task %s goes back to the queue: %s", task.guid, reason)
         return release_task(
             task,
