@@ -32,6 +32,7 @@ Timing depends on the machine; the ratio is what to compare between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -496,24 +497,24 @@ def main() -> int:
             ("ping (ceiling)", ping_request),
             ("heartbeat", heartbeat_request),
         )
-        for name, make in phases:
+
+        def fleet_round(name: str, make: Any, beside: list[int]) -> tuple[Round, float]:
+            """A steady-fleet round; also the cores the ``beside`` processes used meanwhile."""
             workers, backends = children_of(server.pid), backend_pids(admin, database)
             web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
+            beside_before = cpu_seconds(beside)
             seconds, latencies, errors = drive(
                 port, count, args.concurrency, make, rate=fleet_rate, reconnect=args.fleet_reconnect
             )
-            fleet[name] = Round(
-                name,
-                count,
-                seconds,
-                latencies,
-                errors,
-                cpu_seconds(workers) - web_before,
-                cpu_seconds(backends) - db_before,
-            )
-        fleet_with_scheduler = heartbeats_beside_the_scheduler(
-            args, env, admin, database, server, port, count, fleet_rate, heartbeat_request
-        )
+            web_used = cpu_seconds(workers) - web_before
+            db_used = cpu_seconds(backends) - db_before
+            beside_cores = (cpu_seconds(beside) - beside_before) / seconds
+            return Round(name, count, seconds, latencies, errors, web_used, db_used), beside_cores
+
+        for name, make in phases:
+            fleet[name], _ = fleet_round(name, make, [])
+        with scheduler_beside(env) as scheduler:
+            fleet_with_scheduler = fleet_round("heartbeat", heartbeat_request, [scheduler.pid])
         worker_peak = peak_rss_mib(children_of(server.pid))
         measured = subprocess.run(
             [sys.executable, __file__, "--in-process-only", *pairs[0]],
@@ -542,19 +543,10 @@ def main() -> int:
         print(f"cleaned up: gunicorn stopped, database {database} dropped")
 
 
-def heartbeats_beside_the_scheduler(
-    args: argparse.Namespace,
-    env: dict[str, str],
-    admin: Any,
-    database: str,
-    server: subprocess.Popen[bytes],
-    port: int,
-    count: int,
-    rate: float,
-    make_request: Any,
-) -> tuple[Round, float]:
-    """The fleet's heartbeats again, with a scheduler running as in production (nothing is
-    queued: what a registered fleet costs it); returns the round and the scheduler's cores."""
+@contextlib.contextmanager
+def scheduler_beside(env: dict[str, str]) -> Any:
+    """A scheduler running as in production, every dispatcher online and nothing queued:
+    what a registered fleet costs it."""
     # Every dispatcher online, as in a steady fleet: none is found lost during the phase.
     with admin_connection(env["DATABASE_URL"]) as bench:
         bench.execute("UPDATE kohakku_controller_dispatcher SET last_heartbeat_at = now()")
@@ -568,23 +560,7 @@ def heartbeats_beside_the_scheduler(
         time.sleep(5)  # started, reconciled, past its first passes
         if scheduler.poll() is not None:
             raise RuntimeError(f"the scheduler exited with {scheduler.returncode}")
-        workers, backends = children_of(server.pid), backend_pids(admin, database)
-        web_before, db_before = cpu_seconds(workers), cpu_seconds(backends)
-        scheduler_before = cpu_seconds([scheduler.pid])
-        seconds, latencies, errors = drive(
-            port, count, args.concurrency, make_request, rate=rate, reconnect=args.fleet_reconnect
-        )
-        scheduler_cores = (cpu_seconds([scheduler.pid]) - scheduler_before) / seconds
-        measured = Round(
-            "heartbeat",
-            count,
-            seconds,
-            latencies,
-            errors,
-            cpu_seconds(workers) - web_before,
-            cpu_seconds(backends) - db_before,
-        )
-        return measured, scheduler_cores
+        yield scheduler
     finally:
         scheduler.send_signal(signal.SIGTERM)
         try:
