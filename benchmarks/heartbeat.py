@@ -530,13 +530,8 @@ def main() -> int:
         print("interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        if server is not None:
+            stop(server)
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -562,12 +557,19 @@ def scheduler_beside(env: dict[str, str]) -> Any:
             raise RuntimeError(f"the scheduler exited with {scheduler.returncode}")
         yield scheduler
     finally:
-        scheduler.send_signal(signal.SIGTERM)
-        try:
-            scheduler.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            scheduler.kill()
-            scheduler.wait()
+        stop(scheduler)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s; nothing if it has exited."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def report(
