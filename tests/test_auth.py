@@ -192,6 +192,26 @@ def test_resetting_a_client_revokes_the_tokens_issued_with_its_old_secret():
     assert api.get(URL).status_code == 401
 
 
+def test_changing_a_secret_anywhere_revokes_the_tokens_issued_with_the_old_one(admin_browser):
+    api = _issued_token("orchestrator", ["tasks:read"], "tasks:read")
+    application = get_application_model().objects.get(name="orchestrator")
+    application.name = "renamed"  # other changes keep the tokens
+    application.save()
+    assert api.get(URL).status_code == 200
+    application.client_secret = "a-new-secret-set-in-code"
+    application.save()
+    assert api.get(URL).status_code == 401
+
+    # The same through django-oauth-toolkit's admin for applications.
+    api = _issued_token("renamed", ["tasks:read"], "tasks:read")
+    url = f"/admin/oauth2_provider/application/{application.pk}/change/"
+    form = admin_browser.get(url).context["adminform"].form
+    edit = {name: value for name, value in form.initial.items() if value is not None}
+    edit.update(client_secret="another-secret-from-the-admin", user="", hash_client_secret="on")
+    assert admin_browser.post(url, edit).status_code == 302
+    assert api.get(URL).status_code == 401
+
+
 def test_narrowing_a_grant_revokes_the_tokens_that_carry_a_withdrawn_scope(admin_browser):
     wide = _issued_token("orchestrator", ["tasks:read", "tasks:write"], "tasks:read tasks:write")
     application = get_application_model().objects.get(name="orchestrator")

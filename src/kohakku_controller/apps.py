@@ -24,4 +24,7 @@ class KohakkuControllerConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (register checks and receivers)
+        from .oauth import revoke_tokens_on_secret_changes
         from .tasks import receivers  # noqa: F401
+
+        revoke_tokens_on_secret_changes()

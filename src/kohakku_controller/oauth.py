@@ -116,6 +116,37 @@ def _grant_deleted(sender: Any, instance: ClientScopes, **kwargs: Any) -> None:
 models.signals.post_delete.connect(_grant_deleted, sender=ClientScopes)
 
 
+def _note_secret_change(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
+    # Before the save hashes it: a client secret that differs from the stored one is new.
+    if raw or instance.pk is None:
+        return
+    using = kwargs.get("using")
+    if transaction.get_connection(using).in_atomic_block:
+        lock_client(instance.pk)  # a token request checked against the old one waits
+    stored = (
+        sender.objects.using(using)
+        .filter(pk=instance.pk)
+        .values_list("client_secret", flat=True)
+        .first()
+    )
+    instance._kohakku_secret_changed = stored is not None and stored != instance.client_secret
+
+
+def _revoke_on_secret_change(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if getattr(instance, "_kohakku_secret_changed", False):
+        instance._kohakku_secret_changed = False
+        get_access_token_model().objects.filter(application=instance).delete()
+
+
+def revoke_tokens_on_secret_changes() -> None:
+    """However an application's secret is changed (django-oauth-toolkit's admin, code), the
+    access tokens issued with the old one are revoked. Connected when the app is ready (the
+    application model may be swapped)."""
+    application_model = get_application_model()
+    models.signals.pre_save.connect(_note_secret_change, sender=application_model)
+    models.signals.post_save.connect(_revoke_on_secret_change, sender=application_model)
+
+
 @dataclass
 class CreatedClient:
     application: Any

@@ -1,4 +1,4 @@
-"""Migration 0013 (``Task.claims``) on a database that already holds tasks."""
+"""Migrations 0013 and 0014 (``Task.claims``) on a database that already holds tasks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.db.migrations.executor import MigrationExecutor
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BEFORE = [("kohakku_controller", "0012_list_indexes")]
-AFTER = [("kohakku_controller", "0013_task_claims")]
+AFTER = [("kohakku_controller", "0014_count_task_claims")]
 
 
 def migrate(targets):
