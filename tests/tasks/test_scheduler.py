@@ -125,6 +125,21 @@ def test_least_loaded_wins(skill_version, make_dispatcher, scheduler):
     assert len(tasks) == 4
 
 
+def test_choices_for_one_kind_of_task_count_for_the_others(
+    skill_version, make_dispatcher, scheduler
+):
+    # "gpu" matches both kinds of task, "plain" only the unlabelled kind: a choice made for
+    # one kind must weigh on the next choice for the other.
+    make_dispatcher("gpu", labels={"gpu": "a100"}, capacity=2)
+    make_dispatcher("plain", capacity=2)
+    kinds = [{"gpu": "a100"}, {}, {}, {"gpu": "a100"}, {}]
+    tasks = [create_task(skill="code-review", labels=labels) for labels in kinds]
+    claims, unmatched = scheduler.claim_and_assign(timezone.now())
+    chosen = {claim.task.pk: claim.dispatcher.name for claim in claims}
+    assert [chosen.get(task.pk) for task in tasks] == ["gpu", "plain", "gpu", None, "plain"]
+    assert unmatched == 1
+
+
 @pytest.mark.parametrize(
     ("dispatchers", "task_kwargs", "reason"),
     [

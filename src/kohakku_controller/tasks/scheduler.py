@@ -24,6 +24,7 @@ Any number of schedulers may run at once against PostgreSQL; each task is claime
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 import os
@@ -290,6 +291,72 @@ def _by_backend(dispatchers: list[Dispatcher]) -> dict[str, list[Dispatcher]]:
         for backend in dict.fromkeys(name for name in backends if isinstance(name, str)):
             grouped[backend].append(dispatcher)
     return grouped
+
+
+class _Matcher:
+    """Chooses dispatchers for one claim's tasks: for each, the least loaded of the
+    candidates that can take it (load over capacity, then load, then lowest pk), counting
+    each choice in ``active``.
+
+    Tasks with the same backend and labels share their matching dispatchers, found once per
+    claim and kept in a heap by load, so a claim costs the size of the fleet once per kind
+    of task, not once per task.
+    """
+
+    def __init__(self, candidates: list[Dispatcher], active: dict[int, int], now: datetime):
+        self.candidates = candidates
+        self.active = active
+        self.now = now
+        self.by_backend = _by_backend(candidates)
+        self.groups: dict[tuple[str, str], tuple[list[Dispatcher], list[Any]]] = {}
+        self.explanations: dict[tuple[str, str], Waiting] = {}
+
+    def choose(self, task: Task) -> Dispatcher | None:
+        _, heap = self._group(task)
+        while heap:
+            *stored, dispatcher = heap[0]
+            if not self._has_room(dispatcher):
+                heapq.heappop(heap)
+            elif tuple(stored) != self._key(dispatcher):
+                # Loads only grow during a claim: refresh the key and look again.
+                heapq.heapreplace(heap, (*self._key(dispatcher), dispatcher))
+            else:
+                self.active[dispatcher.pk] = self.active.get(dispatcher.pk, 0) + 1
+                heapq.heapreplace(heap, (*self._key(dispatcher), dispatcher))
+                return dispatcher
+        return None
+
+    def explain(self, task: Task) -> Waiting:
+        """Why nothing can take ``task``; the same for its kind for the rest of the claim
+        (whatever matched it is full or busy, and stays so until the claim ends)."""
+        key = self._group_key(task)
+        if key not in self.explanations:
+            offering = self.by_backend.get(task.backend) or self.candidates
+            self.explanations[key] = explain_no_match(task, offering, self.active, self.now)
+        return self.explanations[key]
+
+    @staticmethod
+    def _group_key(task: Task) -> tuple[str, str]:
+        return task.backend, json.dumps(task.labels, sort_keys=True, default=str)
+
+    def _group(self, task: Task) -> tuple[list[Dispatcher], list[Any]]:
+        key = self._group_key(task)
+        if key not in self.groups:
+            matching = [
+                d for d in self.by_backend.get(task.backend, []) if _carries_labels(d, task.labels)
+            ]
+            heap = [(*self._key(d), d) for d in matching if self._has_room(d)]
+            heapq.heapify(heap)  # keys end in the unique pk: dispatchers are never compared
+            self.groups[key] = (matching, heap)
+        return self.groups[key]
+
+    def _key(self, dispatcher: Dispatcher) -> tuple[float, int, int]:
+        load = self.active.get(dispatcher.pk, 0)
+        return (load / max(dispatcher.capacity, 1), load, dispatcher.pk)
+
+    def _has_room(self, dispatcher: Dispatcher) -> bool:
+        load = self.active.get(dispatcher.pk, 0)
+        return load < dispatcher.capacity and not dispatcher.is_busy(self.now)
 
 
 def _full_backends(
@@ -718,6 +785,7 @@ class Scheduler:
             tasks = list(claimable[: self.batch_size])
             if not tasks:
                 return [], 0
+            matcher = _Matcher(candidates, active, now)
             assignments: list[tuple[Task, Dispatcher, str]] = []
             unmatched = 0
             read: list[int] = []
@@ -729,7 +797,7 @@ class Scheduler:
                     for backend, labels in waiting_for_room:
                         skipped |= Q(backend=backend, labels=labels)
                     tasks = list(claimable.exclude(skipped)[:limit])
-                assigned, unassigned, at_capacity = self._assign(tasks, candidates, active, now)
+                assigned, unassigned, at_capacity = self._assign(tasks, matcher, now)
                 assignments += assigned
                 unmatched += unassigned
                 if len(tasks) < limit or not unassigned or len(assignments) == self.batch_size:
@@ -763,9 +831,9 @@ class Scheduler:
         return [Claim(task, chosen, token, now) for task, chosen, token in assignments], unmatched
 
     def _assign(
-        self, tasks: list[Task], candidates: list[Dispatcher], active: dict[int, int], now: datetime
+        self, tasks: list[Task], matcher: _Matcher, now: datetime
     ) -> tuple[list[tuple[Task, Dispatcher, str]], int, list[tuple[str, dict[str, Any]]]]:
-        """Choose a dispatcher for each of ``tasks``, counting each choice in ``active``.
+        """Choose a dispatcher for each of ``tasks`` (see :class:`_Matcher`).
 
         Returns the choices, how many tasks found none (each gets its reason and its next
         look), and the ``(backend, labels)`` of those left waiting for room.
@@ -774,16 +842,13 @@ class Scheduler:
         assignments: list[tuple[Task, Dispatcher, str]] = []
         unmatched = 0
         at_capacity: list[tuple[str, dict[str, Any]]] = []
-        by_backend = _by_backend(candidates)
         for task in tasks:
-            offering = by_backend.get(task.backend, [])
-            chosen = self._choose(task, offering, active, now)
+            chosen = matcher.choose(task)
             if chosen is not None:
-                active[chosen.pk] = active.get(chosen.pk, 0) + 1
                 assignments.append((task, chosen, secrets.token_urlsafe(32)))
                 continue
             unmatched += 1
-            waiting = explain_no_match(task, offering or candidates, active, now)
+            waiting = matcher.explain(task)
             reason = waiting.reason[:500]
             if waiting.busy_until is not None:
                 # Only busy dispatchers could take it: none before the first is free.
@@ -849,26 +914,6 @@ class Scheduler:
             task.status_reason = f"dispatched to {chosen.name}"
         _set_assignment_columns(assignments, name, now)
         return assignments
-
-    @staticmethod
-    def _choose(
-        task: Task, candidates: list[Dispatcher], active: dict[int, int], now: datetime
-    ) -> Dispatcher | None:
-        """The least loaded of ``candidates`` (in pk order) that can take ``task`` now."""
-        best = None
-        best_key = None
-        for dispatcher in candidates:
-            if not _can_take(dispatcher, task):
-                continue
-            load = active.get(dispatcher.pk, 0)
-            if load >= dispatcher.capacity or dispatcher.is_busy(now):
-                continue
-            if load == 0:
-                return dispatcher  # no key beats an idle one that comes first in pk order
-            key = (load / max(dispatcher.capacity, 1), load, dispatcher.pk)
-            if best_key is None or key < best_key:
-                best, best_key = dispatcher, key
-        return best
 
     @staticmethod
     def _confirm_under_lock(
