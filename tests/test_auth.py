@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 from django.urls import resolve
 from django.utils import timezone
-from oauth2_provider.models import get_access_token_model, get_application_model
+from oauth2_provider.models import Application, get_access_token_model, get_application_model
 from rest_framework.throttling import UserRateThrottle
 
 from kohakku_controller.oauth import ClientScopes, create_or_reset_client
@@ -209,6 +209,25 @@ def test_changing_a_secret_anywhere_revokes_the_tokens_issued_with_the_old_one(a
     edit = {name: value for name, value in form.initial.items() if value is not None}
     edit.update(client_secret="another-secret-from-the-admin", user="", hash_client_secret="on")
     assert admin_browser.post(url, edit).status_code == 302
+    assert api.get(URL).status_code == 401
+
+
+class ProxyApplication(Application):
+    class Meta:
+        proxy = True
+        app_label = "tests"
+
+
+def test_a_secret_set_but_not_saved_keeps_the_tokens_and_a_proxy_revokes_them():
+    api = _issued_token("orchestrator", ["tasks:read"], "tasks:read")
+    application = get_application_model().objects.get(name="orchestrator")
+    application.client_secret = "in-memory-only"
+    application.name = "renamed"
+    application.save(update_fields=["name"])  # the stored secret is unchanged
+    assert api.get(URL).status_code == 200
+    proxied = ProxyApplication.objects.get(pk=application.pk)
+    proxied.client_secret = "saved-through-a-proxy"
+    proxied.save()
     assert api.get(URL).status_code == 401
 
 

@@ -116,9 +116,18 @@ def _grant_deleted(sender: Any, instance: ClientScopes, **kwargs: Any) -> None:
 models.signals.post_delete.connect(_grant_deleted, sender=ClientScopes)
 
 
+def _is_application(sender: Any) -> bool:
+    # Proxies of the application model send themselves as the sender.
+    concrete = get_application_model()._meta.concrete_model
+    return getattr(getattr(sender, "_meta", None), "concrete_model", None) is concrete
+
+
 def _note_secret_change(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
     # Before the save hashes it: a client secret that differs from the stored one is new.
-    if raw or instance.pk is None:
+    update_fields = kwargs.get("update_fields")
+    if raw or instance.pk is None or not _is_application(sender):
+        return
+    if update_fields is not None and "client_secret" not in update_fields:
         return
     using = kwargs.get("using")
     if transaction.get_connection(using).in_atomic_block:
@@ -133,7 +142,7 @@ def _note_secret_change(sender: Any, instance: Any, raw: bool = False, **kwargs:
 
 
 def _revoke_on_secret_change(sender: Any, instance: Any, **kwargs: Any) -> None:
-    if getattr(instance, "_kohakku_secret_changed", False):
+    if _is_application(sender) and getattr(instance, "_kohakku_secret_changed", False):
         instance._kohakku_secret_changed = False
         get_access_token_model().objects.filter(application=instance).delete()
 
@@ -142,9 +151,8 @@ def revoke_tokens_on_secret_changes() -> None:
     """However an application's secret is changed (django-oauth-toolkit's admin, code), the
     access tokens issued with the old one are revoked. Connected when the app is ready (the
     application model may be swapped)."""
-    application_model = get_application_model()
-    models.signals.pre_save.connect(_note_secret_change, sender=application_model)
-    models.signals.post_save.connect(_revoke_on_secret_change, sender=application_model)
+    models.signals.pre_save.connect(_note_secret_change, dispatch_uid="kohakku-secret-change")
+    models.signals.post_save.connect(_revoke_on_secret_change, dispatch_uid="kohakku-secret-saved")
 
 
 @dataclass
