@@ -4,12 +4,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db import transaction
 
 from .admin_forms import ConcurrencySafeAdmin, VersionCheckedForm, update_if_unchanged
 from .auth import SCOPES
 from .dispatchers import admin as dispatchers_admin  # noqa: F401
-from .oauth import ClientScopes, lock_client, revoke_tokens_beyond, validate_scopes
+from .oauth import ClientScopes, changing_grant, validate_scopes
 from .skills import admin as skills_admin  # noqa: F401
 from .webhooks import admin as webhooks_admin  # noqa: F401
 from .workflows import admin as workflows_admin  # noqa: F401
@@ -50,10 +49,8 @@ class ClientScopesAdmin(ConcurrencySafeAdmin):
 
     def save_model(self, request: Any, obj: ClientScopes, form: Any, change: bool) -> None:
         if change:
-            with transaction.atomic():
-                lock_client(obj.application_id)
+            with changing_grant(obj):  # a conditional update: save() is not called
                 update_if_unchanged(form)
-                revoke_tokens_beyond(obj.application_id, obj.scopes)
         else:
             super().save_model(request, obj, form, change)
 

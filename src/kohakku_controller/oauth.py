@@ -17,7 +17,10 @@ django-oauth-toolkit's validator with a cheaper bearer-token lookup.
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +53,8 @@ class ClientScopes(models.Model):
         return f"{self.application_id}: {' '.join(map(str, scopes))}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        with transaction.atomic():
-            lock_client(self.application_id)
+        with changing_grant(self):
             super().save(*args, **kwargs)
-            revoke_tokens_beyond(self.application_id, self.scopes)
 
 
 class ClientScopesBackend(SettingsScopes):
@@ -79,13 +80,31 @@ class ClientScopesBackend(SettingsScopes):
         return self.get_available_scopes(application, request)
 
 
-def lock_client(application: Any) -> None:
-    """Lock the application's row until the transaction ends. Whatever changes a client's
-    secret or grant takes this lock, and so does the recommended validator before it saves
-    a token (``ControllerOAuth2Validator``): a token is never issued on a secret or a grant
+def lock_client(application: Any, using: str | None = None) -> Any:
+    """Lock the application's row until the transaction ends; return its stored secret
+    (``None`` if it is gone). Whatever changes a client's secret or grant takes this lock,
+    and so does the recommended validator before it saves a token
+    (``ControllerOAuth2Validator``): a token is never issued on a secret or a grant
     withdrawn meanwhile."""
     pk = getattr(application, "pk", application)
-    list(get_application_model().objects.select_for_update().filter(pk=pk).values_list("pk"))
+    return (
+        get_application_model()
+        .objects.using(using)
+        .select_for_update()
+        .filter(pk=pk)
+        .values_list("client_secret", flat=True)
+        .first()
+    )
+
+
+@contextmanager
+def changing_grant(grant: ClientScopes) -> Iterator[None]:
+    """Around a change of ``grant`` (saved, updated or deleted): its client locked, and its
+    tokens carrying a scope the grant no longer has revoked once the change is made."""
+    with transaction.atomic():
+        lock_client(grant.application_id)
+        yield
+        revoke_tokens_beyond(grant.application_id, grant.scopes)
 
 
 def revoke_tokens_beyond(application: Any, granted: Any) -> int:
@@ -116,10 +135,16 @@ def _grant_deleted(sender: Any, instance: ClientScopes, **kwargs: Any) -> None:
 models.signals.post_delete.connect(_grant_deleted, sender=ClientScopes)
 
 
+@functools.cache
+def _concrete_application_model() -> Any:
+    return get_application_model()._meta.concrete_model
+
+
 def _is_application(sender: Any) -> bool:
-    # Proxies of the application model send themselves as the sender.
-    concrete = get_application_model()._meta.concrete_model
-    return getattr(getattr(sender, "_meta", None), "concrete_model", None) is concrete
+    # Every model's saves come here: a cached model and two attribute reads. Proxies of the
+    # application model send themselves as the sender.
+    meta = getattr(sender, "_meta", None)
+    return getattr(meta, "concrete_model", None) is _concrete_application_model()
 
 
 def _note_secret_change(sender: Any, instance: Any, raw: bool = False, **kwargs: Any) -> None:
@@ -131,13 +156,14 @@ def _note_secret_change(sender: Any, instance: Any, raw: bool = False, **kwargs:
         return
     using = kwargs.get("using")
     if transaction.get_connection(using).in_atomic_block:
-        lock_client(instance.pk)  # a token request checked against the old one waits
-    stored = (
-        sender.objects.using(using)
-        .filter(pk=instance.pk)
-        .values_list("client_secret", flat=True)
-        .first()
-    )
+        stored = lock_client(instance, using)  # a token request checked against it waits
+    else:
+        stored = (
+            sender.objects.using(using)
+            .filter(pk=instance.pk)
+            .values_list("client_secret", flat=True)
+            .first()
+        )
     instance._kohakku_secret_changed = stored is not None and stored != instance.client_secret
 
 
@@ -176,15 +202,15 @@ def create_or_reset_client(
     """Create (or update) a confidential client-credentials application with ``scopes``.
 
     The secret is returned in clear only here; django-oauth-toolkit stores it hashed. If
-    the application exists already its secret is replaced and every access token issued
-    with the old one is revoked.
+    the application exists already its secret is replaced, and every access token issued
+    with the old one is revoked (as for any change of a secret: see
+    :func:`revoke_tokens_on_secret_changes`).
     """
     scopes = validate_scopes(scopes)
     application_model = get_application_model()
     secret = client_secret or secrets.token_urlsafe(32)
     lookup = {"client_id": client_id} if client_id else {"name": name}
-    # Locked until the new secret is committed (see lock_client).
-    application = application_model.objects.select_for_update().filter(**lookup).first()
+    application = application_model.objects.filter(**lookup).first()
     if application is None:
         application = application_model(client_id=client_id) if client_id else application_model()
     application.name = name
@@ -192,6 +218,5 @@ def create_or_reset_client(
     application.authorization_grant_type = application_model.GRANT_CLIENT_CREDENTIALS
     application.client_secret = secret
     application.save()
-    get_access_token_model().objects.filter(application=application).delete()
     ClientScopes.objects.update_or_create(application=application, defaults={"scopes": scopes})
     return CreatedClient(application, application.client_id, secret)

@@ -23,6 +23,7 @@ from oauthlib.oauth2.rfc6749 import errors
 
 from .db import JoinedLookup
 from .exceptions import API_APP_NAME
+from .oauth import lock_client
 
 
 class ControllerOAuth2Validator(OAuth2Validator):
@@ -54,13 +55,7 @@ class ControllerOAuth2Validator(OAuth2Validator):
         it too, so one in progress is waited for) and both are read again.
         """
         client = request.client
-        current = (
-            type(client)
-            .objects.select_for_update()
-            .filter(pk=client.pk)
-            .values_list("client_secret", flat=True)
-            .first()
-        )
+        current = lock_client(client)
         if current is None or current != client.client_secret:
             raise errors.InvalidClientError(request=request)
         available = get_scopes_backend().get_available_scopes(application=client, request=request)

@@ -308,11 +308,12 @@ class _Matcher:
         self.active = active
         self.now = now
         self.by_backend = _by_backend(candidates)
-        self.groups: dict[tuple[str, str], tuple[list[Dispatcher], list[Any]]] = {}
+        # Per kind of task: its matching dispatchers with room, in a heap by load.
+        self.heaps: dict[tuple[str, str], list[Any]] = {}
         self.explanations: dict[tuple[str, str], Waiting] = {}
 
     def choose(self, task: Task) -> Dispatcher | None:
-        _, heap = self._group(task)
+        heap = self._heap(task)
         while heap:
             *stored, dispatcher = heap[0]
             if not self._has_room(dispatcher):
@@ -339,16 +340,17 @@ class _Matcher:
     def _group_key(task: Task) -> tuple[str, str]:
         return task.backend, json.dumps(task.labels, sort_keys=True, default=str)
 
-    def _group(self, task: Task) -> tuple[list[Dispatcher], list[Any]]:
+    def _heap(self, task: Task) -> list[Any]:
         key = self._group_key(task)
-        if key not in self.groups:
-            matching = [
-                d for d in self.by_backend.get(task.backend, []) if _carries_labels(d, task.labels)
+        if key not in self.heaps:
+            heap = [
+                (*self._key(d), d)
+                for d in self.by_backend.get(task.backend, [])
+                if _carries_labels(d, task.labels) and self._has_room(d)
             ]
-            heap = [(*self._key(d), d) for d in matching if self._has_room(d)]
             heapq.heapify(heap)  # keys end in the unique pk: dispatchers are never compared
-            self.groups[key] = (matching, heap)
-        return self.groups[key]
+            self.heaps[key] = heap
+        return self.heaps[key]
 
     def _key(self, dispatcher: Dispatcher) -> tuple[float, int, int]:
         load = self.active.get(dispatcher.pk, 0)
