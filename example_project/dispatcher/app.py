@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import httpx
 
 from dispatcher.backends import BACKENDS, Backend
 from dispatcher.config import DispatcherConfig
-from dispatcher.controller import ControllerClient, ControllerError, check_in
+from dispatcher.controller import ControllerClient, ControllerError, check_in, rotate_secret
 from dispatcher.server import DispatcherHTTPServer
 from dispatcher.state import DispatcherState, StateStore
 from dispatcher.tasks import TaskManager
@@ -41,6 +42,11 @@ class Dispatcher:
         self.server: DispatcherHTTPServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Check-ins replace the state (and the state file): one at a time.
+        self._checkin_lock = threading.Lock()
+        self._recovery_lock = threading.Lock()
+        self._last_recovery: float | None = None
+        self._recovery: threading.Thread | None = None
 
     def _secret(self) -> str:
         return self.state.signing_secret
@@ -66,6 +72,7 @@ class Dispatcher:
             request_timeout=self.config.request_timeout,
             request_deadline=self.config.request_deadline,
             max_connections=self.config.max_connections,
+            on_signature_mismatch=self._signature_mismatched,
         )
         self._check_in_until_answered()
         if self._stop.is_set():
@@ -118,7 +125,49 @@ class Dispatcher:
             if exc.status_code != 404:
                 raise
             logger.warning("controller does not know this dispatcher; checking in again")
-            self.state = check_in(self.controller, self.store, self.endpoint_url)
+            with self._checkin_lock:
+                self.state = check_in(self.controller, self.store, self.endpoint_url)
+
+    def _signature_mismatched(self) -> None:
+        """A push was signed with a key other than the stored secret: recover, in the
+        background, at most once per ``secret_recovery_interval``.
+
+        The usual cause is an operator's rotation (``POST dispatchers/{guid}/rotate-secret/``):
+        the controller signs with a secret this dispatcher has not been given.
+        """
+        interval = self.config.secret_recovery_interval
+        if interval <= 0:
+            return
+        with self._recovery_lock:
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            if self._last_recovery is not None and now - self._last_recovery < interval:
+                return
+            self._last_recovery = now
+            self._recovery = threading.Thread(
+                target=self.recover_secret, name="secret-recovery", daemon=True
+            )
+            self._recovery.start()
+
+    def recover_secret(self) -> None:
+        """Take up a newer secret an operator wrote into the state file, or else get a new
+        one by checking in with ``rotate_secret: true`` (the operator's is then replaced)."""
+        with self._checkin_lock:
+            stored = self.store.load(self.config.controller_url, self.config.name)
+            if (
+                stored.dispatcher_guid == self.state.dispatcher_guid
+                and stored.signing_secret
+                and stored.signing_secret != self.state.signing_secret
+            ):
+                logger.warning("push signatures did not match; using the state file's new secret")
+                self.state = stored
+                return
+            logger.warning("push signatures did not match; asking the controller for a new secret")
+            try:
+                self.state = rotate_secret(self.controller, self.store, self.endpoint_url)
+            except (ControllerError, httpx.HTTPError, ValueError) as exc:
+                logger.warning("could not get a new signing secret: %s", exc)
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -141,7 +190,9 @@ class Dispatcher:
                 self.server.shutdown()
             self.server.server_close()
         self.tasks.shutdown()
-        for thread in self._threads:
+        with self._recovery_lock:
+            recovery = self._recovery
+        for thread in [*self._threads, *([recovery] if recovery else [])]:
             thread.join(timeout=5)
         self.http.close()
         logger.info("dispatcher %s stopped", self.config.name)

@@ -58,6 +58,10 @@ class DispatcherConfig:
     download_attempts: int = 8
     http_timeout: float = 30.0
     signature_tolerance: int = 300
+    # After a push whose signature does not match the stored secret (an operator rotated
+    # it), the dispatcher looks for a newer secret in its state file, else rotates its own
+    # by checking in; at most once per this many seconds. 0 turns it off.
+    secret_recovery_interval: float = 300.0
     # How long a stop waits for queued callbacks to be delivered.
     shutdown_grace: float = 5.0
     # How many finished Idempotency-Keys are remembered to answer repeated pushes.
@@ -76,6 +80,8 @@ class DispatcherConfig:
             raise ValueError("request deadline must be positive")
         if self.max_connections < 1:
             raise ValueError("max connections must be at least 1")
+        if not self.secret_recovery_interval >= 0:
+            raise ValueError("secret recovery interval must be 0 or more")
 
     def advertised_endpoint(self, bound_port: int | None = None) -> str:
         """The ``endpoint_url`` sent at check-in (without a trailing slash)."""
@@ -131,6 +137,12 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--download-attempts", "download_attempts", int, "tries for a skill package download"),
     ("--http-timeout", "http_timeout", float, "timeout of each HTTP call"),
     ("--shutdown-grace", "shutdown_grace", float, "seconds to deliver callbacks on stop"),
+    (
+        "--secret-recovery-interval",
+        "secret_recovery_interval",
+        float,
+        "least seconds between signing-secret recoveries after mismatched pushes (0: off)",
+    ),
 ]
 
 

@@ -164,16 +164,38 @@ def check_in(client: ControllerClient, store: StateStore, endpoint_url: str) -> 
     # (the state file was lost, or an operator re-created the dispatcher): rotate.
     if not secret and (not state.signing_secret or state.dispatcher_guid != guid):
         logger.warning("no usable signing secret stored; asking the controller to rotate it")
-        answer = client.checkin(endpoint_url, rotate_secret=True)
-        guid = str(answer["dispatcher_guid"])
-        secret = answer.get("signing_secret") or ""
-        if not secret:
-            raise ControllerError("the controller did not return a signing secret")
+        return rotate_secret(client, store, endpoint_url)
     state.dispatcher_guid = guid
     if secret:
         state.signing_secret = secret
     store.save(state)
     logger.info("checked in as %s (%s, action=%s)", config.name, guid, answer.get("action", "?"))
+    return state
+
+
+def rotate_secret(
+    client: ControllerClient, store: StateStore, endpoint_url: str
+) -> DispatcherState:
+    """Check in with ``rotate_secret: true``, store the new secret and return the state.
+
+    The controller signs with the new secret from then on; the one it replaces still
+    verifies this dispatcher's callbacks for the controller's grace period.
+    """
+    config = client.config
+    answer = client.checkin(endpoint_url, rotate_secret=True)
+    secret = answer.get("signing_secret") or ""
+    if not secret:
+        raise ControllerError("the controller did not return a signing secret")
+    state = DispatcherState(
+        controller_url=config.controller_url,
+        name=config.name,
+        dispatcher_guid=str(answer["dispatcher_guid"]),
+        signing_secret=secret,
+    )
+    store.save(state)
+    logger.info(
+        "checked in as %s (%s) with a new signing secret", config.name, state.dispatcher_guid
+    )
     return state
 
 

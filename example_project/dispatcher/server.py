@@ -138,8 +138,11 @@ class DispatcherHTTPServer(ThreadingHTTPServer):
         request_timeout: float = 10.0,
         request_deadline: float = 30.0,
         max_connections: int = 128,
+        on_signature_mismatch: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(address, DispatcherRequestHandler)
+        # Told of each request signed in the right form and in time but with another key.
+        self.on_signature_mismatch = on_signature_mismatch
         self.tasks = tasks
         self.secret_provider = secret_provider
         self.guid_provider = guid_provider
@@ -363,6 +366,8 @@ class DispatcherRequestHandler(BaseHTTPRequestHandler):
         except SignatureError as exc:
             logger.warning("refused %s %s: signature %s", self.command, self.path, exc.reason)
             self._answer(401, {"detail": str(exc), "reason": exc.reason})
+            if exc.reason == "mismatch" and self.server.on_signature_mismatch is not None:
+                self.server.on_signature_mismatch()
             return False
         return True
 

@@ -74,8 +74,8 @@ def test_lost_state_file_makes_the_dispatcher_ask_for_a_new_secret(
     stored = json.loads((tmp_path / "state" / "state.json").read_text())
     assert stored["signing_secret"] == new_secret
     body = task_body(controller, store, skill_zip("print('{}')"))
-    assert push(second.endpoint_url, body, old_secret).status_code == 401
     assert push(second.endpoint_url, body, new_secret).status_code == 202
+    assert push(second.endpoint_url, body, old_secret).status_code == 401
 
 
 def test_state_file_of_another_controller_is_not_trusted(
@@ -184,3 +184,104 @@ def test_start_waits_for_a_controller_that_is_not_up_yet(controller, tmp_path):
         assert len(controller.checkins) == 1
     finally:
         dispatcher.stop()
+
+
+# -- a secret rotated by an operator ---------------------------------------------------------
+
+
+def operator_rotates(controller, name: str = "test-dispatcher") -> str:
+    """What ``POST dispatchers/{guid}/rotate-secret/`` does: the controller signs with a
+    secret the dispatcher has not been given."""
+    with controller.lock:
+        controller.dispatchers[name].secret = secret = "operator-" + "0" * 24
+    return secret
+
+
+def rotating_checkins(controller) -> list[dict]:
+    with controller.lock:
+        return [body for body in controller.checkins if body.get("rotate_secret") is True]
+
+
+def test_pushes_signed_with_an_operator_rotated_secret_make_the_dispatcher_rotate_its_own(
+    controller, store, make_dispatcher, tmp_path
+):
+    dispatcher = make_dispatcher()
+    leaked = controller.secret_of("test-dispatcher")
+    operator_secret = operator_rotates(controller)
+    body = task_body(controller, store, skill_zip("print('{}')"))
+
+    refused = push(dispatcher.endpoint_url, body, operator_secret)
+
+    assert refused.status_code == 401
+    assert refused.json()["reason"] == "mismatch"
+    wait_for(lambda: rotating_checkins(controller), what="a check-in asking for a new secret")
+    new_secret = wait_for(
+        lambda: (
+            dispatcher.state.signing_secret
+            if dispatcher.state.signing_secret == controller.secret_of("test-dispatcher")
+            else None
+        ),
+        what="the new secret taken up",
+    )
+    assert new_secret not in (leaked, operator_secret)
+    stored = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert stored["signing_secret"] == new_secret
+    # The secret the operator rotated away from no longer passes; the new one does.
+    assert push(dispatcher.endpoint_url, body, leaked).status_code == 401
+    assert push(dispatcher.endpoint_url, body, new_secret).status_code == 202
+    controller.final_callback(body["task_guid"])
+
+
+def test_a_newer_secret_written_into_the_state_file_is_taken_up_without_rotating(
+    controller, store, make_dispatcher, tmp_path
+):
+    dispatcher = make_dispatcher()
+    operator_secret = operator_rotates(controller)
+    state_file = tmp_path / "state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "signing_secret": operator_secret}))
+    body = task_body(controller, store, skill_zip("print('{}')"))
+
+    assert push(dispatcher.endpoint_url, body, operator_secret).status_code == 401
+    wait_for(
+        lambda: dispatcher.state.signing_secret == operator_secret,
+        what="the state file's secret taken up",
+    )
+
+    assert push(dispatcher.endpoint_url, body, operator_secret).status_code == 202
+    assert rotating_checkins(controller) == []
+    controller.final_callback(body["task_guid"])
+
+
+def test_secret_recovery_happens_at_most_once_per_interval(controller, store, make_dispatcher):
+    dispatcher = make_dispatcher(secret_recovery_interval=300)
+    body = task_body(controller, store, skill_zip("print('{}')"))
+
+    assert push(dispatcher.endpoint_url, body, "forged-1").status_code == 401
+    wait_for(lambda: rotating_checkins(controller), what="the first recovery")
+    assert push(dispatcher.endpoint_url, body, "forged-2").status_code == 401
+    assert push(dispatcher.endpoint_url, body, "forged-3").status_code == 401
+    # A recovery starts before the refusal is answered: had these started one, its
+    # check-in would reach the (local) controller well within this wait.
+    threading.Event().wait(1.0)
+
+    assert len(rotating_checkins(controller)) == 1
+
+
+@pytest.mark.parametrize(
+    ("interval", "timestamp"),
+    [(0, None), (300, 1)],
+    ids=["recovery-turned-off", "stale-signature"],
+)
+def test_no_recovery_when_turned_off_or_for_signatures_that_are_not_a_mismatch(
+    controller, store, make_dispatcher, interval, timestamp
+):
+    dispatcher = make_dispatcher(secret_recovery_interval=interval)
+    body = task_body(controller, store, skill_zip("print('{}')"))
+    secret = "forged" if timestamp is None else controller.secret_of("test-dispatcher")
+
+    assert push(dispatcher.endpoint_url, body, secret, timestamp=timestamp).status_code == 401
+    threading.Event().wait(1.0)
+
+    assert rotating_checkins(controller) == []
+    assert dispatcher.state.signing_secret == controller.secret_of("test-dispatcher")

@@ -89,6 +89,7 @@ def test_flags_win_over_environment_variables():
         "KOHAKKU_DISPATCHER_LISTEN": "10.0.0.5:9000",
         "KOHAKKU_DISPATCHER_LABEL": "gpu=a100,zone=b",
         "KOHAKKU_DISPATCHER_REQUEST_DEADLINE": "12.5",
+        "KOHAKKU_DISPATCHER_SECRET_RECOVERY_INTERVAL": "0",
     }
     config, level = config_from_args(["--name", "flag-name", "--kill-grace", "2.5"], environ)
 
@@ -97,6 +98,7 @@ def test_flags_win_over_environment_variables():
     assert config.capacity == 7
     assert config.kill_grace == 2.5
     assert config.request_deadline == 12.5
+    assert config.secret_recovery_interval == 0
     assert (config.listen_host, config.listen_port) == ("10.0.0.5", 9000)
     assert config.labels == {"gpu": "a100", "zone": "b"}
     assert level == "INFO"
@@ -109,6 +111,8 @@ def test_flags_win_over_environment_variables():
         ["--listen", "no-port"],
         ["--label", "novalue"],
         ["--request-deadline", "0"],
+        ["--secret-recovery-interval", "-1"],
+        ["--secret-recovery-interval", "nan"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv):

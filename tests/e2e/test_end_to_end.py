@@ -146,6 +146,33 @@ def test_pushes_a_full_dispatcher_refuses_cost_no_attempt(stack, skills):
     assert all("HTTP 429" in event["reason"] for event in deferred)
 
 
+def test_a_secret_rotated_by_an_operator_is_recovered_by_its_dispatcher(stack, skills):
+    # The operator rotates one dispatcher's secret and hands it over to nobody: the
+    # dispatcher refuses the next push (a failed attempt), gets a secret of its own by
+    # checking in, and runs the retry. The other one drains meanwhile, so it gets the task.
+    dispatchers = {d["name"]: d for d in stack.client.get("/api/v1/dispatchers/").json()}
+    rotated, other = sorted(stack.dispatchers)
+    other_url = f"/api/v1/dispatchers/{dispatchers[other]['guid']}/"
+    assert stack.client.patch(other_url, json={"draining": True}).status_code == 200
+    try:
+        answer = stack.client.post(
+            f"/api/v1/dispatchers/{dispatchers[rotated]['guid']}/rotate-secret/", json={}
+        )
+        assert answer.status_code == 200, answer.text
+        guid = stack.create_task("e2e-sleep", {"seconds": 1}, max_attempts=3)
+        task = stack.wait_until_finished(guid, timeout=60)
+    finally:
+        stack.client.patch(other_url, json={"draining": False})
+
+    assert task["status"] == "completed", task
+    assert task["dispatcher"]["name"] == rotated
+    assert task["attempt"] == 2
+    events = stack.client.get(f"/api/v1/tasks/{guid}/events/").json()
+    failed = [event for event in events if event["kind"] == "push_failed"]
+    assert len(failed) == 1, events
+    assert "401" in failed[0]["reason"] and "mismatch" in failed[0]["reason"], failed
+
+
 def test_task_of_a_killed_dispatcher_is_requeued_and_finished_by_the_other(stack, skills):
     pid_file = stack.workdir / "killed.pid"
     guid = stack.create_task("e2e-sleep", {"seconds": 3, "pid_file": str(pid_file)})
