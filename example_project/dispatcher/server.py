@@ -4,7 +4,8 @@ Routes:
 
 - ``POST /tasks/`` (signed): accept a task. 202 accepted, 200 repeated push, 400 invalid
   body, 401 bad signature, 409 another attempt of the task is still running, 413 body too
-  large, 429 at capacity (with ``Retry-After``), 503 not checked in yet or shutting down.
+  large, 429 at capacity (with ``Retry-After``), 503 not checked in yet, or shutting down
+  (with ``Retry-After``).
 - ``POST /tasks/<guid>/cancel/`` (signed): 202 cancelling, 200 already finished or unknown,
   400 a body that names another task.
 - ``GET /health/``: 200 with the dispatcher guid and its load (no secrets).

@@ -247,6 +247,9 @@ class TaskManager:
             1 for record in self._by_key.values() if record.executing and not record.superseded
         )
 
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, self.config.heartbeat_interval))}
+
     # -- pushes and cancels -------------------------------------------------------------------
     def accept(self, push: TaskPush, idempotency_key: str | None) -> tuple[int, dict[str, Any]]:
         """Accept ``push`` (202), answer a repeat (200), or raise :class:`PushError`."""
@@ -255,7 +258,9 @@ class TaskManager:
         key = push.idempotency_key
         with self._lock:
             if not self._accepting:
-                raise PushError(503, {"detail": "dispatcher is shutting down"})
+                # With Retry-After the controller gives the attempt back and sends the task
+                # elsewhere; a bare 503 would count as a failed push.
+                raise PushError(503, {"detail": "dispatcher is shutting down"}, self._retry_after())
             existing = self._by_key.get(key)
             if existing is not None:
                 return 200, {
@@ -289,7 +294,7 @@ class TaskManager:
                 raise PushError(
                     429,
                     {"detail": f"at capacity ({self.config.capacity} tasks running)"},
-                    {"Retry-After": str(max(1, self.config.heartbeat_interval))},
+                    self._retry_after(),
                 )
             record = TaskRecord(push=push)
             self._by_key[key] = record

@@ -459,3 +459,15 @@ def test_an_odd_controller_address_is_named_as_written(url, named):
     assert transport_problem(failure.value, url).startswith(
         f"{type(failure.value).__name__} reaching {named}: "
     )
+
+
+def test_a_push_while_shutting_down_is_a_503_with_retry_after(controller, store, dispatcher):
+    # With Retry-After the controller gives the attempt back and sends the task elsewhere.
+    dispatcher.tasks.shutdown()
+    body = task_body(controller, store, skill_zip("print('{}')"))
+
+    answer = push(dispatcher.endpoint_url, body, secret(controller))
+
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "dispatcher is shutting down"}
+    assert answer.headers["Retry-After"] == "1"  # the test dispatcher's heartbeat interval

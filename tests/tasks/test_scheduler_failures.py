@@ -214,14 +214,63 @@ def test_the_connection_to_a_dispatcher_is_kept_alive_between_pushes(
     assert stub.pushes[0]["client"] == stub.pushes[1]["client"]
 
 
-def test_an_endpoint_that_resolves_to_nothing_is_a_failed_push(
-    skill_version, make_dispatcher, fast_scheduler
+@pytest.mark.parametrize(
+    "endpoint_url",
+    ["http://127.0.0.1:9", "http://no-such-dispatcher.invalid"],
+    ids=["connection-refused", "unknown-host"],
+)
+def test_a_dispatcher_that_cannot_be_connected_to_is_left_alone_and_costs_no_attempt(
+    skill_version, make_dispatcher, fast_scheduler, endpoint_url
 ):
-    make_dispatcher(endpoint_url="http://no-such-dispatcher.invalid")
+    # Stopped or crashed, it stays online until its heartbeats are missed; the push never
+    # left the scheduler, so the task cannot have started.
+    dispatcher = make_dispatcher(endpoint_url=endpoint_url)
+    task = create_task(skill="code-review", max_attempts=1)
+    for _ in range(3):
+        report, _ = timed_pass(fast_scheduler)
+        assert (report.claimed, report.push_failed, report.push_deferred) == (1, 0, 1)
+        dispatcher.refresh_from_db()
+        wait = (dispatcher.busy_until - timezone.now()).total_seconds()
+        assert 25 < wait <= 30  # the floor of the busy wait: PUSH_BACKOFF_BASE_SECONDS
+        assert timed_pass(fast_scheduler)[0].claimed == 0  # left alone meanwhile
+        Dispatcher.objects.filter(pk=dispatcher.pk).update(busy_until=None)
+    task.refresh_from_db()
+    assert (task.status, task.attempt, task.dispatcher_id) == ("queued", 0, None)
+    events = TaskEvent.objects.filter(task=task, kind="push_deferred")
+    assert events.count() == 3
+    assert all(
+        f"{dispatcher.name} could not be reached; no push to it until" in event.reason
+        and f"could not connect to {endpoint_url}/tasks/: ConnectError" in event.reason
+        for event in events
+    )
+    assert not TaskEvent.objects.filter(task=task, kind="push_failed").exists()
+
+
+def test_a_task_pushed_to_a_dispatcher_that_is_down_goes_to_another_one(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    make_dispatcher("a-down", endpoint_url="http://127.0.0.1:9")
+    up = stub_dispatcher()
+    other = make_dispatcher("b-up", endpoint_url=up.url)
+    task = create_task(skill="code-review", max_attempts=1)
+    assert timed_pass(fast_scheduler)[0].push_deferred == 1  # "a-down" comes first
+    report, _ = timed_pass(fast_scheduler)
+    assert (report.pushed, len(up.pushes)) == (1, 1)
+    task.refresh_from_db()
+    assert (task.status, task.dispatcher_id, task.attempt) == ("dispatched", other.pk, 1)
+
+
+def test_a_failed_tls_handshake_is_a_failed_push(
+    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+):
+    # Reached, but the certificate or protocol is wrong until someone fixes it: the task
+    # uses its attempts and fails, rather than waiting for ever.
+    plain = stub_dispatcher()
+    make_dispatcher(endpoint_url=plain.url.replace("http://", "https://"))
     task = create_task(skill="code-review")
     report, _ = timed_pass(fast_scheduler)
-    assert report.push_failed == 1
-    assert_released_with_backoff(task, "could not reach")
+    assert (report.pushed, report.push_failed, report.push_deferred) == (0, 1, 0)
+    assert_released_with_backoff(task, "TLS with https://127.0.0.1:")
 
 
 def test_many_broken_dispatchers_neither_stall_the_pass_nor_starve_a_healthy_one(
@@ -237,7 +286,9 @@ def test_many_broken_dispatchers_neither_stall_the_pass_nor_starve_a_healthy_one
         create_task(skill="code-review")
     # Nine pushes, four at a time: three rounds of at most the read timeout each.
     report, elapsed = timed_pass(fast_scheduler)
-    assert (report.claimed, report.pushed, report.push_failed) == (9, 1, 8)
+    assert (report.claimed, report.pushed, report.push_failed, report.push_deferred) == (
+        9, 1, 7, 1,
+    )  # fmt: skip
     assert elapsed < 3 * READ_TIMEOUT + 3
     assert len(healthy.pushes) == 1
     assert Task.objects.filter(status="dispatched", pushed_at__isnull=False).count() == 1
@@ -285,7 +336,7 @@ def test_a_full_dispatcher_keeps_the_attempt_and_gets_nothing_until_retry_after(
     assert (report.claimed, report.unmatched, len(stub.pushes)) == (0, 1, 1)
     task.refresh_from_db()
     assert task.status_reason.endswith(
-        "are at capacity; 1 of them refused a push and asked to wait"
+        "are at capacity; 1 of them refused a push or could not be reached, and wait"
     )
     assert task.not_before == dispatcher.busy_until  # not looked at again before then
     assert timed_pass(fast_scheduler)[0].unmatched == 0

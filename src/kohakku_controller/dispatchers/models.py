@@ -160,7 +160,8 @@ class Dispatcher(models.Model):
         return self.name
 
     def is_busy(self, now: datetime | None = None) -> bool:
-        """True while the dispatcher's last refusal for lack of room (``busy_until``) holds."""
+        """True while the wait after its last refused or unreachable push (``busy_until``)
+        holds."""
         return self.busy_until is not None and self.busy_until > (now or timezone.now())
 
     @property

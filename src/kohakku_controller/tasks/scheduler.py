@@ -14,7 +14,8 @@ One pass (:meth:`Scheduler.run_pass`):
 5. pushes the claimed tasks over HTTP, several at once, and records the outcome: a failed
    push sends the task back to ``queued`` with exponential backoff, or to ``failed`` once
    its attempts are used up; a dispatcher that answers it is out of room (429, or 503 with
-   ``Retry-After``) gets the attempt back and no task until the time it asked for;
+   ``Retry-After``) gets the attempt back and no task until the time it asked for, and so
+   does one that could not be connected to (the push never left the scheduler);
 6. sends cancel requests to dispatchers: for pending cancellations, and for timed-out
    tasks (whether a pass or a late callback noticed the timeout).
 
@@ -30,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -207,7 +209,8 @@ class Waiting:
     reason: str
     #: Some online dispatcher could take it, once it has room.
     at_capacity: bool = False
-    #: When every such dispatcher refused a push and is busy: the first ``busy_until``.
+    #: When every such dispatcher refused a push (or could not be reached) and waits: the
+    #: first ``busy_until``.
     busy_until: datetime | None = None
 
 
@@ -235,7 +238,7 @@ def explain_no_match(
         return Waiting(reason, at_capacity=True)
     # No time in the words: they stay the same while the same dispatchers wait, so a
     # waiting task is not rewritten on every pass.
-    reason += f"; {len(busy)} of them refused a push and asked to wait"
+    reason += f"; {len(busy)} of them refused a push or could not be reached, and wait"
     first = min(d.busy_until for d in busy) if len(busy) == len(matching) else None
     return Waiting(reason, at_capacity=True, busy_until=first)
 
@@ -474,11 +477,16 @@ class CallOutcome:
 
     #: Empty when the call was accepted (2xx); otherwise why it was not, for logs and events.
     error: str = ""
-    #: Seconds the dispatcher asked to be left alone (429, or 503 with ``Retry-After``),
-    #: bounded by the push backoff settings; ``None`` for any other answer.
+    #: Seconds to leave the dispatcher alone: what it asked for (429, or 503 with
+    #: ``Retry-After``), bounded by the push backoff settings, or the floor of those when
+    #: it could not be connected to; ``None`` otherwise.
     busy_seconds: float | None = None
-    #: False when the call was never made (a push whose claim's lease ran out first).
+    #: False when the call never reached the dispatcher: a push whose claim's lease ran
+    #: out first, or a dispatcher that could not be connected to (``unreachable``).
     sent: bool = True
+    #: True when no connection could be made: refused, no route, an unknown host, or
+    #: connecting timed out. No byte of the request left, so the task cannot have started.
+    unreachable: bool = False
 
 
 def _busy_seconds(response: httpx.Response) -> float | None:
@@ -493,9 +501,24 @@ def _busy_seconds(response: httpx.Response) -> float | None:
     if response.status_code != 429 and not (response.status_code == 503 and header):
         return None
     asked = _retry_after_seconds(header)
-    floor = max(kohakku_settings.PUSH_BACKOFF_BASE_SECONDS, _MIN_BUSY_SECONDS)
+    floor = _busy_floor_seconds()
     ceiling = max(kohakku_settings.PUSH_BACKOFF_MAX_SECONDS, floor)
     return min(max(asked if asked is not None else floor, floor), ceiling)
+
+
+def _busy_floor_seconds() -> float:
+    return max(kohakku_settings.PUSH_BACKOFF_BASE_SECONDS, _MIN_BUSY_SECONDS)
+
+
+def _failed_handshake(exc: BaseException) -> bool:
+    """True when a connection failed in its TLS handshake (a certificate or protocol that is
+    wrong until someone fixes it), rather than before reaching the dispatcher."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _retry_after_seconds(value: str) -> float | None:
@@ -1003,6 +1026,11 @@ class Scheduler:
             ):
                 head = _read_head(response)
                 busy = _busy_seconds(response)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if not _failed_handshake(exc):
+                error = f"could not connect to {url}: {type(exc).__name__}: {exc}"[:400]
+                return CallOutcome(error, _busy_floor_seconds(), sent=False, unreachable=True)
+            return CallOutcome(f"TLS with {url} failed: {exc}"[:400])
         except httpx.TimeoutException as exc:
             return CallOutcome(f"timed out ({type(exc).__name__}) calling {url}")
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
@@ -1100,10 +1128,12 @@ class Scheduler:
         """A push refused for lack of room, or never sent: keep the attempt.
 
         A dispatcher that refused it gets no task before ``busy_until`` (now plus the wait it
-        asked for; a later time already set stays). The task goes back to ``queued`` at once,
+        asked for; a later time already set stays), and so does one that could not be
+        connected to (for the floor of that wait: a stopped or crashed dispatcher stays
+        online until its heartbeats are missed). The task goes back to ``queued`` at once,
         for any dispatcher, with its attempt given back: being turned away by a full
-        dispatcher, or a scheduler too far behind to push in time, is not a failure of the
-        task, so it cannot use up its attempts.
+        dispatcher, a dispatcher that is down, or a scheduler too far behind to push in
+        time, is not a failure of the task, so it cannot use up its attempts.
         """
         task, dispatcher = claim.task, claim.dispatcher
         if outcome.busy_seconds is None:
@@ -1113,8 +1143,9 @@ class Scheduler:
             Dispatcher.objects.filter(pk=dispatcher.pk).filter(
                 Q(busy_until__isnull=True) | Q(busy_until__lt=until)
             ).update(busy_until=until)
+            state = "could not be reached; no push to it" if outcome.unreachable else "is busy"
             reason = (
-                f"{dispatcher.name} is busy until {with_offset(until).isoformat()}: {outcome.error}"
+                f"{dispatcher.name} {state} until {with_offset(until).isoformat()}: {outcome.error}"
             )
         logger.info("task %s goes back to the queue: %s", task.guid, reason)
         return release_task(
