@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from .auth import ScopedPermission
 from .conf import kohakku_settings
-from .exceptions import LengthRequired, exception_handler
+from .exceptions import LengthRequired, UnsupportedContentEncoding, exception_handler
 from .parsers import BoundedJSONParser
 from .schema import ControllerAutoSchema
 
@@ -117,6 +117,11 @@ class ControllerViewMixin:
         meta = request._request.META
         if "HTTP_TRANSFER_ENCODING" in meta and not meta.get("CONTENT_LENGTH"):
             raise LengthRequired()
+        # A compressed body would be parsed, signed or stored as if it were not, and one
+        # that claims a coding it does not have would pass unnoticed: refuse both.
+        encoding = meta.get("HTTP_CONTENT_ENCODING", "").strip()
+        if encoding and encoding.lower() != "identity":
+            raise UnsupportedContentEncoding(encoding)
         # No stored key holds a NUL character (PostgreSQL refuses one in text), so a URL
         # with one names nothing; it must not reach the database as a lookup.
         if any("\x00" in str(value) for value in kwargs.values()):

@@ -36,6 +36,32 @@ class LengthRequired(exceptions.APIException):
     default_code = "length_required"
 
 
+class IncompleteBody(exceptions.ParseError):
+    """The body ended before its ``Content-Length``: the client closed its side early."""
+
+    default_code = "incomplete_body"
+
+    def __init__(self, received: int, declared: int) -> None:
+        super().__init__(
+            _(
+                "The request body ended after {received} of the {declared} bytes its "
+                "Content-Length announced."
+            ).format(received=received, declared=declared)
+        )
+
+
+class UnsupportedContentEncoding(exceptions.APIException):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    default_code = "unsupported_content_encoding"
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(
+            _("Content-Encoding {encoding!r} is not supported; send the body uncompressed.").format(
+                encoding=encoding
+            )
+        )
+
+
 class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = _("The request conflicts with the current state of the resource.")

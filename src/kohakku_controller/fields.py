@@ -28,11 +28,34 @@ def reject_control_characters(value: str) -> str:
 
 
 class StrictCharField(serializers.CharField):
-    """A string, and only a string: numbers and booleans are refused, not converted."""
+    """A string, and only a string: numbers and booleans are refused, not converted.
+
+    With ``trim_whitespace`` (the default) only spaces are trimmed. DRF's ``str.strip()``
+    also drops line breaks, tabs and other control characters at either end, so a name sent
+    as ``"gpu-1\n"`` became ``"gpu-1"`` before any validator could refuse it.
+    """
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        if isinstance(data, str) and self.trim_whitespace and not data.strip(" "):
+            if not self.allow_blank:
+                self.fail("blank")
+            return ""
+        # Field's, not CharField's: that one treats any whitespace as blank.
+        return serializers.Field.run_validation(self, data)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
+        return data.strip(" ") if self.trim_whitespace else data
+
+
+class BoundedListField(serializers.ListField):
+    """A list whose ``max_length`` is checked before its items are, so an oversized list is
+    refused at once instead of after every item was validated."""
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if self.max_length is not None and isinstance(data, list) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)
 
 

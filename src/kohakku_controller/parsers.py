@@ -11,14 +11,27 @@ from rest_framework import parsers
 from rest_framework.exceptions import ParseError, ValidationError
 
 from .conf import kohakku_settings
-from .exceptions import PayloadTooLarge
+from .exceptions import IncompleteBody, PayloadTooLarge
 
 
-def read_bounded(stream: Any, limit: int) -> bytes:
-    """Read at most ``limit`` bytes from ``stream``; raise 413 if there is more."""
+def declared_length(meta: Any) -> int | None:
+    """The request's ``Content-Length`` as a number, or ``None`` when absent or malformed."""
+    value = str(meta.get("CONTENT_LENGTH") or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def read_bounded(stream: Any, limit: int, *, declared: int | None = None) -> bytes:
+    """Read at most ``limit`` bytes from ``stream``; raise 413 if there is more.
+
+    With ``declared`` (the ``Content-Length``), a body that ends before it, because the
+    client closed its side early, is a 400: the server would otherwise hand on the part
+    that arrived as if it were the whole request.
+    """
     data = stream.read(limit + 1) if stream is not None else b""
     if len(data) > limit:
         raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+    if declared is not None and len(data) < declared:
+        raise IncompleteBody(len(data), declared)
     return data
 
 
@@ -26,7 +39,9 @@ class BoundedJSONParser(parsers.JSONParser):
     """JSON with a body cap (``MAX_JSON_BODY_BYTES``) and a clean 400 on any parse fault."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        raw = read_bounded(stream, kohakku_settings.MAX_JSON_BODY_BYTES)
+        request = (parser_context or {}).get("request")
+        declared = declared_length(request.META) if request is not None else None
+        raw = read_bounded(stream, kohakku_settings.MAX_JSON_BODY_BYTES, declared=declared)
         if not raw:
             return {}
         try:

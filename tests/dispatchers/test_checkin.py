@@ -217,6 +217,12 @@ BAD_INPUT = [
     ("name", "x" * 101, None),
     ("name", "bad\x00name", None),
     ("name", "bad\nname", None),
+    # Control characters at either end used to be trimmed away, not refused.
+    ("name", "gpu-1\n", None),
+    ("name", "\tgpu-1", None),
+    ("name", "\x1cgpu-1\x1f", None),
+    ("name", "gpu-1\u2028", None),
+    ("name", "\n", None),
     ("name", "zero\u200bwidth", None),
     ("name", 123, None),
     ("name", ["local-dev"], None),
@@ -240,9 +246,17 @@ BAD_INPUT = [
     ("endpoint_url", "http://.dispatcher:8080", None),
     ("endpoint_url", "http://" + "a" * 64 + ".example:8080", None),
     ("endpoint_url", 8080, None),
+    ("endpoint_url", "http://dispatcher:8080\n", None),
+    # Hosts the scheduler's HTTP client refuses, or would send to no resolver's name.
+    ("endpoint_url", "http://999.1.1.1:8080", None),
+    ("endpoint_url", "http://256.0.0.1", None),
+    ("endpoint_url", "http://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com", None),
+    ("endpoint_url", "http://a<b>:8080", None),
+    ("endpoint_url", "http://%:8080", None),
     ("cloud", 12, None),
     ("cloud", "has space", None),
     ("cloud", "x" * 65, None),
+    ("cloud", "aws\n", None),
     ("backends", "local", None),
     ("backends", {"local": True}, None),
     ("backends", [1], None),
@@ -251,6 +265,8 @@ BAD_INPUT = [
     ("backends", ["a b"], None),
     ("backends", ["x" * 33], None),
     ("backends", ["local", "local"], None),
+    ("backends", ["local\n"], None),
+    ("backends", [" local"], None),
     ("backends", [f"b{i}" for i in range(33)], None),
     ("labels", [], None),
     ("labels", "gpu=a100", None),
@@ -280,6 +296,8 @@ BAD_INPUT = [
     ("capacity", False, None),
     ("version", 1, None),
     ("version", "x" * 65, None),
+    ("version", "\x1f1.0", None),
+    ("version", "1.0\r\n", None),
     ("metadata", [], None),
     ("metadata", "x", None),
     ("metadata", {"blob": "x" * 20_000}, None),
@@ -393,3 +411,30 @@ def test_service_validates_too(dispatcher_client):
         services.checkin(application=dispatcher_client.application, data={"name": "x"})
     assert "endpoint_url" in excinfo.value.detail
     assert not Dispatcher.objects.exists()
+
+
+def test_too_many_backends_are_refused_by_their_count_before_any_name_is_checked(
+    dispatcher_client,
+):
+    # A list of a hundred thousand names fits under the body cap; checking each one (and
+    # looking for duplicates among them) before the count took over a minute of CPU.
+    body = checkin_body(backends=["Not-A-Name", *(f"b{i}" for i in range(40))])
+    response = dispatcher_client.post(CHECKIN_URL, body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"backends": ["Ensure this field has no more than 32 elements."]}
+    assert not Dispatcher.objects.exists()
+
+
+def test_names_are_compared_in_one_unicode_form(dispatcher_client):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    first = dispatcher_client.post(CHECKIN_URL, checkin_body(name=composed), format="json")
+    second = dispatcher_client.post(CHECKIN_URL, checkin_body(name=decomposed), format="json")
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.json()["action"] == "updated"
+    assert list(Dispatcher.objects.values_list("name", flat=True)) == [composed]
+
+
+def test_surrounding_spaces_are_trimmed(dispatcher_client):
+    response = dispatcher_client.post(CHECKIN_URL, checkin_body(name="  gpu-1  "), format="json")
+    assert response.status_code == 201
+    assert Dispatcher.objects.get().name == "gpu-1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from datetime import timedelta
@@ -61,11 +62,16 @@ def test_heartbeat_stores_running_tasks_and_free_capacity(dispatcher_client, reg
     dispatcher.refresh_from_db()
     assert dispatcher.reported_task_guids == [tasks[0], tasks[1].lower()]
     assert dispatcher.reported_free_capacity == 2
+    # A guid listed twice (in any spelling) is stored once.
+    twice = {"running_tasks": [tasks[1], tasks[0], tasks[1].lower()], "free_capacity": 2}
+    dispatcher_client.post(heartbeat_url(dispatcher.guid), twice, format="json")
+    dispatcher.refresh_from_db()
+    assert dispatcher.reported_task_guids == [tasks[1].lower(), tasks[0]]
     # A heartbeat that omits them: free capacity unknown, the task list is kept.
     dispatcher_client.post(heartbeat_url(dispatcher.guid), {}, format="json")
     dispatcher.refresh_from_db()
     assert dispatcher.reported_free_capacity is None
-    assert dispatcher.reported_task_guids == [tasks[0], tasks[1].lower()]
+    assert dispatcher.reported_task_guids == [tasks[1].lower(), tasks[0]]
     dispatcher_client.post(heartbeat_url(dispatcher.guid), {"running_tasks": []}, format="json")
     dispatcher.refresh_from_db()
     assert dispatcher.reported_task_guids == []
@@ -171,6 +177,71 @@ def test_too_many_running_tasks_is_400(dispatcher_client, register):
         response = dispatcher_client.post(heartbeat_url(dispatcher.guid), body, format="json")
     assert response.status_code == 400
     assert "running_tasks" in response.json()
+
+
+def test_too_many_running_tasks_are_refused_by_their_count_before_any_guid_is_checked(
+    dispatcher_client, register
+):
+    dispatcher = register()
+    body = {"running_tasks": ["not-a-guid", *(str(uuid.uuid4()) for _ in range(10_000))]}
+    with override_settings(KOHAKKU_CONTROLLER={"MAX_JSON_BODY_BYTES": 1_000_000}):
+        response = dispatcher_client.post(heartbeat_url(dispatcher.guid), body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "running_tasks": ["Ensure this field has no more than 10000 elements."]
+    }
+
+
+def test_a_body_shorter_than_its_content_length_is_400_and_does_not_stamp(
+    dispatcher_client, register
+):
+    # The client closed its side early: what arrived is not the request it announced.
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    body = b'{"free_capacity": 3}'
+    response = dispatcher_client.generic(
+        "POST",
+        heartbeat_url(dispatcher.guid),
+        body,
+        content_type="application/json",
+        CONTENT_LENGTH="100",
+        **{"wsgi.input": io.BytesIO(body)},
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "The request body ended after 20 of the 100 bytes its Content-Length announced."
+    }
+    dispatcher.refresh_from_db()
+    assert (dispatcher.status(), dispatcher.reported_free_capacity) == ("offline", None)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip", "GZIP"])
+def test_a_body_in_a_content_coding_is_415_and_does_not_stamp(
+    dispatcher_client, register, encoding
+):
+    # Even when the body is plain JSON: it claims a coding the API does not read.
+    dispatcher = register()
+    _age(dispatcher, 3600)
+    response = dispatcher_client.post(
+        heartbeat_url(dispatcher.guid),
+        {"free_capacity": 3},
+        format="json",
+        HTTP_CONTENT_ENCODING=encoding,
+    )
+    assert response.status_code == 415
+    assert response.json() == {
+        "detail": f"Content-Encoding {encoding!r} is not supported; send the body uncompressed."
+    }
+    dispatcher.refresh_from_db()
+    assert dispatcher.status() == "offline"
+
+
+def test_identity_content_coding_is_accepted(dispatcher_client, register):
+    dispatcher = register()
+    response = dispatcher_client.post(
+        heartbeat_url(dispatcher.guid), {}, format="json", HTTP_CONTENT_ENCODING="identity"
+    )
+    assert response.status_code == 200
 
 
 def test_malformed_json_is_400(dispatcher_client, register):

@@ -142,6 +142,8 @@ def test_filters(staff_client, fleet, params, expected):
         ({"label": "bad key=x"}, "label"),
         ({"label": ["gpu=a100", "gpu=h100"]}, "label"),
         ({"label": "zone=eu\x00"}, "label"),  # PostgreSQL refuses NUL in jsonb: was a 500
+        ({"backend": "BAD!"}, "backend"),  # no check-in accepts it: was an empty 200
+        ({"backend": "local\n"}, "backend"),
     ],
 )
 def test_bad_filter_is_400_naming_it(staff_client, fleet, params, field):

@@ -103,7 +103,16 @@ def post_webhook(db: Any, webhook_secrets: Any) -> Callable[..., Any]:
     """POST a raw body to the webhook endpoint without any API credential."""
     client = APIClient()
 
-    def post(body: bytes, headers: dict[str, str], content_type: str = "application/json"):
-        return client.generic("POST", URL, body, content_type=content_type, headers=headers)
+    def post(
+        body: bytes,
+        headers: dict[str, str],
+        content_type: str = "application/json",
+        stream: Any = None,
+    ):
+        # ``stream``: the body as the server reads it, when it is not ``body`` (cut short).
+        extra = {} if stream is None else {"wsgi.input": stream}
+        return client.generic(
+            "POST", URL, body, content_type=content_type, headers=headers, **extra
+        )
 
     return post

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from urllib.parse import urlencode
@@ -360,6 +361,34 @@ class TestRejections:
             assert response.status_code == 413
             assert response.json()["reason"] == "too_large"
         assert list(Delivery.objects.values_list("body_size", flat=True)) == [2**63 - 1] * 2
+
+    def test_compressed_body_is_415_and_recorded_unread(self, post_webhook, make_workflow):
+        make_workflow("push", source="github", event="push")
+        body = as_body({"ref": "main"})
+        headers = {**github_headers(body, "push"), "Content-Encoding": "gzip"}
+        response = post_webhook(body, headers)
+        assert response.status_code == 415
+        answer = response.json()
+        assert answer["reason"] == "unsupported_content_encoding"
+        delivery = Delivery.objects.get(guid=answer["delivery_id"])
+        assert (delivery.status, delivery.status_code, delivery.event) == ("rejected", 415, "push")
+        assert not Task.objects.exists()
+
+    def test_body_shorter_than_its_content_length_is_400_and_recorded(
+        self, post_webhook, make_workflow
+    ):
+        # The sender's connection ended early: what arrived is not the delivery it signed.
+        make_workflow("push", source="github", event="push")
+        body = as_body({"ref": "main"})
+        headers = {**github_headers(body, "push"), "Content-Length": str(len(body) + 10)}
+        response = post_webhook(body, headers, stream=io.BytesIO(body))
+        assert response.status_code == 400
+        answer = response.json()
+        assert answer["reason"] == "incomplete_body"
+        assert "ended after" in answer["detail"]
+        delivery = Delivery.objects.get(guid=answer["delivery_id"])
+        assert (delivery.status, delivery.status_code) == ("rejected", 400)
+        assert not Task.objects.exists()
 
     def test_chunked_body_is_411_and_recorded_unread(self, post_webhook, make_workflow):
         # Django cannot read a body sent without Content-Length: it would look empty.

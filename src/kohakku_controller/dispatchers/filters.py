@@ -7,12 +7,13 @@ from typing import Any
 
 import django_filters
 from django import forms
+from django.core.validators import RegexValidator
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from .labels import LABEL_KEY_RE, has_control_characters
+from .labels import BACKEND_NAME_RE, BACKEND_NAME_RULE, LABEL_KEY_RE, has_control_characters
 from .models import Dispatcher, DispatcherStatus
 
 
@@ -60,7 +61,15 @@ class DispatcherFilter(django_filters.FilterSet):
         help_text="Derived status: online, offline, draining or disabled.",
     )
     backend = django_filters.CharFilter(
-        method="filter_backend", help_text="Dispatchers that support this backend."
+        method="filter_backend",
+        help_text="Dispatchers that support this backend.",
+        # A name no check-in accepts matches nothing: say so instead of answering [].
+        strip=False,
+        validators=[
+            RegexValidator(
+                rf"\A{BACKEND_NAME_RE.pattern}\Z", f"Not a backend name ({BACKEND_NAME_RULE})."
+            )
+        ],
     )
     cloud = django_filters.CharFilter(field_name="cloud", help_text="Exact cloud name.")
     label = LabelSelectorFilter(

@@ -10,15 +10,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..fields import (
+    BoundedListField,
     ControllerModelSerializer,
     IsoDateTimeField,
     LabelsField,
@@ -36,6 +39,8 @@ NAME_MAX_LENGTH = 100
 ENDPOINT_URL_MAX_LENGTH = 500
 MAX_BACKENDS = 32
 CLOUD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# An ASCII host name (IDNA-encoded), or an IPv4 address; a final "." is a rooted name.
+_HOST_NAME_RE = re.compile(rb"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 MIN_HEARTBEAT_INTERVAL = 5
 MAX_HEARTBEAT_INTERVAL = 3600
 MIN_CAPACITY = 1
@@ -67,7 +72,7 @@ class EndpointURLField(StrictCharField):
             raise serializers.ValidationError("Must be an http:// or https:// URL.")
         if not parts.hostname:
             raise serializers.ValidationError("Must name a host.")
-        if not _is_callable_host(parts.hostname, bracketed=parts.netloc.startswith("[")):
+        if not _is_callable_host(value, parts.hostname, bracketed=parts.netloc.startswith("[")):
             raise serializers.ValidationError(
                 "Must name a valid host: a name of dot-separated labels of 1-63 characters, "
                 "an IPv4 address or a bracketed IPv6 address."
@@ -82,11 +87,13 @@ class EndpointURLField(StrictCharField):
         return value.rstrip("/")
 
 
-def _is_callable_host(hostname: str, *, bracketed: bool) -> bool:
-    """True for a host an HTTP client can look up: an IPv6 literal, or an IDNA-encodable name.
+def _is_callable_host(url: str, hostname: str, *, bracketed: bool) -> bool:
+    """True for a host the scheduler's HTTP client can call: an IPv6 literal, an IPv4
+    address, or a name of letters, digits, ``-`` and ``_`` once IDNA-encoded.
 
-    ``urlsplit`` leaves ``[v1.x]`` or ``a..b`` in place; a client would refuse them only when
-    it is asked to connect. ``bracketed``: the URL wrote the host in ``[...]``.
+    ``urlsplit`` leaves ``[v1.x]``, ``a..b``, ``999.1.1.1`` or ``a<b>`` in place; the client
+    would refuse them (or percent-encode them into a name no resolver knows) only when it is
+    asked to connect. ``bracketed``: the URL wrote the host in ``[...]``.
     """
     if bracketed:
         try:
@@ -96,25 +103,29 @@ def _is_callable_host(hostname: str, *, bracketed: bool) -> bool:
         return True
     try:
         hostname.encode("idna")  # refuses empty labels and labels over 63 characters
-    except UnicodeError:
+        raw_host = httpx.URL(url).raw_host  # refuses bad IPv4 addresses and IDNA 2008 names
+    except (UnicodeError, httpx.InvalidURL):
         return False
-    return True
+    return _HOST_NAME_RE.fullmatch(raw_host) is not None
 
 
-class BackendsField(serializers.ListField):
+class BackendsField(BoundedListField):
     """A list of distinct short backend names."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(child=StrictCharField(), max_length=MAX_BACKENDS, **kwargs)
+        child = StrictCharField(trim_whitespace=False)
+        super().__init__(child=child, max_length=MAX_BACKENDS, **kwargs)
 
     def to_internal_value(self, data: Any) -> list[str]:
         values = super().to_internal_value(data)
         errors = {}
+        seen: set[str] = set()
         for index, value in enumerate(values):
             if not BACKEND_NAME_RE.fullmatch(value):
                 errors[index] = [f"{value!r} is not a backend name ({BACKEND_NAME_RULE})."]
-            elif value in values[:index]:
+            elif value in seen:
                 errors[index] = [f"{value!r} is listed twice."]
+            seen.add(value)
         if errors:
             raise serializers.ValidationError(errors)
         return values
@@ -181,6 +192,11 @@ class CheckinSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         help_text="Issue a new signing secret; the previous one stays valid for a grace period.",
     )
 
+    def validate_name(self, value: str) -> str:
+        # One spelling per name: "café" typed as é or as e + a combining accent is one
+        # dispatcher, not two that look alike.
+        return unicodedata.normalize("NFC", value)
+
     def validate_cloud(self, value: str) -> str:
         if value and not CLOUD_RE.fullmatch(value):
             raise serializers.ValidationError(
@@ -204,7 +220,7 @@ class CheckinResponseSerializer(serializers.Serializer):
 class HeartbeatSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     """The optional body of ``POST /dispatchers/{guid}/heartbeat/``."""
 
-    running_tasks = serializers.ListField(
+    running_tasks = BoundedListField(
         child=StrictUUIDField(),
         required=False,
         max_length=MAX_RUNNING_TASKS,

@@ -239,7 +239,8 @@ def record_heartbeat(
         "reported_free_capacity": free_capacity,
     }
     if running_task_guids is not None:
-        changes["reported_task_guids"] = [str(task_guid) for task_guid in running_task_guids]
+        # Once each, in the order sent.
+        changes["reported_task_guids"] = list(dict.fromkeys(map(str, running_task_guids)))
     owned = {"guid": guid, "application": _application_pk(application)}
     # Heartbeats are rewritten every interval: losing the last second of them in a database
     # crash only makes dispatchers look a second older, so they need not wait for the disk.

@@ -28,7 +28,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from rest_framework.exceptions import ValidationError
 
 from ..conf import kohakku_settings
-from ..exceptions import Conflict, LengthRequired
+from ..exceptions import Conflict
 from ..workflows.events import build_event_document, redact_headers
 from ..workflows.models import Workflow
 from ..workflows.services import MatchResult, match_workflow, queue_task_for_workflow
@@ -143,22 +143,33 @@ def reject_oversize(
 ) -> IngestResult:
     """Record and answer a body over ``WEBHOOK_MAX_BODY_BYTES`` (413); the body is not kept."""
     limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
-    rejection = _Rejected(413, "too_large", f"Request body is larger than {limit} bytes.")
-    incoming = _incoming(headers, b"", body_size, content_type, remote_addr, started)
-    return _reject_unread(incoming, rejection)
+    return reject_unread(
+        status_code=413,
+        reason="too_large",
+        detail=f"Request body is larger than {limit} bytes.",
+        headers=headers,
+        body_size=body_size,
+        content_type=content_type,
+        remote_addr=remote_addr,
+        started=started,
+    )
 
 
-def reject_length_required(
+def reject_unread(
     *,
+    status_code: int,
+    reason: str,
+    detail: str,
     headers: Mapping[str, str],
+    body_size: int = 0,
     content_type: str = "",
     remote_addr: str | None = None,
     started: float | None = None,
 ) -> IngestResult:
-    """Record and answer a body sent without ``Content-Length`` (411); it is not read."""
-    rejection = _Rejected(411, "length_required", str(LengthRequired.default_detail))
-    incoming = _incoming(headers, b"", 0, content_type, remote_addr, started)
-    return _reject_unread(incoming, rejection)
+    """Record and answer a delivery refused before its body was read whole (sent without
+    ``Content-Length``, in a content coding, cut short); what arrived of it is not kept."""
+    incoming = _incoming(headers, b"", body_size, content_type, remote_addr, started)
+    return _reject_unread(incoming, _Rejected(status_code, reason, detail))
 
 
 def _reject_unread(incoming: _Incoming, rejection: _Rejected) -> IngestResult:

@@ -22,8 +22,13 @@ from rest_framework.response import Response
 
 from ..api import ControllerAPIView, ControllerReadOnlyViewSet
 from ..conf import kohakku_settings
-from ..exceptions import LengthRequired, PayloadTooLarge
-from ..parsers import read_bounded
+from ..exceptions import (
+    IncompleteBody,
+    LengthRequired,
+    PayloadTooLarge,
+    UnsupportedContentEncoding,
+)
+from ..parsers import declared_length, read_bounded
 from ..schema import ErrorSerializer
 from ..tasks.models import Task
 from . import services
@@ -82,10 +87,14 @@ class WebhookIngestView(ControllerAPIView):
         super().initial(request, *args, **kwargs)
 
     def handle_exception(self, exc: Exception) -> Response:
-        # A body sent without its length is refused before it is read, and recorded like
-        # every other delivery.
-        if isinstance(exc, LengthRequired):
-            result = services.reject_length_required(**self.delivery_meta(self.request))
+        # A body refused before it was read whole is recorded like every other delivery.
+        if isinstance(exc, LengthRequired | UnsupportedContentEncoding | IncompleteBody):
+            result = services.reject_unread(
+                status_code=exc.status_code,
+                reason=exc.default_code,
+                detail=str(exc.detail),
+                **self.delivery_meta(self.request),
+            )
             return Response(result.data, status=result.status_code)
         return super().handle_exception(exc)
 
@@ -115,26 +124,28 @@ class WebhookIngestView(ControllerAPIView):
                 serializers=[IngestAnswerSerializer, SlackChallengeSerializer],
                 resource_type_field_name=None,
             ),
-            400: OpenApiResponse(IngestRejectionSerializer, "Unknown source or malformed body."),
+            400: OpenApiResponse(
+                IngestRejectionSerializer,
+                "Unknown source, or a malformed body or one shorter than its Content-Length.",
+            ),
             401: OpenApiResponse(IngestRejectionSerializer, "Bad, missing or stale signature."),
             403: OpenApiResponse(IngestRejectionSerializer, "No secret configured for source."),
             411: OpenApiResponse(IngestRejectionSerializer, "Body sent without Content-Length."),
             413: OpenApiResponse(IngestRejectionSerializer, "Body over WEBHOOK_MAX_BODY_BYTES."),
-            415: OpenApiResponse(IngestRejectionSerializer, "Unsupported content type."),
+            415: OpenApiResponse(
+                IngestRejectionSerializer, "Unsupported content type, or a Content-Encoding."
+            ),
         },
     )
     def post(self, request: Request) -> Response:
         django_request = request._request
         limit = kohakku_settings.WEBHOOK_MAX_BODY_BYTES
         meta = self.delivery_meta(request)
-        try:
-            declared = int(django_request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
+        declared = declared_length(django_request.META) or 0
         try:
             if declared > limit:
                 raise PayloadTooLarge()
-            body = read_bounded(django_request, limit)
+            body = read_bounded(django_request, limit, declared=declared)
         except PayloadTooLarge:
             # The log records the declared size, capped at what its column holds.
             body_size = min(max(declared, limit + 1), _LARGEST_RECORDED_SIZE)

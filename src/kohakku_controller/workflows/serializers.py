@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from ..fields import (
+    BoundedListField,
     LabelsField,
     RejectUnknownFieldsMixin,
     StrictCharField,
@@ -34,7 +35,7 @@ class WorkflowSerializer(RejectUnknownFieldsMixin, StrictModelSerializer):
     event = StrictCharField(
         max_length=100, default=ANY_EVENT, validators=[reject_control_characters]
     )
-    conditions = serializers.ListField(
+    conditions = BoundedListField(
         child=StrictCharField(max_length=MAX_EXPRESSION_LENGTH, trim_whitespace=False),
         max_length=MAX_CONDITIONS,
         default=list,
