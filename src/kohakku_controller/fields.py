@@ -7,6 +7,7 @@ shows up at once instead of being ignored.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -30,23 +31,27 @@ def reject_control_characters(value: str) -> str:
 class StrictCharField(serializers.CharField):
     """A string, and only a string: numbers and booleans are refused, not converted.
 
-    With ``trim_whitespace`` (the default) only spaces are trimmed. DRF's ``str.strip()``
-    also drops line breaks, tabs and other control characters at either end, so a name sent
-    as ``"gpu-1\n"`` became ``"gpu-1"`` before any validator could refuse it.
+    With ``trim_whitespace`` (the default) only spaces (Unicode ``Zs``: `` ``, no-break and
+    ideographic spaces, ...) are trimmed. DRF's ``str.strip()`` also drops line breaks, tabs
+    and other control characters at either end, so a name sent as ``"gpu-1\n"`` became
+    ``"gpu-1"`` before any validator could refuse it. A value of whitespace alone is blank,
+    as with DRF.
     """
-
-    def run_validation(self, data: Any = serializers.empty) -> Any:
-        if isinstance(data, str) and self.trim_whitespace and not data.strip(" "):
-            if not self.allow_blank:
-                self.fail("blank")
-            return ""
-        # Field's, not CharField's: that one treats any whitespace as blank.
-        return serializers.Field.run_validation(self, data)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
-        return data.strip(" ") if self.trim_whitespace else data
+        return trim_spaces(data) if self.trim_whitespace else data
+
+
+def trim_spaces(value: str) -> str:
+    """``value`` without the space separators (Unicode category ``Zs``) at either end."""
+    start, end = 0, len(value)
+    while start < end and unicodedata.category(value[start]) == "Zs":
+        start += 1
+    while end > start and unicodedata.category(value[end - 1]) == "Zs":
+        end -= 1
+    return value[start:end]
 
 
 class BoundedListField(serializers.ListField):

@@ -20,16 +20,21 @@ def declared_length(meta: Any) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def read_bounded(stream: Any, limit: int, *, declared: int | None = None) -> bytes:
-    """Read at most ``limit`` bytes from ``stream``; raise 413 if there is more.
+def read_bounded(
+    stream: Any, limit: int, *, declared: int | None = None, what: str = "Request body"
+) -> bytes:
+    """Read at most ``limit`` bytes from ``stream``; raise 413 if there is more (or if
+    ``declared`` says so, before reading). ``what`` names the body in the 413's words.
 
     With ``declared`` (the ``Content-Length``), a body that ends before it, because the
     client closed its side early, is a 400: the server would otherwise hand on the part
     that arrived as if it were the whole request.
     """
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"{what} is larger than {limit} bytes.")
     data = stream.read(limit + 1) if stream is not None else b""
     if len(data) > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+        raise PayloadTooLarge(f"{what} is larger than {limit} bytes.")
     if declared is not None and len(data) < declared:
         raise IncompleteBody(len(data), declared)
     return data

@@ -272,3 +272,13 @@ def test_schema_documents_conflicts_and_download_errors(client, db):
     assert "409" in paths["/api/v1/skills/"]["post"]["responses"]
     download = paths["/api/v1/skills/{slug}/download/"]["get"]["responses"]
     assert {"200", "302", "304", "400", "404", "503"} <= set(download)
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "\n\t", "\u3000"])
+def test_a_yank_needs_a_reason_that_is_not_blank(staff_client, skill, upload, reason):
+    upload(skill.slug)
+    url = f"/api/v1/skills/{skill.slug}/versions/1/yank/"
+    response = staff_client.post(url, {"reason": reason}, format="json")
+    assert response.status_code == 400
+    assert "reason" in response.json()
+    assert staff_client.get(f"/api/v1/skills/{skill.slug}/versions/1/").json()["yanked"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -330,6 +331,21 @@ def test_oversize_body_is_413(api_client, running, settings):
     payload = {**DONE, "result_metadata": {"blob": "x" * 70_000}}
     response = callback(api_client, task, token, payload)
     assert response.status_code == 413
+    assert Task.objects.get(pk=task.pk).status == "dispatched"
+
+
+def test_body_shorter_than_its_content_length_is_400_and_changes_nothing(api_client, running):
+    # Even signed over what arrived: the request announced more than that.
+    task, token = running
+    body = json.dumps(DONE).encode()
+    headers = {
+        **signed_headers(token, task.signing_secret, body),
+        "CONTENT_LENGTH": str(len(body) + 50),
+        "wsgi.input": io.BytesIO(body),
+    }
+    response = post_callback(api_client, task, body, headers)
+    assert response.status_code == 400
+    assert "ended after" in response.json()["detail"]
     assert Task.objects.get(pk=task.pk).status == "dispatched"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
@@ -162,6 +163,21 @@ def test_upload_over_cap_is_413(api_client, running, settings):
     task, token = running
     response = upload(api_client, task, token, b"x" * 11)
     assert response.status_code == 413
+    assert not get_storage().exists(f"results/{task.guid}/output.json")
+
+
+@filesystem_only
+def test_upload_shorter_than_its_content_length_is_400_and_stores_nothing(api_client, running):
+    # The dispatcher's connection ended early: what arrived is not its result.
+    task, token = running
+    data = b'{"partial": '
+    response = upload(
+        api_client, task, token, data, CONTENT_LENGTH="1000", **{"wsgi.input": io.BytesIO(data)}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "The request body ended after 12 of the 1000 bytes its Content-Length announced."
+    )
     assert not get_storage().exists(f"results/{task.guid}/output.json")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -260,17 +261,28 @@ def test_a_task_pushed_to_a_dispatcher_that_is_down_goes_to_another_one(
     assert (task.status, task.dispatcher_id, task.attempt) == ("dispatched", other.pk, 1)
 
 
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """A port that completes TCP connections (the kernel does) and then says nothing."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
+        yield f"https://127.0.0.1:{server.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("handshake", ["refused", "stalled"])
 def test_a_failed_tls_handshake_is_a_failed_push(
-    skill_version, make_dispatcher, stub_dispatcher, fast_scheduler
+    skill_version, make_dispatcher, stub_dispatcher, silent_listener, fast_scheduler, handshake
 ):
-    # Reached, but the certificate or protocol is wrong until someone fixes it: the task
-    # uses its attempts and fails, rather than waiting for ever.
-    plain = stub_dispatcher()
-    make_dispatcher(endpoint_url=plain.url.replace("http://", "https://"))
+    # Reached, but its TLS is wrong (a plain HTTP server) or never answers: there until
+    # someone fixes it, so the task uses its attempts and fails rather than waiting for ever.
+    if handshake == "refused":
+        endpoint = stub_dispatcher().url.replace("http://", "https://")
+    else:
+        endpoint = silent_listener
+    make_dispatcher(endpoint_url=endpoint)
     task = create_task(skill="code-review")
     report, _ = timed_pass(fast_scheduler)
     assert (report.pushed, report.push_failed, report.push_deferred) == (0, 1, 0)
-    assert_released_with_backoff(task, "TLS with https://127.0.0.1:")
+    assert_released_with_backoff(task, f"TLS handshake with {endpoint}/tasks/ failed")
 
 
 def test_many_broken_dispatchers_neither_stall_the_pass_nor_starve_a_healthy_one(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -191,11 +190,6 @@ class CheckinSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         default=False,
         help_text="Issue a new signing secret; the previous one stays valid for a grace period.",
     )
-
-    def validate_name(self, value: str) -> str:
-        # One spelling per name: "café" typed as é or as e + a combining accent is one
-        # dispatcher, not two that look alike.
-        return unicodedata.normalize("NFC", value)
 
     def validate_cloud(self, value: str) -> str:
         if value and not CLOUD_RE.fullmatch(value):

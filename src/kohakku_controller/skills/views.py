@@ -30,7 +30,7 @@ from rest_framework.response import Response
 from ..api import UPLOAD_PARSERS, ControllerGenericViewSet
 from ..conf import kohakku_settings
 from ..exceptions import PayloadTooLarge, ServiceUnavailable
-from ..parsers import positive_int_param
+from ..parsers import declared_length, positive_int_param
 from ..schema import PRESIGNED_LOCATION_HEADER, ErrorSerializer
 from ..storage import storage_is_remote
 from . import services
@@ -153,10 +153,7 @@ class SkillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ControllerG
         if self.action == "upload":
             # Refuse an announced oversize body before a byte of it is read.
             limit = kohakku_settings.SKILL_PACKAGE_MAX_BYTES
-            try:
-                length = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
+            length = declared_length(request.META) or 0
             if length > limit + MULTIPART_OVERHEAD_BYTES:
                 raise PayloadTooLarge(f"The package is larger than {limit} bytes.")
         super().initial(request, *args, **kwargs)

@@ -31,7 +31,6 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import threading
 import time
 from collections import defaultdict
@@ -510,15 +509,16 @@ def _busy_floor_seconds() -> float:
     return max(kohakku_settings.PUSH_BACKOFF_BASE_SECONDS, _MIN_BUSY_SECONDS)
 
 
-def _failed_handshake(exc: BaseException) -> bool:
-    """True when a connection failed in its TLS handshake (a certificate or protocol that is
-    wrong until someone fixes it), rather than before reaching the dispatcher."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+class _ConnectionTrace:
+    """Told by the HTTP client what a call did on the network; it knows whether a TCP
+    connection to the dispatcher was ever made (``httpcore``'s ``trace`` extension)."""
+
+    def __init__(self) -> None:
+        self.connected = False
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            self.connected = True
 
 
 def _retry_after_seconds(value: str) -> float | None:
@@ -1016,21 +1016,29 @@ class Scheduler:
             **headers,
             **sign_request(secret, body),
         }
+        trace = _ConnectionTrace()
         try:
             deadline = (
                 push_deadline_seconds() if within is None else min(within, push_deadline_seconds())
             )
             with (
                 call_deadline(deadline),
-                self.http.stream("POST", url, content=body, headers=signed) as response,
+                self.http.stream(
+                    "POST", url, content=body, headers=signed, extensions={"trace": trace}
+                ) as response,
             ):
                 head = _read_head(response)
                 busy = _busy_seconds(response)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            if not _failed_handshake(exc):
+            if not trace.connected:
+                # No TCP connection was made, so no byte of the call left: unreachable.
                 error = f"could not connect to {url}: {type(exc).__name__}: {exc}"[:400]
                 return CallOutcome(error, _busy_floor_seconds(), sent=False, unreachable=True)
-            return CallOutcome(f"TLS with {url} failed: {exc}"[:400])
+            # Connected, then the TLS handshake failed, stalled or was reset: a dispatcher
+            # that is there but misconfigured until someone fixes it.
+            return CallOutcome(
+                f"TLS handshake with {url} failed: {type(exc).__name__}: {exc}"[:400]
+            )
         except httpx.TimeoutException as exc:
             return CallOutcome(f"timed out ({type(exc).__name__}) calling {url}")
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:

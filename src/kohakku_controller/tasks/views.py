@@ -25,7 +25,8 @@ from rest_framework.response import Response
 from ..api import ControllerAPIView, ControllerGenericViewSet
 from ..auth import is_oauth2_token
 from ..conf import kohakku_settings
-from ..exceptions import Conflict, PayloadTooLarge
+from ..exceptions import Conflict, IncompleteBody, PayloadTooLarge
+from ..parsers import declared_length, read_bounded
 from ..schema import PRESIGNED_LOCATION_HEADER, ErrorSerializer
 from ..storage import get_storage, presigned_url, storage_is_remote
 from . import services
@@ -262,13 +263,12 @@ class TaskCallbackView(CallbackTokenView):
         ],
     )
     def post(self, request: Request, guid: str) -> Response:
-        limit = kohakku_settings.CALLBACK_MAX_BODY_BYTES
-        declared = request.META.get("CONTENT_LENGTH") or "0"
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"The callback body is larger than {limit} bytes.")
-        body = request._request.body
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The callback body is larger than {limit} bytes.")
+        body = read_bounded(
+            request._request,
+            kohakku_settings.CALLBACK_MAX_BODY_BYTES,
+            declared=declared_length(request.META),
+            what="The callback body",
+        )
         outcome = services.apply_callback(
             guid,
             body=body,
@@ -328,8 +328,8 @@ class TaskResultUploadView(CallbackTokenView):
                 }
             )
         limit = kohakku_settings.RESULT_MAX_BYTES
-        declared = request.META.get("CONTENT_LENGTH") or "0"
-        if declared.isdigit() and int(declared) > limit:
+        declared = declared_length(request.META)
+        if declared is not None and declared > limit:
             raise PayloadTooLarge(f"The result is larger than {limit} bytes.")
         digest = hashlib.sha256()
         size = 0
@@ -341,6 +341,8 @@ class TaskResultUploadView(CallbackTokenView):
                     raise PayloadTooLarge(f"The result is larger than {limit} bytes.")
                 digest.update(chunk)
                 spool.write(chunk)
+            if declared is not None and size < declared:
+                raise IncompleteBody(size, declared)  # nothing of it is stored
             spool.seek(0)
             stored = services.store_result(task, key, File(spool, name=name))
         return Response(

@@ -143,8 +143,6 @@ class WebhookIngestView(ControllerAPIView):
         meta = self.delivery_meta(request)
         declared = declared_length(django_request.META) or 0
         try:
-            if declared > limit:
-                raise PayloadTooLarge()
             body = read_bounded(django_request, limit, declared=declared)
         except PayloadTooLarge:
             # The log records the declared size, capped at what its column holds.
