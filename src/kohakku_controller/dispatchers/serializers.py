@@ -38,8 +38,9 @@ NAME_MAX_LENGTH = 100
 ENDPOINT_URL_MAX_LENGTH = 500
 MAX_BACKENDS = 32
 CLOUD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# An ASCII host name (IDNA-encoded), or an IPv4 address; a final "." is a rooted name.
-_HOST_NAME_RE = re.compile(rb"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+# An ASCII host name (IDNA-encoded) of labels of 1-63 characters, or an IPv4 address; a
+# final "." is a rooted name.
+_HOST_NAME_RE = re.compile(rb"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
 MIN_HEARTBEAT_INTERVAL = 5
 MAX_HEARTBEAT_INTERVAL = 3600
 MIN_CAPACITY = 1
@@ -101,9 +102,8 @@ def _is_callable_host(url: str, hostname: str, *, bracketed: bool) -> bool:
             return False
         return True
     try:
-        hostname.encode("idna")  # refuses empty labels and labels over 63 characters
         raw_host = httpx.URL(url).raw_host  # refuses bad IPv4 addresses and IDNA 2008 names
-    except (UnicodeError, httpx.InvalidURL):
+    except httpx.InvalidURL:
         return False
     return _HOST_NAME_RE.fullmatch(raw_host) is not None
 
