@@ -37,9 +37,11 @@ demo: venv
 	$(BIN)/python example_project/demo/trigger.py
 
 ## Run the whole suite the way CI does: lint, migrations, tests on embedded and real services,
-## docs and packaging.
+## docs and packaging. The environments run side by side (most of a test run is waiting on
+## subprocesses and sockets); a failing one prints its whole output at the end.
+TOX_PARALLEL ?= all
 test: venv
-	$(BIN)/tox run -e $(TOX_ENVS)
+	$(BIN)/tox run-parallel --parallel $(TOX_PARALLEL) --parallel-no-spinner -e $(TOX_ENVS)
 
 lint: venv
 	$(BIN)/tox run -e lint

@@ -79,13 +79,19 @@ def filesystem_storage(tmp_path: Any, settings: Any) -> Any:
 
 @pytest.fixture
 def redis_cache(settings: Any) -> str:
-    """The cache on the real Redis (REDIS_URL, or db 15 on the local server) for this test."""
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    """The cache on the real Redis for this test: REDIS_URL, or else db 14 on the local server.
+
+    The services run, which sets REDIS_URL (db 15) and may clear it, runs beside the runs on
+    embedded defaults; those use db 14, and every run's keys and pub/sub channels (which span
+    databases) carry its process id, so runs that share the server never see each other's.
+    """
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
     settings.CACHES = {
         **settings.CACHES,
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": url,
+            "KEY_PREFIX": f"kohakku-test-{os.getpid()}",
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
         },
     }
