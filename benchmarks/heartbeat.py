@@ -388,6 +388,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
+        "--worker-class",
+        default="gthread",
+        choices=["gthread", "sync"],
+        help="gunicorn worker class (sync: one request per connection, no threads)",
+    )
+    parser.add_argument(
         "--fleet-seconds", type=float, default=15, help="length of the steady-fleet phase"
     )
     parser.add_argument(
@@ -442,7 +448,7 @@ def main() -> int:
             "example_project.wsgi:application",
             f"--bind=127.0.0.1:{port}",
             f"--workers={args.workers}",
-            "--worker-class=gthread",
+            f"--worker-class={args.worker_class}",
             f"--threads={args.threads}",
             "--keep-alive=30",
             "--backlog=256",
