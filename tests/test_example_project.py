@@ -123,3 +123,16 @@ def test_sqlite_transactions_that_read_then_write_wait_for_each_other():
         thread.join()
     assert errors == []
     assert ClientScopes.objects.count() == 2
+
+
+def test_migrate_on_a_fresh_checkout_creates_the_var_directory(tmp_path):
+    var = tmp_path / "not-yet" / "var"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
+        cwd=ROOT / "example_project",
+        env={"DJANGO_SETTINGS_MODULE": "example_project.settings", "PATH": "/usr/bin",
+             "KOHAKKU_VAR_DIR": str(var)},
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert (var / "db.sqlite3").is_file()

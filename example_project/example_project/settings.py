@@ -50,6 +50,9 @@ def env_number(name: str, kind: type[int] | type[float], default: str) -> Any:
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env("KOHAKKU_VAR_DIR", str(BASE_DIR.parent / "var"))).resolve()
+# The SQLite database, stored packages and static files live here: `manage.py migrate` on a
+# fresh checkout must not fail with "unable to open database file".
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-for-production")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"

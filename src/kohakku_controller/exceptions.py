@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
-from django.db import InterfaceError, OperationalError
+from django.db import IntegrityError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, UnreadablePostError
 from django.urls import URLResolver, get_resolver, get_urlconf
 from django.utils.translation import gettext_lazy as _
@@ -95,6 +95,14 @@ def _translate_django_error(exc: Exception) -> Exception:
         # was committed, and the request may be sent again.
         logger.warning("database unavailable: %s", type(exc).__name__)
         return ServiceUnavailable(_("The database is unavailable; try again shortly."))
+    if isinstance(exc, IntegrityError):
+        # A constraint the request's own checks could not see coming, broken by a change
+        # committed meanwhile (a row it refers to deleted before its commit): the statement
+        # or transaction was rolled back, and the request may be sent again.
+        logger.warning("request conflicted with a concurrent change: %s", exc)
+        return Conflict(
+            _("The request conflicted with a concurrent change and was not completed; retry.")
+        )
     return exc
 
 

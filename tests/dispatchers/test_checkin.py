@@ -107,6 +107,25 @@ def test_name_owned_by_another_application_is_403(dispatcher_client, oauth_clien
     assert Dispatcher.objects.values().get() == before
 
 
+def test_name_of_a_deleted_client_is_403_saying_so_until_an_operator_deletes_it(
+    dispatcher_client, oauth_client, staff_client
+):
+    dispatcher_client.post(CHECKIN_URL, checkin_body(), format="json")
+    dispatcher_client.application.delete()
+    orphan = Dispatcher.objects.values().get()
+    assert orphan["application_id"] is None
+    newcomer = oauth_client("dispatchers", name="newcomer")
+    response = newcomer.post(CHECKIN_URL, checkin_body(), format="json")
+    assert response.status_code == 403
+    assert "no longer exists" in response.json()["detail"]
+    assert Dispatcher.objects.values().get() == orphan
+    deleted = staff_client.delete(f"/api/v1/dispatchers/{orphan['guid']}/")
+    assert deleted.status_code == 204
+    response = newcomer.post(CHECKIN_URL, checkin_body(), format="json")
+    assert response.status_code == 201
+    assert response.json()["dispatcher_guid"] != str(orphan["guid"])
+
+
 def test_rotate_secret_on_checkin_keeps_the_old_one_for_the_grace(dispatcher_client):
     old = dispatcher_client.post(CHECKIN_URL, checkin_body(), format="json").json()
     with override_settings(KOHAKKU_CONTROLLER={"SECRET_ROTATION_GRACE_SECONDS": 600}):

@@ -102,6 +102,43 @@ def test_status_queries_agree_with_status(register):
     )
 
 
+def test_status_queries_hold_with_every_allowed_interval(register, staff_client):
+    # One dispatcher per interval check-in allows (5-3600 s), half of them a microsecond
+    # inside their cut-off and half exactly at it: the queries must neither grow with the
+    # number of distinct intervals (SQLite refuses an expression 1,000 terms deep) nor
+    # disagree with the status each row derives.
+    model = register("template")
+    now = timezone.now()
+    rows = []
+    for interval in range(5, 3601):
+        offline_after = timedelta(seconds=3 * interval)
+        inside = interval % 2 == 0
+        rows.append(
+            Dispatcher(
+                name=f"every-{interval}",
+                slug=f"every-{interval}",
+                endpoint_url=model.endpoint_url,
+                heartbeat_interval_seconds=interval,
+                application_id=model.application_id,
+                signing_secret_encrypted=model.signing_secret_encrypted,
+                last_heartbeat_at=now - offline_after + timedelta(microseconds=1 if inside else 0),
+            )
+        )
+    Dispatcher.objects.bulk_create(rows, batch_size=500)
+    expected_online = {row.name for row in rows if row.status(now) == "online"}
+    assert len(expected_online) == len(rows) // 2
+    online = set(Dispatcher.objects.online(now).values_list("name", flat=True))
+    assert online - {"template"} == expected_online
+    offline = set(Dispatcher.objects.with_status("offline", now).values_list("name", flat=True))
+    assert offline == {row.name for row in rows} - expected_online
+    assert len(services.mark_lost_dispatchers(now)) == len(offline)
+    # The API filters at its own clock: beat the online half again, now.
+    Dispatcher.objects.filter(name__in=expected_online).update(last_heartbeat_at=timezone.now())
+    listed = staff_client.get("/api/v1/dispatchers/", {"status": "online", "page_size": 1})
+    assert listed.status_code == 200, listed.content
+    assert int(listed["X-Total-Count"]) == len(expected_online) + 1
+
+
 def test_queries_on_an_empty_registry():
     assert list(Dispatcher.objects.online()) == []
     assert list(Dispatcher.objects.not_online()) == []

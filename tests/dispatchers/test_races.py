@@ -173,3 +173,26 @@ def test_heartbeats_racing_a_rotation_all_land(dispatcher_client, register):
     assert valid_signing_secrets(dispatcher) == [results[0], *before]
     assert dispatcher.reported_free_capacity == 3
     assert dispatcher.status() == "online"
+
+
+def test_a_client_deleted_while_its_dispatcher_registers_is_a_409_not_a_500(
+    dispatcher_client, monkeypatch
+):
+    # The new row's reference to the client is checked when the check-in commits; a client
+    # deleted (committed) in between makes that commit fail. Nothing is written either way.
+    application = dispatcher_client.application
+    create = services._create
+
+    def while_the_client_is_deleted(*args: Any, **kwargs: Any) -> Any:
+        created = create(*args, **kwargs)
+        (deleted,) = run_together(
+            1, lambda _: type(application).objects.filter(pk=application.pk).delete()
+        )
+        assert not isinstance(deleted, Exception), deleted
+        return created
+
+    monkeypatch.setattr(services, "_create", while_the_client_is_deleted)
+    response = dispatcher_client.post(CHECKIN_URL, checkin_body(), format="json")
+    assert response.status_code == 409, response.content
+    assert "concurrent" in response.json()["detail"]
+    assert not Dispatcher.objects.exists()

@@ -105,6 +105,7 @@ class StubDispatcher:
                     "raw": raw,
                     "body": json.loads(raw or b"{}"),
                     "client": self.client_address,
+                    "received_at": time.monotonic(),
                 }
                 with stub.lock:
                     if self.path.endswith("/cancel/"):

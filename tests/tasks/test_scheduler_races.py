@@ -143,6 +143,59 @@ def test_a_dispatcher_deleted_during_a_claim_does_not_break_the_claim(
     assert task.status == "queued"
 
 
+def test_no_push_reaches_a_dispatcher_after_its_forced_delete_returned(
+    skill_version, make_dispatcher, stub_dispatcher
+):
+    # A pass pushes five tasks one at a time to a dispatcher that answers in 50 ms, while an
+    # operator deletes it with force=true, retrying while the answer is 409 (pushes in
+    # flight). After the 204 no push may arrive: each task is requeued at most once, after
+    # its push was recorded, and goes elsewhere only then.
+    from kohakku_controller.exceptions import Conflict
+
+    def slowly(stub: Any, handler: Any) -> None:
+        time.sleep(0.05)
+        handler.send_response(200)
+        handler.send_header("Content-Length", "2")
+        handler.end_headers()
+        handler.wfile.write(b"{}")
+
+    late, refusals = [], 0
+    for round_ in range(10):
+        stub = stub_dispatcher(respond=slowly)
+        doomed = make_dispatcher(f"doomed-{round_}", endpoint_url=stub.url, capacity=5)
+        for number in range(5):
+            create_task(skill="code-review", input={"n": number})
+        deleted_at: list[float] = []
+
+        def run_pass() -> None:
+            with Scheduler(name="pusher", push_concurrency=1) as sched:
+                sched.run_pass()
+
+        def delete(
+            pk: int = doomed.pk, deleted_at: list[float] = deleted_at, delay: float = 0.02 * round_
+        ) -> None:
+            nonlocal refusals
+            time.sleep(0.02 + delay)
+            while True:
+                try:
+                    dispatcher_services.delete_dispatcher(Dispatcher.objects.get(pk=pk), force=True)
+                    deleted_at.append(time.monotonic())
+                    return
+                except Conflict:
+                    refusals += 1
+                    time.sleep(0.01)
+
+        results = run_all([run_pass, delete])
+        assert not [r for r in results if isinstance(r, Exception)], results
+        late += [push for push in stub.pushes if push["received_at"] > deleted_at[0]]
+        pushed = {push["body"]["task_guid"] for push in stub.pushes}
+        assert len(pushed) == len(stub.pushes)  # none pushed twice to it
+        assert Task.objects.filter(status="queued").count() == 5
+        Task.objects.all().delete()
+    assert late == []
+    assert refusals > 0  # the deletions did meet pushes in flight
+
+
 def heartbeat_without_waiting(dispatcher: Dispatcher) -> Callable[[], Any]:
     """A heartbeat of ``dispatcher`` that gives up at once if its row is locked."""
 

@@ -26,43 +26,45 @@ class DispatcherStatus(models.TextChoices):
 class DispatcherQuerySet(models.QuerySet):
     """Liveness and matching filters. ``status`` is derived, so it is a query, not a column."""
 
-    def _liveness_condition(self, now: datetime | None, *, alive: bool) -> models.Q:
+    def _with_liveness(self, now: datetime | None, *, alive: bool) -> DispatcherQuerySet:
         """Rows whose last heartbeat is (``alive``) or is not younger than their cut-off.
 
-        Each row has its own interval, and integer x duration arithmetic is not portable
-        across databases, so the cut-off is spelled out per distinct interval (a handful of
-        values in practice: one extra, cheap query).
+        Each row has its own interval, so the cut-off is computed per row in the database:
+        ``last_heartbeat_at + heartbeat_interval_seconds x MISSED_HEARTBEATS`` against
+        ``now``, one term whatever the number of distinct intervals (an ``OR`` per interval
+        grew past SQLite's expression-depth limit at 1,000 of them).
         """
         now = now or timezone.now()
         missed = kohakku_settings.MISSED_HEARTBEATS
-        intervals = (
-            self.model.objects.using(self.db)
-            .order_by()
-            .values_list("heartbeat_interval_seconds", flat=True)
-            .distinct()
+        # integer x duration, spelled as a function: Django's own expression for it is not
+        # supported on SQLite, where a duration is an integer of microseconds anyway.
+        offline_after = models.Func(
+            models.F("heartbeat_interval_seconds"),
+            models.Value(timedelta(seconds=missed)),
+            template="(%(expressions)s)",
+            arg_joiner=" * ",
+            output_field=models.DurationField(),
         )
-        condition = models.Q(pk__in=[])
-        for interval in intervals:
-            cutoff = now - timedelta(seconds=interval * missed)
-            if alive:
-                beat = models.Q(last_heartbeat_at__gt=cutoff)
-            else:
-                beat = models.Q(last_heartbeat_at__isnull=True) | models.Q(
-                    last_heartbeat_at__lte=cutoff
-                )
-            condition |= models.Q(heartbeat_interval_seconds=interval) & beat
-        return condition
+        offline_at = models.ExpressionWrapper(
+            models.F("last_heartbeat_at") + offline_after, output_field=models.DateTimeField()
+        )
+        queryset = self.alias(_offline_at=offline_at)
+        if alive:
+            return queryset.filter(_offline_at__gt=now)
+        return queryset.filter(
+            models.Q(last_heartbeat_at__isnull=True) | models.Q(_offline_at__lte=now)
+        )
 
     def online(self, now: datetime | None = None) -> DispatcherQuerySet:
         """Dispatchers whose last heartbeat is younger than interval x MISSED_HEARTBEATS.
 
         Liveness only: disabled and draining dispatchers are included if they beat.
         """
-        return self.filter(self._liveness_condition(now, alive=True))
+        return self._with_liveness(now, alive=True)
 
     def not_online(self, now: datetime | None = None) -> DispatcherQuerySet:
         """The complement of :meth:`online`: no heartbeat yet, or too long ago."""
-        return self.filter(self._liveness_condition(now, alive=False))
+        return self._with_liveness(now, alive=False)
 
     def accepting_work(self, now: datetime | None = None) -> DispatcherQuerySet:
         """Online, enabled and not draining."""

@@ -186,6 +186,13 @@ def _update_on_checkin(
     dispatcher: Dispatcher, application: Any, values: dict[str, Any], rotate: bool, now: datetime
 ) -> CheckinResult:
     owner = _application_pk(application)
+    if dispatcher.application_id is None:
+        # Its client was deleted. Taking the name over would hand the newcomer its guid and
+        # tasks, so that stays an operator's decision: deleting it frees the name.
+        raise PermissionDenied(
+            f"The dispatcher name {dispatcher.name!r} is registered by a client that no longer "
+            "exists; an operator can delete the dispatcher to free the name."
+        )
     if dispatcher.application_id != owner:
         raise PermissionDenied(
             f"The dispatcher name {dispatcher.name!r} is registered by another client."
@@ -330,7 +337,12 @@ def set_dispatcher_controls(
     capacity: int | None = None,
     if_unchanged: Mapping[str, Any] | None = None,
 ) -> Dispatcher:
-    """Apply an operator's switches (``None`` leaves one as it is); updates in place.
+    """Apply an operator's switches (``None`` leaves one as it is); returns the dispatcher
+    as read after the change.
+
+    The answer is read again after the update, so it shows this change with whatever
+    another request changed just before (its other switches, a check-in's fields), not the
+    row as the caller first read it.
 
     With ``if_unchanged`` (field values as the caller read them), only while the dispatcher
     still has those values: ``Conflict`` otherwise. ``NotFound`` when it was deleted.
@@ -346,8 +358,11 @@ def set_dispatcher_controls(
             if if_unchanged and Dispatcher.objects.filter(pk=dispatcher.pk).exists():
                 raise Conflict("The dispatcher's controls were changed since they were read.")
             raise NotFound("No such dispatcher.")
-        for field, value in changes.items():
-            setattr(dispatcher, field, value)
+        dispatcher = (
+            Dispatcher.objects.select_related("application").filter(pk=dispatcher.pk).first()
+        )
+        if dispatcher is None:  # deleted right after the change
+            raise NotFound("No such dispatcher.")
         logger.info(
             "dispatcher %s (%s) controls changed: %s",
             dispatcher.name,

@@ -132,16 +132,13 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
     @extend_schema(
         summary="Change an operator switch: enabled, draining or capacity",
         request=DispatcherControlsSerializer,
-        responses={
-            200: DispatcherSerializer,
-            409: OpenApiResponse(ErrorSerializer, description="Changed concurrently; retry."),
-        },
+        responses={200: DispatcherSerializer},
     )
     def partial_update(self, request: Request, guid: str | None = None) -> Response:
         dispatcher = self.get_object()
         serializer = DispatcherControlsSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.set_dispatcher_controls(dispatcher, **serializer.validated_data)
+        dispatcher = services.set_dispatcher_controls(dispatcher, **serializer.validated_data)
         return Response(self.get_response_serializer(dispatcher).data)
 
     @extend_schema(
@@ -158,7 +155,9 @@ class DispatcherViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Contro
             204: OpenApiResponse(description="Deleted."),
             400: OpenApiResponse(ErrorSerializer, description="?force= is not a boolean."),
             409: OpenApiResponse(
-                ErrorSerializer, description="It has unfinished tasks and force is not set."
+                ErrorSerializer,
+                description="It has unfinished tasks and force is not set; or, with force, a "
+                "scheduler is pushing a task to it (retry after Retry-After seconds).",
             ),
         },
     )

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -940,13 +941,37 @@ def _apply_final(task: Task, data: dict[str, Any], now: datetime) -> CallbackOut
 
 
 def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = False, **kwargs):
-    """Receiver of ``dispatcher_deleting``: count (and with ``force``, requeue) its tasks."""
+    """Receiver of ``dispatcher_deleting``: count (and with ``force``, requeue) its tasks.
+
+    A forced deletion is refused (``Conflict`` with ``Retry-After``) while a scheduler is
+    pushing a task to the dispatcher: a claim under its lease whose push is not recorded.
+    Requeued then, the task would go to another dispatcher while the push to this one may
+    still be sent, and run twice. The dispatcher's row is locked here and a claim locks it
+    too, so no claim can start meanwhile; a push ends before its lease does.
+    """
     tasks = list(
         Task.objects.select_related("dispatcher").filter(
             dispatcher=dispatcher, status__in=list(ACTIVE_STATUSES)
         )
     )
     if force:
+        now = timezone.now()
+        leases = [
+            task.lease_expires_at
+            for task in tasks
+            if task.status == TaskStatus.DISPATCHED
+            and task.pushed_at is None
+            and task.lease_expires_at is not None
+            and task.lease_expires_at >= now
+        ]
+        if leases:
+            refusal = Conflict(
+                f"A scheduler is pushing {len(leases)} task{'s' if len(leases) != 1 else ''} "
+                f"to dispatcher {dispatcher.name!r}; retry once the push is recorded. Set "
+                "draining first so that it gets no more."
+            )
+            refusal.wait = math.ceil((max(leases) - now).total_seconds()) or 1
+            raise refusal
         for task in tasks:
             release_task(task, kind="requeued", reason=f"dispatcher {dispatcher.name} was deleted")
     return len(tasks)
