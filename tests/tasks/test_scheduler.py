@@ -757,11 +757,82 @@ def test_deleted_dispatcher_tasks_are_requeued_by_the_pass(
 ):
     dispatcher = make_dispatcher()
     task = create_task(skill="code-review")
-    scheduler.claim_and_assign(timezone.now())
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    scheduler.record_pushed(claims)
     dispatcher.delete()
     scheduler.release_tasks_of_lost_dispatchers(timezone.now())
     task.refresh_from_db()
     assert task.status == "queued"
+
+
+def test_a_lost_dispatcher_keeps_a_push_in_flight_until_it_is_recorded(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, settings
+):
+    # Another scheduler's pass finds the dispatcher lost while this one is pushing to it:
+    # requeued then, the task could be pushed elsewhere too. It is taken back only once
+    # the push is recorded.
+    settings.KOHAKKU_CONTROLLER = {
+        **settings.KOHAKKU_CONTROLLER,
+        "LOST_DISPATCHER_GRACE_SECONDS": 0,
+    }
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review")
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    with Scheduler(name="other") as other:
+        assert other.release_tasks_of_lost_dispatchers(timezone.now()) == 0
+        assert Task.objects.get(pk=task.pk).status == "dispatched"
+        assert scheduler.push_claims(claims) == (1, 0)
+        assert other.release_tasks_of_lost_dispatchers(timezone.now()) == 1
+    assert Task.objects.get(pk=task.pk).status == "queued"
+    assert len(stub.pushes) == 1
+
+
+def test_a_change_committed_between_claim_and_push_applies_to_the_push(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler
+):
+    # A check-in moved the dispatcher and rotated its secret after the claim: the push goes
+    # to where it is now, signed with the secret it now has.
+    old, new = stub_dispatcher(), stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=old.url)
+    create_task(skill="code-review")
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(endpoint_url=new.url)
+    secret = dispatcher_services.rotate_signing_secret(
+        Dispatcher.objects.get(pk=dispatcher.pk), grace_seconds=0
+    )
+    assert scheduler.push_claims(claims) == (1, 0)
+    assert (len(old.pushes), len(new.pushes)) == (0, 1)
+    [push] = new.pushes
+    verify_signature(
+        [secret],
+        push["raw"],
+        push["headers"]["X-Kohakku-Timestamp"],
+        push["headers"]["X-Kohakku-Signature"],
+    )
+
+
+@pytest.mark.parametrize("change", ["backends", "deleted"])
+def test_a_claim_its_dispatcher_no_longer_fits_goes_back_with_its_attempt(
+    skill_version, make_dispatcher, stub_dispatcher, scheduler, change
+):
+    stub = stub_dispatcher()
+    dispatcher = make_dispatcher(endpoint_url=stub.url)
+    task = create_task(skill="code-review", max_attempts=1)
+    claims, _ = scheduler.claim_and_assign(timezone.now())
+    rows = Dispatcher.objects.filter(pk=dispatcher.pk)
+    if change == "backends":
+        rows.update(backends=["k8s"])  # a check-in that no longer offers "local"
+    else:
+        rows.delete()
+    assert scheduler.push_claims(claims) == (0, 0)
+    assert stub.pushes == []
+    task.refresh_from_db()
+    assert (task.status, task.attempt) == ("queued", 0)
+    assert kinds(task)[-1] == "push_deferred"
 
 
 def test_management_command_once(skill_version, make_dispatcher, stub_dispatcher, capsys):

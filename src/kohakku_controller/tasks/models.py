@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -95,6 +96,13 @@ class TaskQuerySet(models.QuerySet):
         return self.filter(
             status=TaskStatus.DISPATCHED, pushed_at__isnull=True, lease_expires_at__lt=now
         ).order_by("lease_expires_at")
+
+    def without_pushes_in_flight(self, now):
+        """All but the claims a live scheduler may still be pushing (see
+        :meth:`Task.push_in_flight`)."""
+        return self.exclude(
+            status=TaskStatus.DISPATCHED, pushed_at__isnull=True, lease_expires_at__gte=now
+        )
 
     def cancel_requested(self):
         """Active tasks an operator asked to cancel."""
@@ -247,6 +255,17 @@ class Task(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    def push_in_flight(self, now: datetime) -> bool:
+        """A claim whose push is not recorded and whose lease has not run out: its scheduler
+        may be sending it right now. Taken back and given to another dispatcher, it could
+        run twice; only its scheduler, or the lease's end, decides what becomes of it."""
+        return (
+            self.status == TaskStatus.DISPATCHED
+            and self.pushed_at is None
+            and self.lease_expires_at is not None
+            and self.lease_expires_at >= now
+        )
 
     @property
     def result_prefix(self) -> str:

@@ -445,6 +445,24 @@ _NOT_NEEDED_TO_MATCH = ("reported_task_guids", "metadata")
 _MATCHING_FIELDS = ("pk", "backends", "labels", "capacity", "busy_until")
 
 
+def _as_they_are_now(claims: list[Claim]) -> dict[int, Dispatcher]:
+    """The claims' dispatchers read again just before the pushes: a check-in that committed
+    since the claim (a new ``endpoint_url``, a rotated secret, other backends) applies to
+    them."""
+    pks = sorted({claim.dispatcher.pk for claim in claims})
+    return {d.pk: d for d in Dispatcher.objects.defer(*_NOT_NEEDED_TO_MATCH).filter(pk__in=pks)}
+
+
+def _unfit_to_push(claim: Claim, dispatcher: Dispatcher | None) -> str | None:
+    """Why the claim's push must not be sent now (it goes back to the queue, its attempt
+    given back), or ``None``."""
+    if dispatcher is None:
+        return "its dispatcher was deleted before the push"
+    if not _can_take(dispatcher, claim.task):
+        return f"a check-in changed the backends or labels of {dispatcher.name} before the push"
+    return None
+
+
 def push_deadline_seconds() -> float:
     """How long one call to a dispatcher may take in all, answer included (name resolution
     aside): ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS``
@@ -625,8 +643,13 @@ class Scheduler:
             condition |= Q(dispatcher__isnull=True)
         if not gone and None not in holder_ids:
             return 0
-        tasks = Task.objects.select_related("dispatcher").filter(
-            condition, status__in=list(ACTIVE_STATUSES)
+        # A claim still being pushed is left to its scheduler: requeued now, it could go to
+        # another dispatcher while the push to this one is sent. It is taken back once its
+        # push is recorded (the next pass), or by the lease sweep if it never is.
+        tasks = (
+            Task.objects.select_related("dispatcher")
+            .filter(condition, status__in=list(ACTIVE_STATUSES))
+            .without_pushes_in_flight(now)
         )
         released = 0
         for dispatcher_id, group in _by_dispatcher(tasks[: self.batch_size * 10]).items():
@@ -1065,8 +1088,14 @@ class Scheduler:
         # pass's clock); here on the monotonic clock, as seen now.
         lease = timedelta(seconds=kohakku_settings.SCHEDULER_LEASE_SECONDS)
         wall, monotonic = timezone.now(), time.monotonic()
-        jobs = []
+        dispatchers = _as_they_are_now(claims)
+        jobs: list[tuple[Claim, Any]] = []
         for claim in claims:
+            dispatcher = dispatchers.get(claim.dispatcher.pk)
+            unfit = _unfit_to_push(claim, dispatcher)
+            if unfit is not None:
+                jobs.append((claim, CallOutcome(unfit, sent=False)))
+                continue
             try:
                 body = json.dumps(build_push_body(claim.task, claim.callback_token)).encode()
             except Exception as exc:  # e.g. storage cannot presign: counts as a failed push
@@ -1075,7 +1104,7 @@ class Scheduler:
                 continue
             headers = {"Idempotency-Key": f"{claim.task.guid}:{claim.task.attempt}"}
             lease_ends = monotonic + (claim.claimed_at + lease - wall).total_seconds()
-            future = self.pool.submit(self._push, claim.dispatcher, body, headers, lease_ends)
+            future = self.pool.submit(self._push, dispatcher, body, headers, lease_ends)
             jobs.append((claim, future))
         outcomes = [
             (claim, pending if isinstance(pending, CallOutcome) else pending.result())

@@ -956,14 +956,7 @@ def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = Fal
     )
     if force:
         now = timezone.now()
-        leases = [
-            task.lease_expires_at
-            for task in tasks
-            if task.status == TaskStatus.DISPATCHED
-            and task.pushed_at is None
-            and task.lease_expires_at is not None
-            and task.lease_expires_at >= now
-        ]
+        leases = [task.lease_expires_at for task in tasks if task.push_in_flight(now)]
         if leases:
             refusal = Conflict(
                 f"A scheduler is pushing {len(leases)} task{'s' if len(leases) != 1 else ''} "
