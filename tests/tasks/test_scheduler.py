@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -573,13 +574,11 @@ def test_tasks_a_dispatcher_no_longer_reports_are_requeued(
     scheduler.claim_and_assign(timezone.now())
     started = timezone.now() - timedelta(seconds=120)
     Task.objects.filter(pk__in=[kept.pk, dropped.pk]).update(status="running", started_at=started)
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(
-        last_heartbeat_at=timezone.now(), reported_task_guids=[str(kept.guid)]
-    )
+    beat(dispatcher, timezone.now(), [kept])
     # The first heartbeat seen without it starts the grace; it does not end it.
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
     later = timezone.now() + timedelta(seconds=61)
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(last_heartbeat_at=later)
+    beat(dispatcher, later)  # the list left out: unchanged
     released = scheduler.release_tasks_not_reported(later)
     assert released == 1
     assert Task.objects.get(pk=kept.pk).status == "running"
@@ -592,9 +591,20 @@ def test_recently_started_tasks_are_not_reconciled(skill_version, make_dispatche
     dispatcher = make_dispatcher()
     task = create_task(skill="code-review")
     scheduler.claim_and_assign(timezone.now())
+    heard = timezone.now()  # a heartbeat sent before the task started, not listing it
     Task.objects.filter(pk=task.pk).update(status="running", started_at=timezone.now())
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(reported_task_guids=[])
+    beat(dispatcher, heard, [])
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
+    assert Task.objects.get(pk=task.pk).unreported_since is None
+
+
+def beat(dispatcher, at, running=None):
+    """What a heartbeat at ``at`` stores: listing ``running`` tasks, or (``None``) leaving
+    the list out."""
+    changes = {"last_heartbeat_at": at, "tasks_reported_at": at}
+    if running is not None:
+        changes["reported_task_guids"] = [str(task.guid) for task in running]
+    Dispatcher.objects.filter(pk=dispatcher.pk).update(**changes)
 
 
 class HeartbeatClock:
@@ -911,9 +921,7 @@ def test_reported_tasks_are_compared_in_constant_queries_however_many_dispatcher
         dispatcher = make_dispatcher(f"d{index}")
         task, _token = dispatch(create_task(skill="code-review"), dispatcher)
         Task.objects.filter(pk=task.pk).update(status="running", started_at=timezone.now())
-        Dispatcher.objects.filter(pk=dispatcher.pk).update(
-            reported_task_guids=[str(task.guid)], last_heartbeat_at=timezone.now()
-        )
+        beat(dispatcher, timezone.now(), [task])
     # One read of tasks, the liveness of their dispatchers a condition of it.
     with django_assert_num_queries(1):
         assert scheduler.release_tasks_not_reported(timezone.now()) == 0
@@ -937,6 +945,45 @@ def test_timeout_sweep_takes_the_most_overdue_tasks_first(skill_version, make_di
     assert Task.objects.filter(dispatcher=dispatcher, status="timed_out").count() == 10
 
 
+def test_a_check_in_does_not_restate_the_task_list(
+    skill_version, make_dispatcher, dispatch, scheduler, monkeypatch
+):
+    # A heartbeat whose list was made just before the dispatcher accepted a push leaves the
+    # task out. A check-in past the grace carries no list: it must not count as a second
+    # report without the task (it used to, since it stamps the last heartbeat). A heartbeat
+    # that leaves the list out says it is unchanged, and does.
+    from oauth2_provider.models import get_application_model
+
+    application = get_application_model().objects.create(
+        name="fleet", client_type="confidential", authorization_grant_type="client-credentials"
+    )
+    dispatcher = make_dispatcher("d1", application=application)
+    task, _token = dispatch(create_task(skill="code-review"), dispatcher)
+    accepted = timezone.now()
+    Task.objects.filter(pk=task.pk).update(pushed_at=accepted)
+
+    def at(second: int, send: Any, **data: Any) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                dispatcher_services.timezone, "now", lambda: accepted + timedelta(seconds=second)
+            )
+            send(application=application, **data)
+
+    at(1, dispatcher_services.record_heartbeat, guid=dispatcher.guid, running_task_guids=[])
+    assert scheduler.release_tasks_not_reported(accepted + timedelta(seconds=2)) == 0
+    assert Task.objects.get(pk=task.pk).unreported_since is not None  # the grace starts
+    at(
+        70,
+        dispatcher_services.checkin,
+        data={"name": "d1", "endpoint_url": dispatcher.endpoint_url},
+    )
+    assert scheduler.release_tasks_not_reported(accepted + timedelta(seconds=71)) == 0
+    assert Task.objects.get(pk=task.pk).status == "dispatched"
+    at(72, dispatcher_services.record_heartbeat, guid=dispatcher.guid)
+    assert scheduler.release_tasks_not_reported(accepted + timedelta(seconds=73)) == 1
+    assert Task.objects.get(pk=task.pk).status == "queued"
+
+
 def test_an_accepted_task_its_dispatcher_stopped_listing_is_requeued(
     skill_version, make_dispatcher, scheduler
 ):
@@ -948,12 +995,10 @@ def test_an_accepted_task_its_dispatcher_stopped_listing_is_requeued(
     accepted = timezone.now() - timedelta(seconds=120)
     Task.objects.filter(pk__in=[lost.pk, listed.pk]).update(pushed_at=accepted)
     Task.objects.filter(pk=unconfirmed.pk).update(pushed_at=None)  # the lease's to decide
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(
-        last_heartbeat_at=timezone.now(), reported_task_guids=[str(listed.guid)]
-    )
+    beat(dispatcher, timezone.now(), [listed])
     assert scheduler.release_tasks_not_reported(timezone.now()) == 0
     later = timezone.now() + timedelta(seconds=61)
-    Dispatcher.objects.filter(pk=dispatcher.pk).update(last_heartbeat_at=later)
+    beat(dispatcher, later)  # the list left out: unchanged
 
     assert scheduler.release_tasks_not_reported(later) == 1
 

@@ -300,8 +300,9 @@ def unreported_running_task(
     dispatcher = make_dispatcher(capacity=4)
     (task,) = running_tasks(scheduler, 1, started=timedelta(minutes=5))
     Task.objects.filter(pk=task.pk).update(unreported_since=timezone.now() - timedelta(minutes=1))
+    now = timezone.now()
     Dispatcher.objects.filter(pk=dispatcher.pk).update(
-        last_heartbeat_at=timezone.now(), reported_task_guids=[]
+        last_heartbeat_at=now, tasks_reported_at=now, reported_task_guids=[]
     )
     return dispatcher, task
 

@@ -145,6 +145,9 @@ class Dispatcher(models.Model):
     # the list leaves it as it was).
     reported_free_capacity = models.IntegerField(null=True, blank=True, editable=False)
     reported_task_guids = models.JSONField(default=list, blank=True, editable=False)
+    # When a heartbeat last reported those tasks, or (leaving the list out) said they had not
+    # changed: the time the list is as of. A check-in carries no list and leaves it as it is.
+    tasks_reported_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Set when the dispatcher refused a push for lack of room (429, or 503 with Retry-After):
     # the scheduler sends it no task before this time.
     busy_until = models.DateTimeField(null=True, blank=True, editable=False)

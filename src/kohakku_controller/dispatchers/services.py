@@ -240,8 +240,10 @@ def record_heartbeat(
         guid = uuid.UUID(str(guid))
     except ValueError:
         raise NotFound("No such dispatcher.") from None
+    now = timezone.now()
     changes: dict[str, Any] = {
-        "last_heartbeat_at": timezone.now(),
+        "last_heartbeat_at": now,
+        "tasks_reported_at": now,
         "lost_at": None,
         "reported_free_capacity": free_capacity,
     }

@@ -685,7 +685,9 @@ class Scheduler:
         A dispatcher holds a task from the moment it accepts the push (``dispatched`` with
         ``pushed_at``) until it ends it; a dispatcher that restarted in between has lost it
         and would never report on it. A heartbeat keeps only the latest list
-        (``reported_task_guids``) and its time, so each pass compares it with the tasks the
+        (``reported_task_guids``) and its time (``tasks_reported_at``: the last heartbeat,
+        which restates the list when it leaves it out; a check-in carries no list and does
+        not count), so each pass compares it with the tasks the
         dispatcher holds: a task missing from a heartbeat that came after the dispatcher
         accepted it (after it started, for a ``running`` task) is stamped
         ``unreported_since`` (that heartbeat's time), a task listed again loses the stamp,
@@ -703,7 +705,7 @@ class Scheduler:
         # heartbeat said; writes only for tasks that drop out, return or run out of grace.
         rows = running.filter(
             dispatcher__in=Dispatcher.objects.online(now),
-            dispatcher__last_heartbeat_at__isnull=False,
+            dispatcher__tasks_reported_at__isnull=False,
         ).values_list(
             "pk",
             "guid",
@@ -712,7 +714,8 @@ class Scheduler:
             Coalesce("started_at", "pushed_at"),
             "unreported_since",
             "dispatcher_id",
-            "dispatcher__last_heartbeat_at",
+            # The time of the list, not of the last check-in, which carries none.
+            "dispatcher__tasks_reported_at",
             "dispatcher__reported_task_guids",
         )
         listed_again: list[int] = []
@@ -740,7 +743,7 @@ class Scheduler:
         for beat, pks in dropped.items():
             # Only while that heartbeat is the latest: a newer one may list the task again.
             running.filter(
-                pk__in=pks, unreported_since__isnull=True, dispatcher__last_heartbeat_at=beat
+                pk__in=pks, unreported_since__isnull=True, dispatcher__tasks_reported_at=beat
             ).update(unreported_since=beat)
         released = 0
         tasks = running.filter(pk__in=missing_long)
@@ -749,9 +752,9 @@ class Scheduler:
                 # Decided again with the dispatcher locked: a heartbeat that came in since
                 # the read above, listing the task again, keeps it (the heartbeat waits).
                 dispatcher = Dispatcher.objects.select_for_update().filter(pk=dispatcher_id).first()
-                if dispatcher is None or dispatcher.last_heartbeat_at is None:
+                if dispatcher is None or dispatcher.tasks_reported_at is None:
                     continue
-                beat = dispatcher.last_heartbeat_at
+                beat = dispatcher.tasks_reported_at
                 reported = {str(g) for g in dispatcher.reported_task_guids or []}
                 reason = (
                     f"dispatcher {dispatcher.name} no longer reports this task "
