@@ -18,6 +18,7 @@ KOHAKKU_VAR_DIR, KOHAKKU_PUBLIC_BASE_URL, PORT and DJANGO_LOG_LEVEL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env("KOHAKKU_VAR_DIR", str(BASE_DIR.parent / "var"))).resolve()
 # The SQLite database, stored packages and static files live here: `manage.py migrate` on a
 # fresh checkout must not fail with "unable to open database file".
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# A read-only image that keeps nothing here may not be able to: then nothing needs it.
+with contextlib.suppress(OSError):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-for-production")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"

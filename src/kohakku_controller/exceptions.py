@@ -99,7 +99,9 @@ def _translate_django_error(exc: Exception) -> Exception:
         # A constraint the request's own checks could not see coming, broken by a change
         # committed meanwhile (a row it refers to deleted before its commit): the statement
         # or transaction was rolled back, and the request may be sent again.
-        logger.warning("request conflicted with a concurrent change: %s", exc)
+        # Logged with its traceback: a constraint broken without a concurrent change would be
+        # a bug, and must not pass for a retryable conflict unnoticed.
+        logger.error("request conflicted with a concurrent change: %s", exc, exc_info=exc)
         return Conflict(
             _("The request conflicted with a concurrent change and was not completed; retry.")
         )

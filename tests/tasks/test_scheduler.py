@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.signing import verify_signature
 from kohakku_controller.storage import storage_is_remote
 from kohakku_controller.tasks.models import Task, TaskEvent
-from kohakku_controller.tasks.scheduler import PassReport, Scheduler
+from kohakku_controller.tasks.scheduler import PassReport, Scheduler, push_deadline_seconds
 from kohakku_controller.tasks.services import cancel_task, create_task
 
 from .conftest import callback
@@ -741,7 +742,9 @@ def test_a_forced_delete_waits_for_the_pushes_in_flight(
     refused = staff_client.delete(url, QUERY_STRING="force=true")
     assert refused.status_code == 409
     assert "pushing 2 tasks" in refused.json()["detail"]
-    assert 1 <= int(refused["Retry-After"]) <= kohakku_settings.SCHEDULER_LEASE_SECONDS
+    # Within the push deadline (3 s here), not the rest of the lease.
+    assert 1 <= int(refused["Retry-After"]) <= math.ceil(push_deadline_seconds())
+    assert push_deadline_seconds() < kohakku_settings.SCHEDULER_LEASE_SECONDS
     assert Dispatcher.objects.filter(pk=dispatcher.pk).exists()
     assert Task.objects.filter(status="dispatched", dispatcher=dispatcher).count() == 2
     assert scheduler.push_claims(claims) == (2, 0)

@@ -342,9 +342,9 @@ def set_dispatcher_controls(
     """Apply an operator's switches (``None`` leaves one as it is); returns the dispatcher
     as read after the change.
 
-    The answer is read again after the update, so it shows this change with whatever
-    another request changed just before (its other switches, a check-in's fields), not the
-    row as the caller first read it.
+    The answer is read again right after the update, so it shows this change with whatever
+    another request changed at about the same time (its other switches, a check-in's
+    fields), not the row as the caller first read it. The argument is not changed.
 
     With ``if_unchanged`` (field values as the caller read them), only while the dispatcher
     still has those values: ``Conflict`` otherwise. ``NotFound`` when it was deleted.

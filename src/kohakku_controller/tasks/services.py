@@ -963,7 +963,11 @@ def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = Fal
                 f"to dispatcher {dispatcher.name!r}; retry once the push is recorded. Set "
                 "draining first so that it gets no more."
             )
-            refusal.wait = math.ceil((max(leases) - now).total_seconds()) or 1
+            from .scheduler import push_deadline_seconds  # the scheduler imports this module
+
+            # A push ends within its deadline (milliseconds, usually), well before the lease.
+            left = min((max(leases) - now).total_seconds(), push_deadline_seconds())
+            refusal.wait = max(1, math.ceil(left))
             raise refusal
         for task in tasks:
             release_task(task, kind="requeued", reason=f"dispatcher {dispatcher.name} was deleted")
