@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+
+from ..migrating import latest, migrate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -15,15 +15,8 @@ BEFORE = [("kohakku_controller", "0014_count_task_claims")]
 AFTER = [("kohakku_controller", "0015_dispatcher_tasks_reported_at")]
 
 
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 def test_the_task_list_is_dated_from_the_last_heartbeat():
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("kohakku_controller")
+    newest = latest()
     try:
         old = migrate(BEFORE).get_model("kohakku_controller", "Dispatcher")
         beat = timezone.now() - timedelta(seconds=30)
@@ -36,4 +29,4 @@ def test_the_task_list_is_dated_from_the_last_heartbeat():
         # The sweep compared the list with the last heartbeat until now: no grace changes.
         assert dated == {beating.pk: beat, silent.pk: None}
     finally:
-        migrate(latest)
+        migrate(newest)

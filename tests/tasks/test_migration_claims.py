@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
+
+from ..migrating import latest, migrate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -12,20 +12,13 @@ BEFORE = [("kohakku_controller", "0012_list_indexes")]
 AFTER = [("kohakku_controller", "0014_count_task_claims")]
 
 
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
-
-
 @pytest.fixture
 def old_apps():
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("kohakku_controller")
+    newest = latest()
     try:
         yield migrate(BEFORE)
     finally:
-        migrate(latest)
+        migrate(newest)
 
 
 def make_task(apps, version, status, attempt):
