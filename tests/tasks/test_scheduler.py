@@ -17,8 +17,9 @@ from kohakku_controller.dispatchers import services as dispatcher_services
 from kohakku_controller.dispatchers.models import Dispatcher
 from kohakku_controller.signing import verify_signature
 from kohakku_controller.storage import storage_is_remote
+from kohakku_controller.tasks.deadlines import push_deadline_seconds
 from kohakku_controller.tasks.models import Task, TaskEvent
-from kohakku_controller.tasks.scheduler import PassReport, Scheduler, push_deadline_seconds
+from kohakku_controller.tasks.scheduler import PassReport, Scheduler
 from kohakku_controller.tasks.services import cancel_task, create_task
 
 from .conftest import callback

@@ -24,7 +24,16 @@ from typing import Any
 import httpcore
 import httpx
 
+from ..conf import kohakku_settings
+
 _calls = threading.local()
+
+
+def push_deadline_seconds() -> float:
+    """How long one call to a dispatcher may take in all, answer included (name resolution
+    aside): ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS``
+    must exceed (system check E008)."""
+    return kohakku_settings.PUSH_CONNECT_TIMEOUT + kohakku_settings.PUSH_READ_TIMEOUT
 
 
 @contextlib.contextmanager

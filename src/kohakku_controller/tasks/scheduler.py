@@ -63,7 +63,7 @@ from ..fields import with_offset
 from ..signing import sign_request
 from ..skills.services import package_download_url
 from ..storage import presigned_url, storage_is_remote
-from .deadlines import DeadlineTransport, call_deadline
+from .deadlines import DeadlineTransport, call_deadline, push_deadline_seconds
 from .models import ACTIVE_STATUSES, Task, TaskEvent, TaskStatus, hash_callback_token
 from .services import (
     WAKEUP_CHANNEL,
@@ -461,13 +461,6 @@ def _unfit_to_push(claim: Claim, dispatcher: Dispatcher | None) -> str | None:
     if not _can_take(dispatcher, claim.task):
         return f"a check-in changed the backends or labels of {dispatcher.name} before the push"
     return None
-
-
-def push_deadline_seconds() -> float:
-    """How long one call to a dispatcher may take in all, answer included (name resolution
-    aside): ``PUSH_CONNECT_TIMEOUT + PUSH_READ_TIMEOUT``, which ``SCHEDULER_LEASE_SECONDS``
-    must exceed (system check E008)."""
-    return kohakku_settings.PUSH_CONNECT_TIMEOUT + kohakku_settings.PUSH_READ_TIMEOUT
 
 
 def _read_head(response: httpx.Response) -> bytes:

@@ -41,6 +41,7 @@ from ..parsers import (
 from ..signing import SignatureError, verify_signature
 from ..skills.services import resolve_version
 from ..storage import get_cache, get_storage
+from .deadlines import push_deadline_seconds
 from .models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -963,8 +964,6 @@ def unfinished_tasks_of_deleted_dispatcher(sender, dispatcher, force: bool = Fal
                 f"to dispatcher {dispatcher.name!r}; retry once the push is recorded. Set "
                 "draining first so that it gets no more."
             )
-            from .scheduler import push_deadline_seconds  # the scheduler imports this module
-
             # A push ends within its deadline (milliseconds, usually), well before the lease.
             left = min((max(leases) - now).total_seconds(), push_deadline_seconds())
             refusal.wait = max(1, math.ceil(left))
